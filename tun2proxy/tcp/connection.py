@@ -120,14 +120,17 @@ class TcpConnection:
         "cwnd",
         "cwnd_acc",
         "delack_deadline",
+        "dirty",
         "dupacks",
         "fin_queued",
         "fin_sent",
+        "flow_id",
         "idle_deadline",
         "in_recovery",
         "irs",
         "iss",
         "keepalive_deadline",
+        "key",
         "keepalive_probes",
         "last_ack_sent",
         "last_activity",
@@ -161,6 +164,7 @@ class TcpConnection:
         "sacked_bytes",
         "sbuf",
         "sbuf_seq",
+        "sched",
         "segments_retransmitted",
         "snd_cap",
         "snd_max",
@@ -282,6 +286,12 @@ class TcpConnection:
         self.rd_armed = True
         self.want_writable = False
         self.close_reason: str | None = None
+        # Bookkeeping for the owner (the NetStack): flow id, table key, scheduled timer,
+        # and whether the connection is queued for dispatch.
+        self.flow_id = 0
+        self.key = b""
+        self.sched: float | None = None
+        self.dirty = False
 
     @classmethod
     def from_syn(
@@ -508,10 +518,14 @@ class TcpConnection:
 
     def _close(self, reason: str) -> None:
         self.state = next_state(self.state, "abort") if self.state is not CLOSED else CLOSED
+        self._mark_closed(reason)
+        self._release()
+
+    def _mark_closed(self, reason: str) -> None:
+        """Record why the connection ended and notify once (TIME-WAIT already counts)."""
         if self.close_reason is None:
             self.close_reason = reason
-        self.notify |= N_CLOSED
-        self._release()
+            self.notify |= N_CLOSED
 
     def _release(self) -> None:
         self.rtx_deadline = None
@@ -553,8 +567,7 @@ class TcpConnection:
             self.close_deadline = None
             if st is TIME_WAIT:
                 self.state = next_state(st, "timeout")
-                self.close_reason = self.close_reason or "closed"
-                self.notify |= N_CLOSED
+                self._mark_closed("closed")
                 self._release()
                 return
             if st in _HALF_CLOSED or st is LAST_ACK or st is CLOSING:
@@ -722,9 +735,8 @@ class TcpConnection:
         # RFC 5961 §3.2 (second check): RST.
         if flags & RST:
             if seq == rcv_nxt:
-                self.notify |= N_CLOSED
-                self.close_reason = "reset"
                 self.state = next_state(st, "rcv_rst")
+                self._mark_closed("reset")
                 self._release()
             else:
                 self._send_ack_now(now, limited=True)  # challenge ACK
@@ -774,8 +786,7 @@ class TcpConnection:
                 return
             elif st is LAST_ACK:
                 self._goto("rcv_ack_of_fin")
-                self.close_reason = "closed"
-                self.notify |= N_CLOSED
+                self._mark_closed("closed")
                 self._release()
                 return
         if st is TIME_WAIT:
@@ -935,7 +946,7 @@ class TcpConnection:
                 return
             if filled or (asm is not None and asm.ranges):
                 # R5: a segment that fills (part of) a gap is acknowledged at once.
-                self._send_ack_now(now, limited=False)
+                self.ack_now()
                 return
             self.unacked += plen
             if self.unacked >= 2 * self.rcv_mss or self.quickack > 0:
@@ -977,7 +988,7 @@ class TcpConnection:
         elif st is FIN_WAIT_2:
             self._goto("rcv_fin")
             self._enter_time_wait(now)
-        self._send_ack_now(now, limited=False)
+        self.ack_now()
 
     def _enter_time_wait(self, now: float) -> None:
         self.close_deadline = now + self.c.time_wait
@@ -985,8 +996,7 @@ class TcpConnection:
         self.persist_deadline = None
         self.keepalive_deadline = None
         self.idle_deadline = None
-        self.close_reason = "closed"
-        self.notify |= N_CLOSED
+        self._mark_closed("closed")
         self.sbuf = bytearray()
         self.sacked = []
 

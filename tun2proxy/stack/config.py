@@ -1,0 +1,76 @@
+"""NetStack settings: MTU, limits, timeouts and policies, validated once.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError
+from ..tcp.config import TcpConfig
+
+__all__ = ["ICMP_ECHO_MODES", "StackConfig"]
+
+ICMP_ECHO_MODES = ("off", "reply")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StackConfig:
+    """How a :class:`~tun2proxy.stack.NetStack` behaves. All times are in seconds.
+
+    Attributes:
+        isn_secret: key of the RFC 6528 ISN hash (at least 8 random bytes; the driver passes
+            ``os.urandom(16)``; tests may pass a constant).
+        mtu: the link MTU; the MSS we announce is ``mtu - 40`` (IPv4) or ``mtu - 60`` (IPv6).
+        tcp: per-connection TCP settings.
+        max_flows: TCP connections of every state, pending ones included (``--max-sessions``).
+            A SYN beyond it is refused with RST.
+        max_pending: SYNs waiting for the host's accept/reject; more are dropped (the app
+            retransmits), so upstream dials in flight are bounded too.
+        max_pending_per_source: the same, per source address (RFC 4987).
+        pending_timeout: a pending SYN the host never decides on is forgotten after this.
+        max_udp_sessions: UDP sessions; the least recently used is evicted beyond it.
+        udp_timeout: idle timeout of a UDP session (``--udp-timeout``).
+        dns_timeout: idle timeout of a UDP session whose first datagram went to port 53.
+        icmp_echo: ``off`` (drop echo requests) or ``reply`` (answer them locally: the
+            tunnel answers, not the far host).
+        verify_checksums: verify IPv4, TCP, UDP and ICMP checksums of inbound packets.
+        checksum_offload: leave outbound TCP/UDP checksums for the device to complete (only
+            for links that declare it, e.g. Linux TUN with ``IFF_VNET_HDR``).
+        allow_link_local: accept flows to IPv6 link-local (fe80::/10) destinations.
+    """
+
+    isn_secret: bytes = b""
+    mtu: int = 1500
+    tcp: TcpConfig = field(default_factory=TcpConfig)
+    max_flows: int = 4096
+    max_pending: int = 256
+    max_pending_per_source: int = 128
+    pending_timeout: float = 30.0
+    max_udp_sessions: int = 4096
+    udp_timeout: float = 30.0
+    dns_timeout: float = 10.0
+    icmp_echo: str = "off"
+    verify_checksums: bool = True
+    checksum_offload: bool = False
+    allow_link_local: bool = False
+
+    def __post_init__(self) -> None:
+        if not 576 <= self.mtu <= 65535:
+            raise ConfigError("mtu must be between 576 and 65535")
+        if self.max_flows < 1 or self.max_pending < 1 or self.max_pending_per_source < 1:
+            raise ConfigError("max_flows, max_pending and max_pending_per_source must be >= 1")
+        if self.max_udp_sessions < 1:
+            raise ConfigError("max_udp_sessions must be >= 1")
+        for name in ("pending_timeout", "udp_timeout", "dns_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.icmp_echo not in ICMP_ECHO_MODES:
+            raise ConfigError(f"icmp_echo must be one of {', '.join(ICMP_ECHO_MODES)}")
+        if not isinstance(self.isn_secret, bytes | bytearray):
+            raise ConfigError("isn_secret must be bytes")
+
+    def mss_for(self, version: int) -> int:
+        """The MSS we announce to an application speaking IP ``version`` (RFC 9293 MUST-14)."""
+        return self.mtu - (40 if version == 4 else 60)

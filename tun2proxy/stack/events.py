@@ -1,0 +1,95 @@
+"""Events the NetStack reports to its host, drained with :meth:`NetStack.events`.
+
+Pure: no I/O. Every TCP flow starts with one :class:`TcpConnectRequest` and ends with exactly
+one :class:`TcpClosed`; every UDP session ends with one :class:`UdpSessionClosed`. Endpoints
+are ``(host, port)`` tuples with the host in text form, ready for ``socket.connect``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "Endpoint",
+    "Event",
+    "TcpClosed",
+    "TcpConnectRequest",
+    "TcpPeerClosed",
+    "TcpReadable",
+    "TcpWritable",
+    "UdpDatagram",
+    "UdpSessionClosed",
+]
+
+Endpoint = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class TcpConnectRequest:
+    """An application sent a SYN: dial ``dst`` then call ``tcp_accept`` or ``tcp_reject``."""
+
+    flow_id: int
+    src: Endpoint
+    dst: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class TcpReadable:
+    """New bytes arrived from the application since the last ``recv`` on this flow."""
+
+    flow_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class TcpWritable:
+    """Room opened in the flow's send buffer after a ``send`` that was cut short."""
+
+    flow_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class TcpPeerClosed:
+    """The application closed its sending side (FIN); every byte before it is readable."""
+
+    flow_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class TcpClosed:
+    """The flow is over; ``reason`` is ``closed`` (orderly), ``reset`` (the app sent RST),
+    ``timeout``, ``idle``, ``aborted`` (by the host), ``rejected`` or ``evicted``."""
+
+    flow_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class UdpDatagram:
+    """A datagram from the application: ``src`` is the app's endpoint, ``dst`` where it went.
+
+    All datagrams from one app endpoint share one ``flow_id`` (endpoint-independent mapping).
+    """
+
+    flow_id: int
+    src: Endpoint
+    dst: Endpoint
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class UdpSessionClosed:
+    """A UDP session ended: ``idle``, ``evicted``, ``rejected``, ``closed`` or ``unreachable``."""
+
+    flow_id: int
+    reason: str
+
+
+Event = (
+    TcpConnectRequest
+    | TcpReadable
+    | TcpWritable
+    | TcpPeerClosed
+    | TcpClosed
+    | UdpDatagram
+    | UdpSessionClosed
+)

@@ -1,0 +1,788 @@
+"""NetStack: IP packets in, events and packets out — the sans-I/O heart of tun2proxy.
+
+Pure: no I/O, no clock, no randomness. The host (the asyncio driver, or an embedding app that
+owns its own loop) calls :meth:`NetStack.receive_many` with packets read from the link and
+the current monotonic time, drains :meth:`NetStack.events`, acts on them (dials upstreams,
+relays bytes with :meth:`send`/:meth:`recv`), then writes the packets :meth:`poll` returns and
+sleeps until :meth:`poll_at`.
+
+Rules kept here (``DESIGN.md`` §2): :meth:`receive` never raises on packet content — every
+drop is counted by reason in :meth:`stats`; a new TCP flow is a *request* the host accepts or
+rejects after dialling (decide at the SYN); everything is bounded (flows, pending SYNs, UDP
+sessions, bytes per flow); all timers live in one heap with lazy deletion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import ipaddress
+from collections import OrderedDict
+from collections.abc import Iterable
+
+from ..errors import ConfigError, FlowStateError, MalformedPacket
+from ..tcp.connection import (
+    N_CLOSED,
+    N_PEER_CLOSED,
+    N_READABLE,
+    N_WRITABLE,
+    TcpConnection,
+)
+from ..tcp.state import CLOSED, LISTEN, TIME_WAIT, State
+from ..udp.session import UdpSession
+from ..wire.checksum import finish, ones_sum
+from ..wire.icmp import (
+    ICMP6_ECHO_REQUEST,
+    ICMP_ECHO_REQUEST,
+    echo_reply,
+    is_icmp_error,
+    parse_icmp,
+    unreachable,
+)
+from ..wire.ip import (
+    IPPROTO_ICMP,
+    IPPROTO_ICMPV6,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    parse_ip,
+)
+from ..wire.seq import SEQ_MASK
+from ..wire.tcp import ACK, FIN, IP4_TCP, IP6_TCP, RST, SYN, TcpSegment, parse_tcp
+from ..wire.udp import parse_udp
+from .config import StackConfig
+from .events import (
+    Endpoint,
+    Event,
+    TcpClosed,
+    TcpConnectRequest,
+    TcpPeerClosed,
+    TcpReadable,
+    TcpWritable,
+    UdpDatagram,
+    UdpSessionClosed,
+)
+from .stats import Stats
+
+__all__ = ["REJECT_REASONS", "NetStack"]
+
+#: How :meth:`NetStack.tcp_reject` can answer a refused SYN.
+REJECT_REASONS = ("reset", "net", "host", "port", "admin")
+
+_ZERO16 = bytes(16)
+_LOOP16 = bytes(15) + b"\x01"
+_V4MAPPED = bytes(10) + b"\xff\xff"
+_RST_BUDGET = 200  # RSTs to unknown flows per second (RFC 9293 §3.10.7.1; no amplification)
+
+
+def _bad_source(a: bytes) -> bool:
+    """H6 / MUST-63: sources we never answer (unspecified, loopback, multicast, broadcast)."""
+    if len(a) == 4:
+        b0 = a[0]
+        return b0 == 0 or b0 == 127 or b0 >= 224
+    return a[0] == 0xFF or a == _ZERO16 or a == _LOOP16 or (a[:12] == _V4MAPPED and a[12] == 127)
+
+
+def _bad_destination(a: bytes, link_local: bool) -> bool:
+    """MUST-57: destinations a flow cannot go to (multicast, broadcast, unspecified, loopback)."""
+    if len(a) == 4:
+        b0 = a[0]
+        return b0 == 0 or b0 == 127 or b0 >= 224
+    if a[0] == 0xFF or a == _ZERO16 or a == _LOOP16:
+        return True
+    return not link_local and a[0] == 0xFE and (a[1] & 0xC0) == 0x80
+
+
+class NetStack:
+    """A userspace TCP/UDP/ICMP endpoint for every address behind a TUN-like link.
+
+    One owner thread only (no locks inside). See the module docstring for the call pattern.
+
+    Args:
+        config: the stack's settings; ``config.isn_secret`` must hold at least 8 bytes.
+    """
+
+    def __init__(self, config: StackConfig) -> None:
+        if len(config.isn_secret) < 8:
+            raise ConfigError(
+                "StackConfig.isn_secret must hold at least 8 random bytes (e.g. os.urandom(16))"
+            )
+        self.config = config
+        self._tcp_cfg = config.tcp
+        self._verify = config.verify_checksums
+        self._offload = config.checksum_offload
+        self._tcp: dict[bytes, TcpConnection] = {}
+        self._flows: dict[int, TcpConnection] = {}
+        self._udp: OrderedDict[bytes, UdpSession] = OrderedDict()
+        self._udp_by_id: dict[int, UdpSession] = {}
+        self._next_id = 1
+        self._pending = 0
+        self._pending_by_src: dict[bytes, int] = {}
+        self._syn_quote: dict[int, bytes] = {}
+        self._dirty: list[TcpConnection] = []
+        self._closing: list[TcpConnection] = []
+        self._heap: list[tuple[float, int, TcpConnection | UdpSession]] = []
+        self._heap_seq = 0
+        self._events: list[Event] = []
+        self._out: list[bytearray] = []
+        self._rst_tokens = float(_RST_BUDGET)
+        self._rst_time = 0.0
+        self._now = 0.0
+        self.stats_counters = Stats()
+
+    # ------------------------------------------------------------------ input
+
+    def receive(self, packet: bytes | bytearray, now: float, *, checksum_ok: bool = False) -> None:
+        """Process one IP packet from the link. Never raises on packet content.
+
+        ``checksum_ok`` tells the stack that the link already verified checksums (e.g. a
+        virtio-net header with ``DATA_VALID`` or ``NEEDS_CSUM``).
+        """
+        self._now = now
+        st = self.stats_counters
+        st.packets_in += 1
+        st.bytes_in += len(packet)
+        try:
+            self._receive(packet, now, checksum_ok)
+        except MalformedPacket as e:
+            st.drop(e.reason)
+
+    def receive_many(
+        self, packets: Iterable[bytes | bytearray], now: float, *, checksum_ok: bool = False
+    ) -> None:
+        """Process a batch of packets read in one wake-up (same rules as :meth:`receive`)."""
+        self._now = now
+        st = self.stats_counters
+        drop = st.drop
+        rcv = self._receive
+        for packet in packets:
+            st.packets_in += 1
+            st.bytes_in += len(packet)
+            try:
+                rcv(packet, now, checksum_ok)
+            except MalformedPacket as e:
+                drop(e.reason)
+
+    def _receive(self, data: bytes | bytearray, now: float, checksum_ok: bool) -> None:
+        verify = self._verify and not checksum_ok
+        ip = parse_ip(data, verify)
+        if ip.fragment:
+            raise MalformedPacket("ip-fragment")
+        proto = ip.protocol
+        if proto == IPPROTO_TCP:
+            self._tcp_input(data, ip.src, ip.dst, ip.offset, ip.end, now, verify)
+        elif proto == IPPROTO_UDP:
+            self._udp_input(data, ip.version, ip.src, ip.dst, ip.offset, ip.end, now, verify)
+        elif proto == IPPROTO_ICMP or proto == IPPROTO_ICMPV6:
+            self._icmp_input(data, ip.version, ip.src, ip.dst, ip.offset, ip.end, proto, verify)
+        else:
+            raise MalformedPacket("ip-protocol-unsupported")
+
+    # ------------------------------------------------------------------ TCP input
+
+    def _tcp_input(
+        self,
+        data: bytes | bytearray,
+        src: bytes,
+        dst: bytes,
+        off: int,
+        end: int,
+        now: float,
+        verify: bool,
+    ) -> None:
+        if verify:
+            # R9: the checksum is verified before any state is looked up or changed.
+            n = int.from_bytes(memoryview(data)[off:end], "big")
+            if (end - off) & 1:
+                n <<= 8
+            pseudo = int.from_bytes(src, "big") + int.from_bytes(dst, "big") + 6 + (end - off)
+            if (n + pseudo) % 0xFFFF:
+                raise MalformedPacket("tcp-checksum")
+        seg = parse_tcp(data, off, end)
+        key = src + dst + bytes(data[off : off + 4])
+        conn = self._tcp.get(key)
+        if conn is not None:
+            if conn.state is TIME_WAIT and seg.flags & SYN and not seg.flags & ACK:
+                # C6: a new SYN may reopen a 4-tuple in TIME-WAIT when its sequence number
+                # is beyond the old connection's (RFC 9293 §3.10.7.4, MAY-2).
+                if ((seg.seq - conn.rcv_nxt) & SEQ_MASK) < 0x80000000:
+                    self._remove(conn)
+                    conn = None
+            if conn is not None:
+                conn.on_segment(seg, now)
+                self._touch(conn)
+                return
+        flags = seg.flags
+        st = self.stats_counters
+        if flags & RST:
+            st.drop("tcp-rst-unknown-flow")  # never answer an RST with an RST
+            return
+        if _bad_source(src) or _bad_destination(dst, self.config.allow_link_local):
+            st.drop("tcp-bad-address")
+            return
+        if flags & SYN and not flags & ACK:
+            self._new_syn(data, seg, key, src, dst, off, now)
+            return
+        # A segment for no connection: RST (RFC 9293 §3.10.7.1), rate limited.
+        st.drop("tcp-unknown-flow")
+        seglen = len(seg.payload) + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
+        if flags & ACK:
+            self._send_rst(src, dst, seg.dst_port, seg.src_port, seg.ack, 0, RST, now)
+        else:
+            self._send_rst(
+                src, dst, seg.dst_port, seg.src_port, 0, seg.seq + seglen, RST | ACK, now
+            )
+
+    def _send_rst(
+        self,
+        app: bytes,
+        local: bytes,
+        local_port: int,
+        app_port: int,
+        seq: int,
+        ack: int,
+        flags: int,
+        now: float,
+    ) -> None:
+        tokens = min(_RST_BUDGET, self._rst_tokens + (now - self._rst_time) * _RST_BUDGET)
+        self._rst_time = now
+        if tokens < 1:
+            self._rst_tokens = tokens
+            self.stats_counters.drop("tcp-rst-rate-limited")
+            return
+        self._rst_tokens = tokens - 1
+        self._out.append(_build_rst(local, app, local_port, app_port, seq, ack, flags))
+        self.stats_counters.tcp_rst_sent += 1
+
+    def _new_syn(
+        self,
+        data: bytes | bytearray,
+        seg: TcpSegment,
+        key: bytes,
+        src: bytes,
+        dst: bytes,
+        off: int,
+        now: float,
+    ) -> None:
+        cfg = self.config
+        st = self.stats_counters
+        if len(self._tcp) >= cfg.max_flows:
+            st.drop("tcp-flow-limit")
+            self._send_rst(
+                src, dst, seg.dst_port, seg.src_port, 0, seg.seq + 1 + len(seg.payload),
+                RST | ACK, now,
+            )
+            return
+        if self._pending >= cfg.max_pending:
+            st.drop("tcp-pending-limit")  # the app retransmits its SYN
+            return
+        per_src = self._pending_by_src.get(src, 0)
+        if per_src >= cfg.max_pending_per_source:
+            st.drop("tcp-pending-per-source-limit")
+            return
+        h = hashlib.blake2s(key, key=cfg.isn_secret[:32], digest_size=8).digest()
+        # RFC 6528: ISN = M + F(4-tuple, secret), M a 4-microsecond clock.
+        iss = (int(now * 250_000) + int.from_bytes(h[:4], "big")) & SEQ_MASK
+        conn = TcpConnection.from_syn(
+            seg,
+            self._tcp_cfg,
+            dst,
+            src,
+            iss,
+            now,
+            mss_limit=cfg.mss_for(4 if len(src) == 4 else 6),
+            ts_offset=int.from_bytes(h[4:], "big"),
+            checksum_offload=self._offload,
+        )
+        fid = self._next_id
+        self._next_id += 1
+        conn.flow_id = fid
+        conn.key = key
+        conn.close_deadline = now + cfg.pending_timeout
+        self._tcp[key] = conn
+        self._flows[fid] = conn
+        self._pending += 1
+        self._pending_by_src[src] = per_src + 1
+        self._syn_quote[fid] = bytes(data[: off + 28])
+        st.tcp_syn_received += 1
+        self._schedule(conn)
+        self._events.append(
+            TcpConnectRequest(
+                fid,
+                (str(ipaddress.ip_address(src)), seg.src_port),
+                (str(ipaddress.ip_address(dst)), seg.dst_port),
+            )
+        )
+
+    def _collect(self, conn: TcpConnection) -> None:
+        """Turn a connection's notification bits into events (in a fixed, causal order)."""
+        n = conn.notify
+        conn.notify = 0
+        fid = conn.flow_id
+        ev = self._events
+        if n & N_READABLE:
+            ev.append(TcpReadable(fid))
+        if n & N_PEER_CLOSED:
+            ev.append(TcpPeerClosed(fid))
+        if n & N_WRITABLE:
+            ev.append(TcpWritable(fid))
+        if n & N_CLOSED:
+            self._unpend(conn)
+            reason = conn.close_reason or "closed"
+            ev.append(TcpClosed(fid, reason))
+            self.stats_counters.tcp_closed[reason] = self.stats_counters.tcp_closed.get(
+                reason, 0
+            ) + 1
+            self._closing.append(conn)
+
+    def _unpend(self, conn: TcpConnection) -> None:
+        if self._syn_quote.pop(conn.flow_id, None) is None:
+            return
+        self._pending -= 1
+        src = conn.remote_addr
+        left = self._pending_by_src.get(src, 1) - 1
+        if left > 0:
+            self._pending_by_src[src] = left
+        else:
+            self._pending_by_src.pop(src, None)
+
+    # ------------------------------------------------------------------ UDP input
+
+    def _udp_input(
+        self,
+        data: bytes | bytearray,
+        version: int,
+        src: bytes,
+        dst: bytes,
+        off: int,
+        end: int,
+        now: float,
+        verify: bool,
+    ) -> None:
+        u = parse_udp(data, off, end)
+        st = self.stats_counters
+        if verify:
+            if u.checksum == 0:
+                if version == 6:
+                    raise MalformedPacket("udp-zero-checksum-v6")  # RFC 8200 §8.1
+            else:
+                pseudo = int.from_bytes(src, "big") + int.from_bytes(dst, "big") + 17 + u.length
+                if ones_sum(memoryview(data)[off : off + u.length], pseudo) != 0:
+                    raise MalformedPacket("udp-checksum")
+        if _bad_source(src):
+            raise MalformedPacket("udp-bad-source")
+        if _bad_destination(dst, self.config.allow_link_local) or not u.dst_port:
+            # mDNS, SSDP, LLMNR, WS-Discovery...: never proxied (tun2proxy#172, #231).
+            st.drop("udp-multicast-or-local")
+            return
+        if not u.src_port:
+            raise MalformedPacket("udp-port-zero")
+        key = src + u.src_port.to_bytes(2, "big")
+        sess = self._udp.get(key)
+        if sess is None:
+            sess = self._new_udp(key, src, u.src_port, u.dst_port, now)
+        else:
+            self._udp.move_to_end(key)
+        sess.last_activity = now
+        sess.datagrams_in += 1
+        payload = bytes(u.payload)
+        sess.bytes_in += len(payload)
+        sess.last_head = bytes(data[: off + 8])
+        st.udp_datagrams_in += 1
+        self._events.append(
+            UdpDatagram(sess.flow_id, sess.src_text, (sess.name_of(dst), u.dst_port), payload)
+        )
+
+    def _new_udp(
+        self, key: bytes, src: bytes, sport: int, dport: int, now: float
+    ) -> UdpSession:
+        cfg = self.config
+        if len(self._udp) >= cfg.max_udp_sessions:
+            _k, old = self._udp.popitem(last=False)  # LRU eviction keeps the cap
+            self._udp_by_id.pop(old.flow_id, None)
+            old.sched = None
+            self.stats_counters.udp_evicted += 1
+            self._events.append(UdpSessionClosed(old.flow_id, "evicted"))
+        fid = self._next_id
+        self._next_id += 1
+        timeout = cfg.dns_timeout if dport == 53 else cfg.udp_timeout
+        sess = UdpSession(fid, key, src, sport, now, timeout)
+        self._udp[key] = sess
+        self._udp_by_id[fid] = sess
+        self.stats_counters.udp_sessions_opened += 1
+        self._push(sess, sess.deadline())
+        return sess
+
+    # ------------------------------------------------------------------ ICMP input
+
+    def _icmp_input(
+        self,
+        data: bytes | bytearray,
+        version: int,
+        src: bytes,
+        dst: bytes,
+        off: int,
+        end: int,
+        proto: int,
+        verify: bool,
+    ) -> None:
+        msg = parse_icmp(data, off, end)
+        if verify:
+            initial = 0
+            if version == 6:
+                initial = int.from_bytes(src, "big") + int.from_bytes(dst, "big") + 58 + (end - off)
+            if ones_sum(memoryview(data)[off:end], initial) != 0:
+                raise MalformedPacket("icmp-checksum")
+        st = self.stats_counters
+        t = msg.type
+        if (version == 4 and t == ICMP_ECHO_REQUEST) or (version == 6 and t == ICMP6_ECHO_REQUEST):
+            if self.config.icmp_echo == "reply" and not _bad_source(src) and not _bad_destination(
+                dst, True
+            ):
+                self._out.append(echo_reply(version, src, dst, msg))
+                st.icmp_echo_replies += 1
+            else:
+                st.drop("icmp-echo-ignored")
+            return
+        if version == 6 and 130 <= t <= 143:
+            # Neighbour discovery (133-137) and MLD (130-132, 143): a TUN has no neighbours.
+            st.drop("icmp6-nd-mld")
+            return
+        if is_icmp_error(version, t):
+            self._icmp_error(msg.body, version)
+            return
+        st.drop("icmp-other")
+
+    def _icmp_error(self, quoted: memoryview, version: int) -> None:
+        """An ICMP error from the app about a packet we sent (I1): validated, mostly ignored."""
+        st = self.stats_counters
+        try:
+            inner = parse_ip(quoted, verify_checksum=False)
+        except MalformedPacket:
+            st.drop("icmp-error-unparseable")
+            return
+        if inner.version != version or inner.offset + 8 > len(quoted):
+            st.drop("icmp-error-unparseable")
+            return
+        if inner.protocol == IPPROTO_UDP:
+            # Our reply went from (inner.src) to the app at (inner.dst, dport): the app socket
+            # is gone; end its session now instead of waiting for the idle timeout.
+            dport = int.from_bytes(quoted[inner.offset + 2 : inner.offset + 4], "big")
+            sess = self._udp.get(inner.dst + dport.to_bytes(2, "big"))
+            if sess is not None:
+                self._close_udp(sess, "unreachable")
+                st.drop("icmp-error-udp-session-closed")
+                return
+        st.drop("icmp-error-ignored")
+
+    # ------------------------------------------------------------------ host API: events
+
+    def events(self) -> list[Event]:
+        """Drain and return the events queued since the last call."""
+        ev = self._events
+        self._events = []
+        return ev
+
+    # ------------------------------------------------------------------ host API: TCP
+
+    def _conn(self, flow_id: int) -> TcpConnection:
+        conn = self._flows.get(flow_id)
+        if conn is None:
+            raise FlowStateError(f"no TCP flow with id {flow_id}")
+        return conn
+
+    def _touch(self, conn: TcpConnection) -> None:
+        if conn.notify:
+            self._collect(conn)
+        if conn.state is CLOSED and conn.flow_id not in self._flows:
+            # A TIME-WAIT connection (the host was already told) ended: forget its key.
+            if self._tcp.get(conn.key) is conn:
+                del self._tcp[conn.key]
+            return
+        if not conn.dirty:
+            conn.dirty = True
+            self._dirty.append(conn)
+
+    def tcp_accept(self, flow_id: int) -> None:
+        """Complete the handshake of a pending flow (send SYN-ACK at the next :meth:`poll`)."""
+        conn = self._conn(flow_id)
+        if conn.state is not LISTEN:
+            raise FlowStateError(f"flow {flow_id} is not pending (state {conn.state.value})")
+        self._unpend(conn)
+        conn.close_deadline = None
+        conn.accept()
+        self.stats_counters.tcp_accepted += 1
+        self._touch(conn)
+
+    def tcp_reject(self, flow_id: int, reason: str = "reset") -> None:
+        """Refuse a pending flow: RST (``reset``) or ICMP unreachable (``net``, ``host``,
+        ``port``, ``admin``). A ``TcpClosed(flow_id, "rejected")`` event follows."""
+        if reason not in REJECT_REASONS:
+            raise ValueError(f"reason must be one of {', '.join(REJECT_REASONS)}")
+        conn = self._conn(flow_id)
+        if conn.state is not LISTEN:
+            raise FlowStateError(f"flow {flow_id} is not pending (state {conn.state.value})")
+        quote = self._syn_quote.get(flow_id, b"")
+        if reason == "reset" or not quote:
+            self._out.append(
+                _build_rst(
+                    conn.local_addr, conn.remote_addr, conn.local_port, conn.remote_port,
+                    0, conn.rcv_nxt, RST | ACK,
+                )
+            )
+            self.stats_counters.tcp_rst_sent += 1
+        else:
+            self._out.append(unreachable(quote, reason))
+            self.stats_counters.icmp_errors_sent += 1
+        conn.abort("rejected")
+        self._touch(conn)
+
+    def send(self, flow_id: int, data: bytes | bytearray | memoryview) -> int:
+        """Queue bytes towards the app on a TCP flow; returns how many were accepted.
+
+        When fewer than ``len(data)`` are taken, a :class:`TcpWritable` event follows once
+        room opens (pause the upstream until then).
+        """
+        conn = self._conn(flow_id)
+        n = conn.send(data)
+        if n:
+            self._touch(conn)
+        return n
+
+    def recv(self, flow_id: int, max_bytes: int = -1) -> bytes | bytearray:
+        """Take bytes the app sent on a TCP flow (all of them by default); b"" if none.
+
+        Reading frees receive window: this is where backpressure towards the app is released.
+        """
+        conn = self._conn(flow_id)
+        data = conn.recv(max_bytes)
+        self._touch(conn)
+        return data
+
+    def shutdown(self, flow_id: int) -> None:
+        """Close our sending side of a TCP flow (FIN after the queued bytes): half-close."""
+        conn = self._conn(flow_id)
+        conn.shutdown()
+        self._touch(conn)
+
+    def abort(self, flow_id: int) -> None:
+        """Reset a TCP flow now (RST to the app); a ``TcpClosed(.., "aborted")`` follows."""
+        conn = self._conn(flow_id)
+        conn.abort("aborted")
+        self._touch(conn)
+
+    def readable(self, flow_id: int) -> int:
+        """Bytes waiting in a TCP flow's receive buffer."""
+        return self._conn(flow_id).readable
+
+    def send_capacity(self, flow_id: int) -> int:
+        """Bytes :meth:`send` would accept now on a TCP flow."""
+        return self._conn(flow_id).send_capacity
+
+    def connection(self, flow_id: int) -> TcpConnection:
+        """The :class:`TcpConnection` behind a flow id, for inspection and debugging."""
+        return self._conn(flow_id)
+
+    def __contains__(self, flow_id: object) -> bool:
+        return flow_id in self._flows or flow_id in self._udp_by_id
+
+    # ------------------------------------------------------------------ host API: UDP
+
+    def udp_send(
+        self, flow_id: int, payload: bytes | bytearray | memoryview, src: Endpoint
+    ) -> bool:
+        """Send a datagram to the app on a UDP session, appearing to come from ``src``.
+
+        Returns False (and counts a drop) when the datagram cannot fit the MTU.
+        """
+        sess = self._udp_by_id.get(flow_id)
+        if sess is None:
+            raise FlowStateError(f"no UDP session with id {flow_id}")
+        addr = _pack_address(src[0])
+        if (len(addr) == 4) != sess.v4:
+            raise ValueError(f"{src[0]} is not of the session's IP version")
+        limit = self.config.mtu - (28 if sess.v4 else 48)
+        if len(payload) > limit:
+            self.stats_counters.drop("udp-too-big")
+            return False
+        self._out.append(sess.reply(addr, src[1], payload, self._offload))
+        sess.datagrams_out += 1
+        sess.bytes_out += len(payload)
+        sess.last_activity = self._now
+        self.stats_counters.udp_datagrams_out += 1
+        return True
+
+    def udp_reject(self, flow_id: int, reason: str = "port") -> None:
+        """End a UDP session with an ICMP unreachable (``port``, ``host``, ``net``, ``admin``)
+        quoting its latest datagram, so the app's socket sees ``ECONNREFUSED`` at once."""
+        if reason not in REJECT_REASONS or reason == "reset":
+            raise ValueError("reason must be one of net, host, port, admin")
+        sess = self._udp_by_id.get(flow_id)
+        if sess is None:
+            raise FlowStateError(f"no UDP session with id {flow_id}")
+        if sess.last_head:
+            self._out.append(unreachable(sess.last_head, reason))
+            self.stats_counters.icmp_errors_sent += 1
+        self._close_udp(sess, "rejected")
+
+    def udp_close(self, flow_id: int) -> None:
+        """End a UDP session quietly (a ``UdpSessionClosed(.., "closed")`` follows)."""
+        sess = self._udp_by_id.get(flow_id)
+        if sess is None:
+            raise FlowStateError(f"no UDP session with id {flow_id}")
+        self._close_udp(sess, "closed")
+
+    def _close_udp(self, sess: UdpSession, reason: str) -> None:
+        self._udp.pop(sess.key, None)
+        self._udp_by_id.pop(sess.flow_id, None)
+        sess.sched = None
+        self._events.append(UdpSessionClosed(sess.flow_id, reason))
+
+    # ------------------------------------------------------------------ timers and output
+
+    def _push(self, obj: TcpConnection | UdpSession, deadline: float) -> None:
+        obj.sched = deadline
+        self._heap_seq += 1
+        heapq.heappush(self._heap, (deadline, self._heap_seq, obj))
+
+    def _schedule(self, conn: TcpConnection) -> None:
+        d = conn.poll_at()
+        if d is None:
+            return
+        s = conn.sched
+        # Lazy deletion: only an earlier deadline needs a new heap entry; a later one is
+        # found when the earlier entry fires and the connection reports nothing due.
+        if s is None or d < s:
+            self._push(conn, d)
+
+    def poll(self, now: float) -> list[bytearray]:
+        """Run due timers, then return every packet to write to the link now."""
+        self._now = now
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            deadline, _, obj = heapq.heappop(heap)
+            if obj.sched != deadline:
+                continue  # stale entry
+            obj.sched = None
+            if isinstance(obj, TcpConnection):
+                if obj.state is CLOSED:
+                    continue
+                obj.on_timer(now)
+                self._touch(obj)
+            else:
+                self._udp_timer(obj, now)
+        out = self._out
+        self._out = []
+        dirty = self._dirty
+        if dirty:
+            self._dirty = []
+            for conn in dirty:
+                conn.dirty = False
+                conn.dispatch(now, out)
+                if conn.notify:
+                    self._collect(conn)
+                if conn.state is not CLOSED:
+                    self._schedule(conn)
+        if self._closing:
+            for conn in self._closing:
+                self._finish(conn, out, now)
+            self._closing = []
+        st = self.stats_counters
+        st.packets_out += len(out)
+        return out
+
+    def _finish(self, conn: TcpConnection, out: list[bytearray], now: float) -> None:
+        """After the host saw TcpClosed: drop the flow id; keep TIME-WAIT keyed until it ends."""
+        if conn.dirty:
+            conn.dirty = False
+            conn.dispatch(now, out)
+        self._flows.pop(conn.flow_id, None)
+        self._syn_quote.pop(conn.flow_id, None)
+        if conn.state is TIME_WAIT:
+            self._schedule(conn)
+        else:
+            if self._tcp.get(conn.key) is conn:
+                del self._tcp[conn.key]
+
+    def _remove(self, conn: TcpConnection) -> None:
+        if self._tcp.get(conn.key) is conn:
+            del self._tcp[conn.key]
+        self._flows.pop(conn.flow_id, None)
+        conn.sched = None
+
+    def _udp_timer(self, sess: UdpSession, now: float) -> None:
+        if self._udp_by_id.get(sess.flow_id) is not sess:
+            return
+        due = sess.deadline()
+        if now >= due:
+            self._close_udp(sess, "idle")
+        else:
+            self._push(sess, due)
+
+    def poll_at(self) -> float | None:
+        """When :meth:`poll` should run next: now if output or events are waiting."""
+        if self._dirty or self._out:
+            return self._now
+        heap = self._heap
+        while heap:
+            deadline, _, obj = heap[0]
+            if obj.sched == deadline:
+                return deadline
+            heapq.heappop(heap)
+        return None
+
+    # ------------------------------------------------------------------ introspection
+
+    def stats(self) -> dict[str, object]:
+        """A snapshot of counters, table sizes, drops by reason and buffered bytes."""
+        st = self.stats_counters
+        states: dict[str, int] = {}
+        buffered = 0
+        for conn in self._tcp.values():
+            states[conn.state.value] = states.get(conn.state.value, 0) + 1
+            buffered += conn.buffered
+        d = st.as_dict()
+        d.update(
+            tcp_flows=len(self._tcp),
+            tcp_pending=self._pending,
+            tcp_states=states,
+            tcp_buffered_bytes=buffered,
+            udp_sessions=len(self._udp),
+            timer_heap=len(self._heap),
+        )
+        return d
+
+    def flows(self) -> list[tuple[int, str, State]]:
+        """``(flow_id, "tcp", state)`` for every TCP flow the host can still address."""
+        return [(fid, "tcp", c.state) for fid, c in self._flows.items()]
+
+
+def _pack_address(host: str) -> bytes:
+    return ipaddress.ip_address(host).packed
+
+
+def _build_rst(
+    local: bytes, app: bytes, local_port: int, app_port: int, seq: int, ack: int, flags: int
+) -> bytearray:
+    """A bare RST from ``local`` to ``app`` (no options)."""
+    if len(local) == 4:
+        buf = bytearray(40)
+        IP4_TCP.pack_into(
+            buf, 0, 0x45, 0, 40, 0, 0x4000, 64, 6, 0, local, app, local_port, app_port,
+            seq & SEQ_MASK, ack & SEQ_MASK, (5 << 12) | flags, 0, 0, 0,
+        )
+        c = finish(ones_sum(memoryview(buf)[:20]))
+        buf[10] = c >> 8
+        buf[11] = c & 0xFF
+        h = 20
+    else:
+        buf = bytearray(60)
+        IP6_TCP.pack_into(
+            buf, 0, 0x60000000, 20, 6, 64, local, app, local_port, app_port,
+            seq & SEQ_MASK, ack & SEQ_MASK, (5 << 12) | flags, 0, 0, 0,
+        )
+        h = 40
+    pseudo = int.from_bytes(local, "big") + int.from_bytes(app, "big") + 6 + 20
+    c = finish(ones_sum(memoryview(buf)[h:], pseudo))
+    buf[h + 16] = c >> 8
+    buf[h + 17] = c & 0xFF
+    return buf

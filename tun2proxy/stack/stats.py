@@ -1,0 +1,60 @@
+"""Counters kept by a NetStack: traffic, flows, and drops by reason.
+
+Pure: no I/O. Plain integer attributes (cheap to bump on the hot path); :meth:`Stats.as_dict`
+makes the snapshot that :meth:`NetStack.stats` returns.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Stats"]
+
+
+class Stats:
+    """Monotonic counters of one NetStack."""
+
+    __slots__ = (
+        "bytes_in",
+        "drops",
+        "icmp_echo_replies",
+        "icmp_errors_sent",
+        "packets_in",
+        "packets_out",
+        "tcp_accepted",
+        "tcp_closed",
+        "tcp_rst_sent",
+        "tcp_syn_received",
+        "udp_datagrams_in",
+        "udp_datagrams_out",
+        "udp_evicted",
+        "udp_sessions_opened",
+    )
+
+    def __init__(self) -> None:
+        self.packets_in = 0
+        self.packets_out = 0
+        self.bytes_in = 0
+        self.tcp_syn_received = 0
+        self.tcp_accepted = 0
+        self.tcp_rst_sent = 0
+        self.tcp_closed: dict[str, int] = {}
+        self.udp_datagrams_in = 0
+        self.udp_datagrams_out = 0
+        self.udp_sessions_opened = 0
+        self.udp_evicted = 0
+        self.icmp_echo_replies = 0
+        self.icmp_errors_sent = 0
+        #: Packets dropped, by reason (``tcp-checksum``, ``ip-fragment``, ...).
+        self.drops: dict[str, int] = {}
+
+    def drop(self, reason: str) -> None:
+        """Count one dropped packet."""
+        d = self.drops
+        d[reason] = d.get(reason, 0) + 1
+
+    def as_dict(self) -> dict[str, object]:
+        """Every counter, with dict values copied."""
+        out: dict[str, object] = {}
+        for name in self.__slots__:
+            v = getattr(self, name)
+            out[name] = dict(v) if isinstance(v, dict) else v
+        return out

@@ -1,0 +1,409 @@
+"""A seeded network simulator with a virtual clock: impair packets, run whole transfers.
+
+:class:`Impairment` describes a bad link (loss, reordering, duplication, delay, jitter,
+corruption); :class:`ImpairedPipe` applies it to one direction of traffic with its own seeded
+random generator, so every run with the same seed is the same run. :func:`run_transfer` puts
+the pieces together: application-side TCP clients (this package's own TCP, in active mode)
+talk through two impaired pipes to a :class:`~tun2proxy.stack.NetStack`, whose host side is an
+in-memory upstream, and the bytes each side received are returned for comparison.
+
+The same :class:`Impairment` is used in front of a real TUN device (``--impair``), where it
+gives the kernel's TCP a bad link to cope with.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError, MalformedPacket
+from ..stack.config import StackConfig
+from ..stack.events import (
+    TcpClosed,
+    TcpConnectRequest,
+    TcpPeerClosed,
+    TcpReadable,
+    TcpWritable,
+)
+from ..stack.netstack import NetStack
+from ..tcp.config import TcpConfig
+from ..tcp.connection import TcpConnection
+from ..tcp.state import CLOSED, TIME_WAIT
+from ..wire.checksum import ones_sum
+from ..wire.ip import parse_ip
+from ..wire.tcp import parse_tcp
+
+__all__ = ["ImpairedPipe", "Impairment", "TransferResult", "run_transfer"]
+
+
+@dataclass(frozen=True, slots=True)
+class Impairment:
+    """How a simulated link mistreats packets. Probabilities are in ``[0, 1]``; times in seconds.
+
+    Attributes:
+        loss: probability a packet is dropped.
+        reorder: probability a packet is held back by ``reorder_delay`` so later ones pass it.
+        duplicate: probability a packet is delivered twice.
+        corrupt: probability one random bit of a packet is flipped.
+        delay: fixed one-way delay.
+        jitter: extra uniform random delay in ``[0, jitter]`` (implies some reordering).
+        reorder_delay: how long a reordered packet is held back.
+    """
+
+    loss: float = 0.0
+    reorder: float = 0.0
+    duplicate: float = 0.0
+    corrupt: float = 0.0
+    delay: float = 0.0
+    jitter: float = 0.0
+    reorder_delay: float = 0.002
+
+    def __post_init__(self) -> None:
+        for name in ("loss", "reorder", "duplicate", "corrupt"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ConfigError(f"impairment {name} must be between 0% and 100%")
+        for name in ("delay", "jitter", "reorder_delay"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"impairment {name} must not be negative")
+
+    @property
+    def is_clean(self) -> bool:
+        """True when the link does nothing to packets."""
+        return not (
+            self.loss or self.reorder or self.duplicate or self.corrupt or self.delay
+            or self.jitter
+        )
+
+    @classmethod
+    def parse(cls, spec: str) -> tuple[Impairment, int]:
+        """Parse ``loss=5%,reorder=10%,dup=2%,delay=5ms,jitter=1ms,corrupt=0.1%,seed=N``.
+
+        Returns the impairment and the seed (0 when not given).
+
+        Raises:
+            ConfigError: naming the part of the spec that is wrong.
+        """
+        names = {
+            "loss": "loss",
+            "reorder": "reorder",
+            "dup": "duplicate",
+            "duplicate": "duplicate",
+            "corrupt": "corrupt",
+            "delay": "delay",
+            "jitter": "jitter",
+            "reorder-delay": "reorder_delay",
+            "reorder_delay": "reorder_delay",
+        }
+        values: dict[str, float] = {}
+        seed = 0
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            key, sep, raw = part.partition("=")
+            key = key.strip().lower()
+            raw = raw.strip().lower()
+            if not sep or not raw:
+                raise ConfigError(f"impairment {part!r}: expected name=value")
+            if key == "seed":
+                try:
+                    seed = int(raw)
+                except ValueError:
+                    raise ConfigError(f"impairment seed {raw!r} is not an integer") from None
+                continue
+            if key not in names:
+                raise ConfigError(
+                    f"unknown impairment {key!r} (known: loss, reorder, dup, corrupt, delay, "
+                    "jitter, reorder-delay, seed)"
+                )
+            attr = names[key]
+            try:
+                if attr in ("delay", "jitter", "reorder_delay"):
+                    values[attr] = _parse_time(raw)
+                else:
+                    values[attr] = _parse_fraction(raw)
+            except ValueError:
+                raise ConfigError(f"impairment {key}={raw!r}: not a valid value") from None
+        return cls(**values), seed
+
+
+def _parse_fraction(raw: str) -> float:
+    if raw.endswith("%"):
+        return float(raw[:-1]) / 100.0
+    return float(raw)
+
+
+def _parse_time(raw: str) -> float:
+    for suffix, scale in (("ms", 1e-3), ("us", 1e-6), ("s", 1.0)):
+        if raw.endswith(suffix):
+            return float(raw[: -len(suffix)]) * scale
+    return float(raw) * 1e-3  # bare numbers are milliseconds
+
+
+class ImpairedPipe:
+    """One direction of an impaired link: ``push`` packets in, ``pop_due`` them out later."""
+
+    def __init__(self, impairment: Impairment, rng: random.Random) -> None:
+        self.imp = impairment
+        self.rng = rng
+        self._queue: list[tuple[float, int, bytes]] = []
+        self._seq = 0
+        self.sent = 0
+        self.lost = 0
+        self.duplicated = 0
+        self.corrupted = 0
+        self.reordered = 0
+        self.delivered = 0
+
+    def push(self, packet: bytes | bytearray, now: float) -> None:
+        """Offer a packet to the link at time ``now``."""
+        imp = self.imp
+        rng = self.rng
+        self.sent += 1
+        if imp.loss and rng.random() < imp.loss:
+            self.lost += 1
+            return
+        copies = 1
+        if imp.duplicate and rng.random() < imp.duplicate:
+            copies = 2
+            self.duplicated += 1
+        for _ in range(copies):
+            data = bytes(packet)
+            if imp.corrupt and rng.random() < imp.corrupt:
+                bit = rng.randrange(len(data) * 8)
+                b = bytearray(data)
+                b[bit >> 3] ^= 1 << (bit & 7)
+                data = bytes(b)
+                self.corrupted += 1
+            t = now + imp.delay
+            if imp.jitter:
+                t += rng.random() * imp.jitter
+            if imp.reorder and rng.random() < imp.reorder:
+                t += imp.reorder_delay
+                self.reordered += 1
+            self._seq += 1
+            heapq.heappush(self._queue, (t, self._seq, data))
+
+    def pop_due(self, now: float) -> list[bytes]:
+        """Packets whose delivery time has come, in delivery order."""
+        q = self._queue
+        out = []
+        while q and q[0][0] <= now:
+            out.append(heapq.heappop(q)[2])
+        self.delivered += len(out)
+        return out
+
+    def next_due(self) -> float | None:
+        """Delivery time of the next packet in flight."""
+        return self._queue[0][0] if self._queue else None
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+
+@dataclass
+class TransferResult:
+    """What a :func:`run_transfer` produced; compare ``upstream_received`` with what was sent."""
+
+    upstream_received: list[bytes]
+    app_received: list[bytes]
+    completed: bool
+    virtual_time: float
+    iterations: int
+    close_reasons: list[str]
+    stack_stats: dict[str, object]
+    pipe_stats: dict[str, int] = field(default_factory=dict)
+
+
+def _verified_segment(packet: bytes) -> tuple[bytes, bytes, object] | None:
+    """Parse a packet the way a real stack would: checksums first; None if it is corrupt."""
+    try:
+        ip = parse_ip(packet, verify_checksum=True)
+        if ip.fragment or ip.protocol != 6:
+            return None
+        pseudo = int.from_bytes(ip.src, "big") + int.from_bytes(ip.dst, "big") + 6 + (
+            ip.end - ip.offset
+        )
+        if ones_sum(memoryview(packet)[ip.offset : ip.end], pseudo) != 0:
+            return None
+        return ip.src, ip.dst, parse_tcp(packet, ip.offset, ip.end)
+    except MalformedPacket:
+        return None
+
+
+def run_transfer(
+    up: list[bytes],
+    down: list[bytes],
+    *,
+    impair_up: Impairment | None = None,
+    impair_down: Impairment | None = None,
+    seed: int = 0,
+    version: int = 4,
+    stack_config: StackConfig | None = None,
+    client_config: TcpConfig | None = None,
+    max_time: float = 600.0,
+    max_iterations: int = 2_000_000,
+    client_iss: int | None = None,
+    chunk: int = 65536,
+    trace: Callable[[str, float, bytes], None] | None = None,
+) -> TransferResult:
+    """Run ``len(up)`` TCP flows through a NetStack over an impaired link, in virtual time.
+
+    Flow ``i``: the application sends ``up[i]`` then closes its side; the in-memory upstream
+    sends ``down[i]`` then closes its side. The run ends when every flow is closed on both
+    sides, or at ``max_time`` virtual seconds (then ``completed`` is False). ``trace`` is
+    called with ``("app>", now, packet)`` or ``("stack>", now, packet)`` for every packet
+    sent (before impairment).
+    """
+    if len(up) != len(down):
+        raise ValueError("up and down must list the same number of flows")
+    rng = random.Random(seed)
+    imp_up = impair_up or Impairment()
+    imp_down = impair_down or Impairment()
+    pipe_up = ImpairedPipe(imp_up, random.Random(rng.getrandbits(64)))
+    pipe_down = ImpairedPipe(imp_down, random.Random(rng.getrandbits(64)))
+    cfg = stack_config or StackConfig(isn_secret=b"netsim-secret-00", mtu=1500)
+    stack = NetStack(cfg)
+    ccfg = client_config or TcpConfig()
+    if version == 4:
+        app_addr = bytes((10, 0, 0, 1))
+        srv_addr = bytes((10, 0, 1, 1))
+    else:
+        app_addr = bytes.fromhex("fd000000000000000000000000000001")
+        srv_addr = bytes.fromhex("fd000000000000000000000000010001")
+    nflows = len(up)
+    now = 0.0
+    clients: list[TcpConnection] = []
+    for i in range(nflows):
+        iss = client_iss if client_iss is not None else rng.getrandbits(32)
+        clients.append(
+            TcpConnection.connect(
+                ccfg, app_addr, 20000 + i, srv_addr, 80, iss + i * 7919, now,
+                mss_limit=cfg.mss_for(version),
+            )
+        )
+    by_port = {c.local_port: c for c in clients}
+    up_sent = [0] * nflows
+    down_sent = [0] * nflows
+    up_got = [bytearray() for _ in range(nflows)]
+    app_got = [bytearray() for _ in range(nflows)]
+    flow_index: dict[int, int] = {}
+    upstream_eof = [False] * nflows
+    upstream_done = [False] * nflows
+    closed_reasons: list[str] = []
+    client_closed = [False] * nflows
+
+    def feed_down(i: int, fid: int) -> None:
+        data = down[i]
+        while down_sent[i] < len(data):
+            n = stack.send(fid, data[down_sent[i] : down_sent[i] + chunk])
+            if not n:
+                return
+            down_sent[i] += n
+        if not upstream_done[i]:
+            upstream_done[i] = True
+            stack.shutdown(fid)
+
+    it = 0
+    completed = False
+    while it < max_iterations:
+        it += 1
+        # Link towards the application (checksums verified, corrupt packets dropped).
+        for p in pipe_down.pop_due(now):
+            parsed = _verified_segment(p)
+            if parsed is None:
+                continue
+            _s, _d, seg = parsed
+            cl2 = by_port.get(seg.dst_port)  # type: ignore[attr-defined]
+            if cl2 is not None:
+                cl2.on_segment(seg, now)  # type: ignore[arg-type]
+        # Application side: read, write, run timers, emit.
+        for i, cl in enumerate(clients):
+            if cl.state is CLOSED:
+                client_closed[i] = True
+                continue
+            if cl.state is TIME_WAIT:
+                client_closed[i] = True
+            app_got[i] += cl.recv()
+            if cl.state.value in ("ESTABLISHED", "CLOSE-WAIT") and not cl.fin_queued:
+                while up_sent[i] < len(up[i]):
+                    n = cl.send(up[i][up_sent[i] : up_sent[i] + chunk])
+                    if not n:
+                        break
+                    up_sent[i] += n
+                if up_sent[i] >= len(up[i]):
+                    cl.shutdown()
+            out: list[bytearray] = []
+            cl.dispatch(now, out)
+            cl.on_timer(now)
+            cl.dispatch(now, out)
+            for p in out:
+                if trace is not None:
+                    trace("app>", now, bytes(p))
+                pipe_up.push(p, now)
+        # Link towards the stack.
+        stack.receive_many(pipe_up.pop_due(now), now)
+        # Host side: the in-memory upstream.
+        for _round in range(4):
+            evs = stack.events()
+            if not evs:
+                break
+            for ev in evs:
+                if isinstance(ev, TcpConnectRequest):
+                    i = ev.src[1] - 20000
+                    flow_index[ev.flow_id] = i
+                    stack.tcp_accept(ev.flow_id)
+                    feed_down(i, ev.flow_id)
+                elif isinstance(ev, TcpReadable):
+                    up_got[flow_index[ev.flow_id]] += stack.recv(ev.flow_id)
+                elif isinstance(ev, TcpWritable):
+                    feed_down(flow_index[ev.flow_id], ev.flow_id)
+                elif isinstance(ev, TcpPeerClosed):
+                    i = flow_index[ev.flow_id]
+                    up_got[i] += stack.recv(ev.flow_id)
+                    upstream_eof[i] = True
+                elif isinstance(ev, TcpClosed):
+                    closed_reasons.append(ev.reason)
+        for p in stack.poll(now):
+            if trace is not None:
+                trace("stack>", now, bytes(p))
+            pipe_down.push(p, now)
+        if len(closed_reasons) >= nflows and all(client_closed) and not len(pipe_up) and not len(
+            pipe_down
+        ):
+            completed = True
+            break
+        # Advance virtual time to the next thing that can happen.
+        candidates = [pipe_up.next_due(), pipe_down.next_due(), stack.poll_at()]
+        for cl in clients:
+            if cl.state is not CLOSED:
+                candidates.append(cl.poll_at())
+        nxt = min((t for t in candidates if t is not None), default=None)
+        if nxt is None:
+            # Nothing scheduled: the clients may still owe output (dispatched next round).
+            nxt = now + 0.001
+        if nxt <= now:
+            nxt = now + 1e-6
+        now = nxt
+        if now > max_time:
+            break
+    for i, cl in enumerate(clients):
+        if cl.state is not CLOSED:
+            app_got[i] += cl.recv()
+    return TransferResult(
+        upstream_received=[bytes(b) for b in up_got],
+        app_received=[bytes(b) for b in app_got],
+        completed=completed,
+        virtual_time=now,
+        iterations=it,
+        close_reasons=closed_reasons,
+        stack_stats=stack.stats(),
+        pipe_stats={
+            "up_lost": pipe_up.lost,
+            "up_corrupted": pipe_up.corrupted,
+            "down_lost": pipe_down.lost,
+            "down_corrupted": pipe_down.corrupted,
+            "up_sent": pipe_up.sent,
+            "down_sent": pipe_down.sent,
+        },
+    )
