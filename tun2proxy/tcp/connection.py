@@ -113,6 +113,7 @@ class TcpConnection:
         "_pseudo",
         "_rtt_seq",
         "_rtt_time",
+        "_rtx_ts",
         "asm",
         "c",
         "close_deadline",
@@ -248,6 +249,7 @@ class TcpConnection:
         self.rtt = RttEstimator(c.initial_rto, c.min_rto, c.max_rto)
         self._rtt_seq: int | None = None
         self._rtt_time = 0.0
+        self._rtx_ts = (int(now * 1000) + ts_offset) & SEQ_MASK  # TSval at our last rexmit
         self.rtx_deadline: float | None = None
         self.rtx_count = 0
         self.persist_deadline: float | None = None
@@ -695,6 +697,9 @@ class TcpConnection:
         payload = seg.payload
         plen = len(payload)
         seq = _unwrap(seg.seq, self.rcv_nxt)
+        # Any segment of this connection shows the peer is alive (keep-alive probes and
+        # retransmissions included): it defers the idle and half-close timeouts.
+        self.last_activity = now
 
         # SYN-RECEIVED: a retransmitted SYN means our SYN-ACK was lost (H3).
         if st is SYN_RECEIVED and flags & SYN and not flags & ACK:
@@ -1011,13 +1016,17 @@ class TcpConnection:
             acked = ack - snd_una
             # RTT: timestamps on every new ACK (RFC 7323 §4.1), else one timed segment with
             # Karn's rule (RFC 6298 §3).
-            if self.ts_ok and seg.ts_ecr is not None and seg.ts_ecr:
-                r = ((self._tsval(now) - seg.ts_ecr) & SEQ_MASK) / 1000.0
-                if r < 60:
-                    self.rtt.sample(r)
+            if self.ts_ok and seg.ts_ecr:
+                # Karn's rule with timestamps: an echo of a segment sent before our latest
+                # retransmission measures ACK loss as much as the path; skip it.
+                if ((seg.ts_ecr - self._rtx_ts) & SEQ_MASK) < SEQ_HALF:
+                    r = ((self._tsval(now) - seg.ts_ecr) & SEQ_MASK) / 1000.0
+                    if r < 60:
+                        self.rtt.sample(r)
             elif self._rtt_seq is not None and ack >= self._rtt_seq:
                 self.rtt.sample(now - self._rtt_time)
                 self._rtt_seq = None
+            self.rtt.reset_backoff()
             # Free acknowledged data.
             data_ack = min(ack, self.data_end)
             if data_ack > self.sbuf_seq:
@@ -1274,13 +1283,14 @@ class TcpConnection:
 
     def _send_data(self, now: float, out: list[bytearray]) -> bool:
         """Send retransmissions and new data as the windows allow; True if anything went."""
-        mss = self.snd_mss
         data_end = self.data_end
         right = self.snd_wl2 + self.snd_wnd  # the peer's right window edge
         pipe = self._pipe()
         sent = False
-        opts: bytes | None = None
-        window = -1
+        opts = self._opts(now)
+        window = -1  # computed when the first segment goes out (it moves RCV.ADV)
+        # RFC 6691: options beyond the timestamps we budgeted for come out of the payload.
+        mss = self.snd_mss - max(0, len(opts) - (12 if self.ts_ok else 0))
         count = 0
         while count < 512:  # bounded work per call
             count += 1
@@ -1293,12 +1303,12 @@ class TcpConnection:
                 if nl is not None:
                     start, end = nl
                     n = min(end - start, mss)
-                    if opts is None:
-                        opts = self._opts(now)
+                    if window < 0:
                         window = self._adv_field()
                     self._emit_range(out, start, start + n, data_end, opts, window)
                     self.rexmit_high = start + n
                     self.segments_retransmitted += 1
+                    self._rtx_ts = self._tsval(now)
                     pipe += n
                     sent = True
                     if self.rtx_deadline is None:
@@ -1316,8 +1326,7 @@ class TcpConnection:
                     break  # sender SWS avoidance (RFC 9293 §3.8.6.2.1)
                 end = seq + n
                 fin = self.fin_queued and end == data_end and right > end
-                if opts is None:
-                    opts = self._opts(now)
+                if window < 0:
                     window = self._adv_field()
                 self._emit_range(out, seq, end + (1 if fin else 0), data_end, opts, window)
                 if fin:
@@ -1337,8 +1346,7 @@ class TcpConnection:
                 if right <= seq:
                     self._arm_persist(now)
                     break
-                if opts is None:
-                    opts = self._opts(now)
+                if window < 0:
                     window = self._adv_field()
                 out.append(self._build(FIN | ACK, seq, self.rcv_nxt, window, opts, 0, 0))
                 self.fin_sent = True

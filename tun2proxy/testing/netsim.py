@@ -33,7 +33,7 @@ from ..tcp.connection import TcpConnection
 from ..tcp.state import CLOSED, TIME_WAIT
 from ..wire.checksum import ones_sum
 from ..wire.ip import parse_ip
-from ..wire.tcp import parse_tcp
+from ..wire.tcp import ACK, FIN, RST, SYN, TcpSegment, emit_tcp_packet, parse_tcp
 
 __all__ = ["ImpairedPipe", "Impairment", "TransferResult", "run_transfer"]
 
@@ -231,6 +231,17 @@ def _verified_segment(packet: bytes) -> tuple[bytes, bytes, object] | None:
         return None
 
 
+def _rst_for(seg: TcpSegment, conn: TcpConnection) -> bytes | None:
+    if seg.flags & RST:
+        return None
+    if seg.flags & ACK:
+        rseg = TcpSegment(seg.dst_port, seg.src_port, seg.ack, 0, RST)
+    else:
+        n = len(seg.payload) + (1 if seg.flags & SYN else 0) + (1 if seg.flags & FIN else 0)
+        rseg = TcpSegment(seg.dst_port, seg.src_port, 0, (seg.seq + n) & 0xFFFFFFFF, RST | ACK)
+    return bytes(emit_tcp_packet(conn.local_addr, conn.remote_addr, rseg))
+
+
 def run_transfer(
     up: list[bytes],
     down: list[bytes],
@@ -315,8 +326,16 @@ def run_transfer(
                 continue
             _s, _d, seg = parsed
             cl2 = by_port.get(seg.dst_port)  # type: ignore[attr-defined]
-            if cl2 is not None:
-                cl2.on_segment(seg, now)  # type: ignore[arg-type]
+            if cl2 is None:
+                continue
+            if cl2.state is CLOSED:
+                # Like a real host: a segment for a connection that no longer exists draws
+                # an RST (RFC 9293 §3.10.7.1), unless it is one.
+                rst = _rst_for(seg, cl2)  # type: ignore[arg-type]
+                if rst is not None:
+                    pipe_up.push(rst, now)
+                continue
+            cl2.on_segment(seg, now)  # type: ignore[arg-type]
         # Application side: read, write, run timers, emit.
         for i, cl in enumerate(clients):
             if cl.state is CLOSED:
