@@ -67,24 +67,33 @@ class Assembler:
             self._touch(r, ())
             return True
         touched = ranges[lo:hi]
-        new_start = min(touched[0].start, start)
-        new_end = max(touched[-1].end, end)
-        buf = bytearray()
-        pos = new_start
+        first = touched[0]
         old = 0
+        for r in touched:
+            old += r.end - r.start
         with memoryview(data) as view:
-            for r in touched:
-                if pos < r.start:  # a gap before this range, filled from the new data
-                    buf += view[pos - start : r.start - start]
+            if start < first.start:
+                # New bytes in front of the first range: a new buffer (rare).
+                buf = bytearray(view[: first.start - start])
+                buf += first.data
+                first.data = buf
+                first.start = start
+            # Extend the first range in place: append the new bytes in each gap and the
+            # following ranges (appending to a bytearray is amortised O(appended)).
+            buf = first.data
+            pos = first.end
+            for r in touched[1:]:
+                buf += view[pos - start : r.start - start]
                 buf += r.data
                 pos = r.end
-                old += r.end - r.start
-            if pos < new_end:
-                buf += view[pos - start : new_end - start]
-        merged = Range(new_start, buf)
-        ranges[lo:hi] = [merged]
-        self.nbytes += (new_end - new_start) - old
-        self._touch(merged, touched)
+            if end > pos:
+                buf += view[pos - start : end - start]
+                pos = end
+            first.end = pos
+        if hi - lo > 1:
+            del ranges[lo + 1 : hi]
+        self.nbytes += (first.end - first.start) - old
+        self._touch(first, touched[1:])
         return True
 
     def _touch(self, r: Range, replaced: list[Range] | tuple[()]) -> None:
