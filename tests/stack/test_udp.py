@@ -13,14 +13,18 @@ from tun2proxy.wire.checksum import pseudo_header_sum
 from .helpers import make_stack
 
 APP = {4: "10.0.0.1", 6: "fd00::1"}
-SRV = {4: ("192.0.2.1", "192.0.2.2", "198.51.100.7"), 6: ("2001:db8::1", "2001:db8::2", "2001:db8::3")}
+SRV = {
+    4: ("192.0.2.1", "192.0.2.2", "198.51.100.7"),
+    6: ("2001:db8::1", "2001:db8::2", "2001:db8::3"),
+}
 
 
 def _parse_reply(pkt: bytes | bytearray) -> tuple[bytes, bytes, int, int, bytes]:
     ip = parse_ip(pkt)
     assert ip.protocol == 17
     u = parse_udp(pkt, ip.offset, ip.end)
-    assert verify(memoryview(pkt)[ip.offset : ip.end], pseudo_header_sum(ip.src, ip.dst, 17, u.length))
+    pseudo = pseudo_header_sum(ip.src, ip.dst, 17, u.length)
+    assert verify(memoryview(pkt)[ip.offset : ip.end], pseudo)
     return ip.src, ip.dst, u.src_port, u.dst_port, bytes(u.payload)
 
 
@@ -52,7 +56,7 @@ def test_replies_come_from_the_given_endpoint(version: int) -> None:
     out = st.poll(0.0)
     assert len(out) == 3
     for pkt, dst in zip(out, SRV[version], strict=True):
-        s, d, sp, dp, payload = _parse_reply(pkt)
+        s, _d, sp, dp, payload = _parse_reply(pkt)
         assert s == parse_ip(udp_packet(dst, APP[version], 1, 1)).src
         assert (sp, dp) == (9999, 5000)
         assert payload == b"pong-" + dst.encode()

@@ -452,7 +452,7 @@ class NetStack:
             return
         st.drop("icmp-other")
 
-    def _icmp_error(self, quoted: memoryview, version: int) -> None:
+    def _icmp_error(self, quoted: bytes | memoryview, version: int) -> None:
         """An ICMP error from the app about a packet we sent (I1): validated, mostly ignored."""
         st = self.stats_counters
         try:
@@ -699,9 +699,8 @@ class NetStack:
         self._syn_quote.pop(conn.flow_id, None)
         if conn.state is TIME_WAIT:
             self._schedule(conn)
-        else:
-            if self._tcp.get(conn.key) is conn:
-                del self._tcp[conn.key]
+        elif self._tcp.get(conn.key) is conn:
+            del self._tcp[conn.key]
 
     def _remove(self, conn: TcpConnection) -> None:
         if self._tcp.get(conn.key) is conn:

@@ -131,8 +131,8 @@ class TcpConnection:
         "irs",
         "iss",
         "keepalive_deadline",
-        "key",
         "keepalive_probes",
+        "key",
         "last_ack_sent",
         "last_activity",
         "local_addr",
@@ -216,7 +216,8 @@ class TcpConnection:
         self._pseudo = int.from_bytes(local_addr, "big") + int.from_bytes(remote_addr, "big") + 6
         if self.v4:
             # Constant part of the IPv4 header sum: ver/ihl/tos, DF, TTL 64/proto 6, addresses.
-            self._ip_sum = 0x4500 + 0x4000 + 0x4006 + int.from_bytes(local_addr + remote_addr, "big")
+            addrs = int.from_bytes(local_addr + remote_addr, "big")
+            self._ip_sum = 0x4500 + 0x4000 + 0x4006 + addrs
         else:
             # IPv6 header sum without the payload length: version word, next header/hop
             # limit, addresses.

@@ -320,8 +320,8 @@ def run_transfer(
     while it < max_iterations:
         it += 1
         # Link towards the application (checksums verified, corrupt packets dropped).
-        for p in pipe_down.pop_due(now):
-            parsed = _verified_segment(p)
+        for pkt in pipe_down.pop_due(now):
+            parsed = _verified_segment(pkt)
             if parsed is None:
                 continue
             _s, _d, seg = parsed
@@ -356,10 +356,10 @@ def run_transfer(
             cl.dispatch(now, out)
             cl.on_timer(now)
             cl.dispatch(now, out)
-            for p in out:
+            for op in out:
                 if trace is not None:
-                    trace("app>", now, bytes(p))
-                pipe_up.push(p, now)
+                    trace("app>", now, bytes(op))
+                pipe_up.push(op, now)
         # Link towards the stack.
         stack.receive_many(pipe_up.pop_due(now), now)
         # Host side: the in-memory upstream.
@@ -383,10 +383,10 @@ def run_transfer(
                     upstream_eof[i] = True
                 elif isinstance(ev, TcpClosed):
                     closed_reasons.append(ev.reason)
-        for p in stack.poll(now):
+        for sp in stack.poll(now):
             if trace is not None:
-                trace("stack>", now, bytes(p))
-            pipe_down.push(p, now)
+                trace("stack>", now, bytes(sp))
+            pipe_down.push(sp, now)
         if len(closed_reasons) >= nflows and all(client_closed) and not len(pipe_up) and not len(
             pipe_down
         ):

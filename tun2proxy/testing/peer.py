@@ -117,7 +117,7 @@ class ScriptedTcpPeer:
     def syn(self, **options: object) -> bytes:
         """The opening SYN (options such as ``mss=1460, wscale=7, sack_permitted=True``)."""
         self.snd_nxt = self.iss
-        return self.segment(SYN, **options)
+        return self.segment(SYN, **options)  # type: ignore[arg-type]
 
     def ack(self, **kw: object) -> bytes:
         """A pure ACK of everything received so far."""
