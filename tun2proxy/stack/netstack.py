@@ -717,6 +717,10 @@ class NetStack:
         else:
             self._push(sess, due)
 
+    def busy(self) -> bool:
+        """True when events are queued or packets are due: call :meth:`events`/:meth:`poll`."""
+        return bool(self._events or self._dirty or self._out or self._closing)
+
     def poll_at(self) -> float | None:
         """When :meth:`poll` should run next: now if output or events are waiting."""
         if self._dirty or self._out:

@@ -1,0 +1,7 @@
+"""``python -m tun2proxy``: see :mod:`tun2proxy.cli`."""
+
+from __future__ import annotations
+
+from .cli import main
+
+raise SystemExit(main())

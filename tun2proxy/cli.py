@@ -1,0 +1,324 @@
+"""``python -m tun2proxy``: command-line options -> link, stack, upstream -> Driver.
+
+Flags follow the Rust tun2proxy where the meaning is the same (``--tun``, ``--tun-fd``,
+``--proxy``, ``--mtu``, ``--unshare``, ``--tcp-timeout``, ``--max-sessions``,
+``-v/--verbosity``). Bad arguments get a one-line error and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ._version import __version__
+from .errors import ConfigError
+from .link.fd import FdLink
+from .link.unshare import PrivateNamespace, spawn_private
+from .stack.config import StackConfig
+from .tcp.config import TcpConfig
+
+__all__ = ["DEFAULT_MTU", "Options", "build_parser", "main", "parse_args"]
+
+log = logging.getLogger("tun2proxy")
+
+#: The MTU of a TUN device we create: the largest a Linux TUN allows, so each Python
+#: iteration moves up to 64 KiB (see docs/performance.md for the measurements).
+DEFAULT_MTU = 65535
+DEFAULT_TUN_ADDRESS = "10.0.0.33/24"
+DEFAULT_TUN_ADDRESS6 = "fdfe:dcba:9876::1/125"
+TRACE = 5
+
+EPILOG = """\
+examples:
+  # run one command with all its traffic going through a SOCKS5 proxy
+  sudo python -m tun2proxy --unshare --proxy socks5://127.0.0.1:1080 -- curl https://example.com/
+
+  # the same, leaving from this host's own network (the default upstream is direct://)
+  sudo python -m tun2proxy --unshare -- ping -c1 10.0.0.1
+
+  # serve a persistent TUN device whose routes you set up yourself
+  sudo ip tuntap add dev tun0 mode tun && sudo ip link set tun0 up mtu 9000
+  sudo python -m tun2proxy --tun tun0 --proxy socks5://user:pass@proxy.example:1080
+
+  # use a TUN fd inherited from a parent process (Android VpnService style)
+  python -m tun2proxy --tun-fd 3 --mtu 1500 --proxy socks5://10.0.2.2:1080
+
+proxy URLs: socks5://[user:pass@]host[:port] (port 1080 by default), direct://, reject://
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive(kind: type[float] | type[int]):  # type: ignore[no-untyped-def]
+    def conv(text: str) -> float | int:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+        return v
+
+    return conv
+
+
+def _cidr(version: int):  # type: ignore[no-untyped-def]
+    def conv(text: str) -> str:
+        try:
+            iface = ipaddress.ip_interface(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an address/prefix") from None
+        if iface.version != version:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an IPv{version} address")
+        return str(iface)
+
+    return conv
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    p = _Parser(
+        prog="tun2proxy",
+        description="Route the traffic of a TUN device (or of one command) through a proxy.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"tun2proxy {__version__}")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--tun", metavar="NAME",
+        help="TUN device: created and configured if missing, used as it is if it exists "
+        "(default tun0)",
+    )
+    src.add_argument(
+        "--tun-fd", metavar="FD", type=int, help="use an already-open TUN file descriptor"
+    )
+    p.add_argument(
+        "--tun-netns", metavar="NETNS",
+        help="open the TUN device inside this network namespace (a name from 'ip netns', or a "
+        "path); upstream connections still leave from the current namespace",
+    )
+    p.add_argument(
+        "--framing", choices=("none", "pi", "af"), default="none",
+        help="packet framing on --tun-fd: none (raw IP), pi (Linux packet information), af "
+        "(4-byte address family, macOS utun)",
+    )
+    p.add_argument(
+        "--proxy", metavar="URL", default="direct://",
+        help="upstream proxy URL (default direct://: connect from this host's own network)",
+    )
+    p.add_argument(
+        "--mtu", type=_positive(int),
+        help=f"MTU of a TUN device we create, or of --tun-fd (default {DEFAULT_MTU}; an "
+        "existing device keeps its own)",
+    )
+    p.add_argument(
+        "--tun-address", type=_cidr(4), default=DEFAULT_TUN_ADDRESS, metavar="CIDR",
+        help=f"IPv4 address of a device we create (default {DEFAULT_TUN_ADDRESS})",
+    )
+    p.add_argument(
+        "--tun-address6", type=_cidr(6), default=DEFAULT_TUN_ADDRESS6, metavar="CIDR",
+        help=f"IPv6 address of a device we create (default {DEFAULT_TUN_ADDRESS6})",
+    )
+    p.add_argument(
+        "--unshare", action="store_true",
+        help="run the command given after '--' in a new private network namespace whose only "
+        "routes lead into the tunnel; exit with its exit code",
+    )
+    p.add_argument(
+        "--tcp-timeout", type=_positive(float), default=600.0, metavar="SECONDS",
+        help="reset TCP flows idle for this long (default 600)",
+    )
+    p.add_argument(
+        "--connect-timeout", type=_positive(float), default=10.0, metavar="SECONDS",
+        help="refuse a flow whose upstream connection takes longer (default 10)",
+    )
+    p.add_argument(
+        "--max-sessions", type=_positive(int), default=4096, metavar="N",
+        help="TCP flows at most; further connections are refused (default 4096)",
+    )
+    p.add_argument(
+        "-v", "--verbosity", default="info",
+        choices=("off", "error", "warn", "info", "debug", "trace"),
+        help="log level (default info)",
+    )
+    return p
+
+
+@dataclass
+class Options:
+    """Parsed command line."""
+
+    args: argparse.Namespace
+    command: list[str]
+
+
+def parse_args(argv: Sequence[str]) -> Options:
+    """Parse ``argv``; everything after ``--`` is the command for ``--unshare``."""
+    argv = list(argv)
+    command: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        command = argv[i + 1 :]
+        argv = argv[:i]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.unshare:
+        if not command:
+            parser.error("--unshare needs a command after '--' (e.g. -- curl http://...)")
+        if args.tun_fd is not None or args.tun_netns:
+            parser.error("--unshare creates its own device: drop --tun-fd/--tun-netns")
+    elif command:
+        parser.error("a command after '--' is only run with --unshare")
+    if args.tun_fd is not None and args.tun_fd < 0:
+        parser.error("--tun-fd must be a file descriptor number")
+    if args.framing != "none" and args.tun_fd is None:
+        parser.error("--framing applies to --tun-fd only")
+    if args.mtu is not None and not 576 <= args.mtu <= 65535:
+        parser.error("--mtu must be between 576 and 65535")
+    try:
+        from .upstream.registry import upstream_from_url
+
+        args.upstream = upstream_from_url(args.proxy)
+    except ConfigError as e:
+        parser.error(str(e))
+    return Options(args, command)
+
+
+def _setup_logging(level: str) -> None:
+    logging.addLevelName(TRACE, "TRACE")
+    levels = {
+        "off": logging.CRITICAL + 10,
+        "error": logging.ERROR,
+        "warn": logging.WARNING,
+        "info": logging.INFO,
+        "debug": logging.DEBUG,
+        "trace": TRACE,
+    }
+    logging.basicConfig(
+        level=levels[level], stream=sys.stderr, format="tun2proxy: %(levelname)s %(message)s"
+    )
+
+
+def _stack_config(args: argparse.Namespace, mtu: int) -> StackConfig:
+    return StackConfig(
+        isn_secret=os.urandom(16),
+        mtu=mtu,
+        max_flows=args.max_sessions,
+        tcp=TcpConfig(idle_timeout=args.tcp_timeout),
+    )
+
+
+def _open_link(opts: Options, child: PrivateNamespace | None) -> FdLink:
+    """Open the TUN device or fd (synchronously: netlink setup runs before the loop)."""
+    from .link.netconf import InterfaceConfig
+    from .link.tun_linux import TunLink, open_tun
+
+    args = opts.args
+    mtu = args.mtu or DEFAULT_MTU
+    if args.tun_fd is not None:
+        return FdLink(args.tun_fd, mtu, framing=args.framing, name=f"fd {args.tun_fd}")
+    netns = child.netns if child is not None else args.tun_netns
+    cfg = InterfaceConfig(
+        addresses=(args.tun_address, args.tun_address6),
+        mtu=mtu,
+        default_routes=child is not None,
+        loopback_up=child is not None,
+    )
+    dev = open_tun(args.tun or "tun0", netns=netns, config=cfg)
+    if not dev.created and args.mtu and args.mtu != dev.mtu:
+        log.warning("%s exists with MTU %d; --mtu %d ignored", dev.name, dev.mtu, args.mtu)
+    log.info(
+        "%s %s (mtu %d%s)", "created" if dev.created else "attached to", dev.name, dev.mtu,
+        f", netns {args.tun_netns}" if args.tun_netns else "",
+    )
+    return TunLink(dev)
+
+
+async def _serve(opts: Options, link: FdLink, child: PrivateNamespace | None) -> int:
+    """Run the driver until a signal, a link failure or the child's exit."""
+    from .driver.loop import Driver, DriverConfig
+
+    args = opts.args
+    loop = asyncio.get_running_loop()
+    stack = Driver.make_stack(_stack_config(args, link.mtu))
+    driver = Driver(stack, link, args.upstream, DriverConfig(connect_timeout=args.connect_timeout))
+    log.info("upstream %s", args.upstream.describe())
+    exit_code = 0
+    signals = (signal.SIGINT, signal.SIGTERM)
+
+    def on_signal(signum: int) -> None:
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signum)
+        else:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            driver.stop()
+
+    for s in signals:
+        loop.add_signal_handler(s, on_signal, s)
+    pidfd = -1
+    if child is not None:
+        pidfd = os.pidfd_open(child.pid)
+        pid = child.pid
+
+        def on_child_exit() -> None:
+            nonlocal exit_code
+            loop.remove_reader(pidfd)
+            _, status = os.waitpid(pid, 0)
+            exit_code = os.waitstatus_to_exitcode(status)
+            if exit_code < 0:
+                exit_code = 128 - exit_code
+            driver.stop()
+
+        loop.add_reader(pidfd, on_child_exit)
+        child.release()
+    try:
+        await driver.run()
+    finally:
+        for s in signals:
+            loop.remove_signal_handler(s)
+        if pidfd >= 0:
+            with contextlib.suppress(OSError, ValueError):
+                loop.remove_reader(pidfd)
+            os.close(pidfd)
+    if child is None and driver.link_error is not None:
+        return 1
+    return exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m tun2proxy`` and the ``tun2proxy`` script."""
+    opts = parse_args(sys.argv[1:] if argv is None else argv)
+    _setup_logging(opts.args.verbosity)
+    child: PrivateNamespace | None = None
+    if opts.args.unshare:
+        try:
+            child = spawn_private(opts.command)
+        except OSError as e:
+            log.error("--unshare: cannot create a network namespace: %s (run as root)", e)
+            return 1
+    try:
+        link = _open_link(opts, child)
+    except (OSError, ValueError, RuntimeError) as e:
+        if child is not None:
+            child.abandon()
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(child.pid, 0)
+        log.error("cannot open the TUN device: %s", e)
+        return 1
+    try:
+        return asyncio.run(_serve(opts, link, child))
+    except KeyboardInterrupt:
+        return 130

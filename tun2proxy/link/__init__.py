@@ -1,0 +1,8 @@
+"""Links: where packets come from and go to — TUN devices, fds, namespaces (I/O layer)."""
+
+from __future__ import annotations
+
+from .base import Link, LinkClosed
+from .fd import FRAMINGS, FdLink
+
+__all__ = ["FRAMINGS", "FdLink", "Link", "LinkClosed"]

@@ -1,0 +1,81 @@
+"""The Upstream contract: how a flow reaches the outside (I/O layer).
+
+An upstream opens a TCP stream to a destination — directly or through a proxy — and attaches
+the relay's :class:`asyncio.Protocol` to it once the stream carries tunnel bytes (after any
+proxy handshake). Failures raise :class:`~tun2proxy.errors.UpstreamError` whose ``reason``
+decides how the application is told (RST, or ICMP unreachable).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import errno
+from dataclasses import dataclass
+
+from ..errors import UpstreamError
+from ..proxy.address import Address
+from ..stack.events import Endpoint
+
+__all__ = ["FlowInfo", "Upstream", "upstream_error_from_os"]
+
+
+@dataclass(frozen=True, slots=True)
+class FlowInfo:
+    """What is known about the flow being dialled (for routing, logging and auth tricks).
+
+    Attributes:
+        flow_id: the NetStack flow id.
+        src: the application's endpoint.
+        dst: the destination the application used (an IP literal).
+        protocol: ``tcp`` or ``udp``.
+        domain: the host name behind ``dst``, when virtual DNS or sniffing knows it.
+    """
+
+    flow_id: int
+    src: Endpoint
+    dst: Endpoint
+    protocol: str = "tcp"
+    domain: str | None = None
+
+
+class Upstream(abc.ABC):
+    """A way out for flows. Subclasses implement :meth:`open_tcp` (and UDP where they can)."""
+
+    #: Short name for logs (``direct``, ``socks5``, ...).
+    name: str = "upstream"
+
+    @abc.abstractmethod
+    async def open_tcp(
+        self, dst: Address, protocol: asyncio.Protocol, flow: FlowInfo
+    ) -> asyncio.Transport:
+        """Open a stream to ``dst`` and attach ``protocol`` to it; return its transport.
+
+        ``protocol.connection_made`` is called once the stream carries tunnel bytes, and any
+        bytes that arrived together with the proxy's reply are passed to ``data_received``.
+
+        Raises:
+            UpstreamError: the destination or the proxy refused, was unreachable, failed
+                authentication, or broke the protocol.
+        """
+
+    def describe(self) -> str:
+        """A one-line description for logs (no credentials)."""
+        return self.name
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release shared resources (connection pools, UDP associations)."""
+
+
+def upstream_error_from_os(e: OSError, what: str) -> UpstreamError:
+    """Map a socket error while dialling ``what`` to an :class:`UpstreamError`."""
+    code = e.errno
+    if isinstance(e, ConnectionRefusedError) or code == errno.ECONNREFUSED:
+        return UpstreamError(f"{what}: connection refused", "refused")
+    if code in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.ENETDOWN):
+        return UpstreamError(f"{what}: {e.strerror or e}", "unreachable")
+    if isinstance(e, TimeoutError) or code == errno.ETIMEDOUT:
+        return UpstreamError(f"{what}: timed out", "timeout")
+    if code in (errno.EACCES, errno.EPERM):
+        return UpstreamError(f"{what}: {e.strerror or e}", "denied")
+    return UpstreamError(f"{what}: {e.strerror or e}", "error")

@@ -1,0 +1,101 @@
+"""``upstream_from_url``: build an Upstream from a proxy URL, with one-line errors.
+
+Supported: ``direct://``, ``reject://``, ``socks5://[user:pass@]host[:port]`` (also
+``socks5h://``; the default port is 1080). Credentials may be percent-encoded. Every
+malformed URL raises :class:`~tun2proxy.errors.ConfigError` naming the part that is wrong.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import urllib.parse
+from collections.abc import Callable
+
+from ..errors import ConfigError
+from .base import Upstream
+
+__all__ = ["SCHEMES", "parse_host_port", "upstream_from_url"]
+
+
+def _direct(u: urllib.parse.SplitResult, raw: str) -> Upstream:
+    from .direct import DirectUpstream
+
+    if u.netloc or u.path not in ("", "/"):
+        raise ConfigError(f"proxy URL {raw!r}: direct:// takes no host or path")
+    return DirectUpstream()
+
+
+def _reject(u: urllib.parse.SplitResult, raw: str) -> Upstream:
+    from .reject import RejectUpstream
+
+    return RejectUpstream()
+
+
+def _socks5(u: urllib.parse.SplitResult, raw: str) -> Upstream:
+    from .socks5 import Socks5Upstream
+
+    host, port = parse_host_port(u, raw, 1080)
+    return Socks5Upstream(host, port, auth=_credentials(u, raw))
+
+
+#: URL scheme -> builder.
+SCHEMES: dict[str, Callable[[urllib.parse.SplitResult, str], Upstream]] = {
+    "direct": _direct,
+    "none": _direct,
+    "reject": _reject,
+    "socks5": _socks5,
+    "socks5h": _socks5,
+}
+
+
+def _credentials(u: urllib.parse.SplitResult, raw: str) -> tuple[str, str] | None:
+    if u.username is None and u.password is None:
+        return None
+    user = urllib.parse.unquote(u.username or "")
+    password = urllib.parse.unquote(u.password or "")
+    if not user:
+        raise ConfigError(f"proxy URL {raw!r}: empty user name before '@'")
+    if len(user.encode()) > 255 or len(password.encode()) > 255:
+        raise ConfigError(f"proxy URL {raw!r}: user name and password are limited to 255 bytes")
+    return user, password
+
+
+def parse_host_port(u: urllib.parse.SplitResult, raw: str, default_port: int) -> tuple[str, int]:
+    """Host and port of a URL, validated; IPv6 literals come without brackets."""
+    try:
+        host = u.hostname
+        port = u.port
+    except ValueError as e:
+        raise ConfigError(f"proxy URL {raw!r}: bad port ({e})") from None
+    if not host:
+        raise ConfigError(f"proxy URL {raw!r}: missing host")
+    if u.path not in ("", "/"):
+        raise ConfigError(f"proxy URL {raw!r}: unexpected path {u.path!r}")
+    if "[" not in u.netloc:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if not all(part and len(part) < 64 for part in host.rstrip(".").split(".")):
+                raise ConfigError(f"proxy URL {raw!r}: bad host name {host!r}") from None
+    return host, port if port is not None else default_port
+
+
+def upstream_from_url(url: str) -> Upstream:
+    """Build the upstream a URL names (``socks5://user:pass@127.0.0.1:1080``, ``direct://``).
+
+    Raises:
+        ConfigError: with a one-line message naming what is wrong.
+    """
+    raw = url.strip()
+    if "://" not in raw:
+        raise ConfigError(f"proxy URL {raw!r}: missing scheme (e.g. socks5://host:port)")
+    u = urllib.parse.urlsplit(raw)
+    scheme = u.scheme.lower()
+    builder = SCHEMES.get(scheme)
+    if builder is None:
+        raise ConfigError(
+            f"proxy URL {raw!r}: unknown scheme {scheme!r} (known: {', '.join(sorted(SCHEMES))})"
+        )
+    if u.query or u.fragment and scheme not in ("ss",):
+        raise ConfigError(f"proxy URL {raw!r}: unexpected query or fragment")
+    return builder(u, raw)

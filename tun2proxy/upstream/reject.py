@@ -1,0 +1,26 @@
+"""The ``reject://`` upstream: refuse every flow (the app sees "connection refused")."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ..errors import UpstreamError
+from ..proxy.address import Address
+from .base import FlowInfo, Upstream
+
+__all__ = ["RejectUpstream"]
+
+
+class RejectUpstream(Upstream):
+    """Refuse every flow with the given reason (``refused`` -> RST by default)."""
+
+    name = "reject"
+
+    def __init__(self, reason: str = "refused") -> None:
+        self.reason = reason
+
+    async def open_tcp(
+        self, dst: Address, protocol: asyncio.Protocol, flow: FlowInfo
+    ) -> asyncio.Transport:
+        """Always raise :class:`UpstreamError`."""
+        raise UpstreamError(f"rejected by policy: {dst}", self.reason)
