@@ -13,6 +13,10 @@ PACKAGES = [
     "tun2proxy.udp",
     "tun2proxy.stack",
     "tun2proxy.testing",
+    "tun2proxy.proxy",
+    "tun2proxy.upstream",
+    "tun2proxy.link",
+    "tun2proxy.driver",
 ]
 
 

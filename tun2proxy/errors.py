@@ -19,7 +19,7 @@ class Tun2ProxyError(Exception):
     """Base class of every error tun2proxy raises on purpose."""
 
 
-class MalformedPacket(Tun2ProxyError):  # noqa: N818 - the name is the documented API
+class MalformedPacket(Tun2ProxyError):
     """A packet cannot be parsed; ``reason`` names the check that failed (a stats key)."""
 
     def __init__(self, reason: str) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ..errors import FlowStateError, UpstreamError
+from ..link.base import Link
 from ..proxy.address import Address
 from ..stack.config import StackConfig
 from ..stack.events import (
@@ -30,7 +31,6 @@ from ..stack.events import (
     UdpSessionClosed,
 )
 from ..stack.netstack import NetStack
-from ..link.base import Link
 from ..upstream.base import FlowInfo, Upstream
 from .relay import TcpRelay
 
@@ -317,13 +317,14 @@ class Driver:
         except UpstreamError as e:
             reason = e.reason
             self._limited.log(
-                logging.WARNING, f"upstream:{e.reason}", "flow to %s failed: %s", dst, e
+                logging.WARNING, f"upstream:{e.reason}", "flow to %s failed (%s): %s", dst,
+                e.reason, e,
             )
         except TimeoutError:
             reason = "timeout"
             self._limited.log(
                 logging.WARNING, "upstream:timeout",
-                "flow to %s failed: no upstream connection within %.0fs", dst,
+                "flow to %s failed (timeout): no upstream connection within %.0fs", dst,
                 self.config.connect_timeout,
             )
         except Exception as e:  # a bug in an upstream must not kill the driver

@@ -17,6 +17,7 @@ upstream's EOF becomes our FIN after the queued bytes. Resets propagate both way
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -101,10 +102,8 @@ class TcpRelay(asyncio.Protocol):
             return
         if exc is not None:
             log.debug("flow %d: upstream lost: %s", self.flow_id, exc)
-            try:
+            with contextlib.suppress(FlowStateError):
                 stack.abort(self.flow_id)
-            except FlowStateError:
-                pass
         else:
             self.upstream_eof = True
             self._maybe_fin()

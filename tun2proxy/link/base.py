@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 __all__ = ["Link", "LinkClosed"]
 
 
-class LinkClosed(Exception):  # noqa: N818 - it is an event, not a bug
+class LinkClosed(Exception):
     """The link can no longer carry packets (device removed, fd closed)."""
 
 

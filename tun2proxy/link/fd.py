@@ -10,6 +10,7 @@ and a full device drops the packet (TCP recovers) rather than blocking the loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -168,10 +169,8 @@ class FdLink(Link):
 
     def _stop_reading(self) -> None:
         if self._loop is not None and not self._loop.is_closed():
-            try:
+            with contextlib.suppress(ValueError, OSError):
                 self._loop.remove_reader(self.fd)
-            except (ValueError, OSError):
-                pass
 
     def close(self) -> None:
         """Stop reading and close the fd (if owned)."""
@@ -180,10 +179,8 @@ class FdLink(Link):
         self._stop_reading()
         self._closed = True
         if self._close_fd:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self.fd)
-            except OSError:
-                pass
 
     def stats(self) -> dict[str, int]:
         """Packet and byte counters, and write drops."""

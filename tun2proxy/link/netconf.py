@@ -11,6 +11,7 @@ import ipaddress
 import socket
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["InterfaceConfig", "configure_interface", "interface_mtu"]
 
@@ -37,9 +38,9 @@ class InterfaceConfig:
     routes: tuple[str, ...] = field(default_factory=tuple)
 
 
-def _iproute():  # type: ignore[no-untyped-def]
+def _iproute() -> Any:
     try:
-        from pyroute2 import IPRoute
+        from pyroute2 import IPRoute  # type: ignore[import-untyped]
     except ImportError as e:  # pragma: no cover - declared dependency on Linux
         raise RuntimeError(
             "configuring a TUN device needs pyroute2 (pip install pyroute2)"

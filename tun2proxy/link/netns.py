@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 from collections.abc import Iterator
 
@@ -19,14 +20,9 @@ CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 
-_libc: ctypes.CDLL | None = None
-
-
+@functools.cache
 def _c() -> ctypes.CDLL:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-    return _libc
+    return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
 
 def _check(rc: int, what: str) -> None:

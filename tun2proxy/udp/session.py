@@ -20,6 +20,7 @@ class UdpSession:
     """State of one UDP session, keyed by the application's (address, port)."""
 
     __slots__ = (
+        "_names",
         "app_addr",
         "app_port",
         "bytes_in",
@@ -34,7 +35,6 @@ class UdpSession:
         "src_text",
         "timeout",
         "v4",
-        "_names",
     )
 
     def __init__(

@@ -56,7 +56,7 @@ class DirectUpstream(Upstream):
                 )
         except OSError as e:
             raise upstream_error_from_os(e, f"direct connection to {dst}") from None
-        return transport  # type: ignore[return-value]
+        return transport
 
     async def _connect_socket(
         self, loop: asyncio.AbstractEventLoop, dst: Address

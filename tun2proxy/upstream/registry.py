@@ -96,6 +96,6 @@ def upstream_from_url(url: str) -> Upstream:
         raise ConfigError(
             f"proxy URL {raw!r}: unknown scheme {scheme!r} (known: {', '.join(sorted(SCHEMES))})"
         )
-    if u.query or u.fragment and scheme not in ("ss",):
+    if u.query or (u.fragment and scheme not in ("ss",)):
         raise ConfigError(f"proxy URL {raw!r}: unexpected query or fragment")
     return builder(u, raw)
