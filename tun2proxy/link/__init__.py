@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from .base import Link, LinkClosed
 from .fd import FRAMINGS, FdLink
+from .packet_flow import PacketFlowLink
 
-__all__ = ["FRAMINGS", "FdLink", "Link", "LinkClosed"]
+__all__ = ["FRAMINGS", "FdLink", "Link", "LinkClosed", "PacketFlowLink"]

@@ -37,6 +37,7 @@ from ..wire.icmp import (
     echo_reply,
     is_icmp_error,
     parse_icmp,
+    parse_quoted,
     unreachable,
 )
 from ..wire.ip import (
@@ -456,18 +457,17 @@ class NetStack:
         """An ICMP error from the app about a packet we sent (I1): validated, mostly ignored."""
         st = self.stats_counters
         try:
-            inner = parse_ip(quoted, verify_checksum=False)
+            q = parse_quoted(quoted)
         except MalformedPacket:
             st.drop("icmp-error-unparseable")
             return
-        if inner.version != version or inner.offset + 8 > len(quoted):
+        if q.version != version:
             st.drop("icmp-error-unparseable")
             return
-        if inner.protocol == IPPROTO_UDP:
-            # Our reply went from (inner.src) to the app at (inner.dst, dport): the app socket
-            # is gone; end its session now instead of waiting for the idle timeout.
-            dport = int.from_bytes(quoted[inner.offset + 2 : inner.offset + 4], "big")
-            sess = self._udp.get(inner.dst + dport.to_bytes(2, "big"))
+        if q.protocol == IPPROTO_UDP:
+            # Our reply went from q.src to the app at (q.dst, q.dst_port): the app's socket is
+            # gone; end its session now instead of waiting for the idle timeout.
+            sess = self._udp.get(q.dst + q.dst_port.to_bytes(2, "big"))
             if sess is not None:
                 self._close_udp(sess, "unreachable")
                 st.drop("icmp-error-udp-session-closed")

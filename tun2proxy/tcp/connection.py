@@ -491,7 +491,7 @@ class TcpConnection:
         st = self.state
         if self.fin_queued:
             return
-        if st is LISTEN or st is SYN_SENT or st is CLOSED:
+        if st is LISTEN or st is CLOSED:
             raise FlowStateError(f"cannot shut down in state {st.value}")
         if st not in _CAN_SEND:
             return
@@ -499,7 +499,7 @@ class TcpConnection:
         self.want_writable = False
         if st is ESTABLISHED or st is CLOSE_WAIT:
             self._goto("close")
-        # In SYN-RECEIVED the transition happens when the handshake completes.
+        # In SYN-SENT and SYN-RECEIVED the transition happens when the handshake completes.
 
     def abort(self, reason: str = "aborted") -> None:
         """Reset the connection now: an RST is sent if it was synchronized."""
@@ -892,6 +892,8 @@ class TcpConnection:
         self.notify |= N_ESTABLISHED
         self.last_activity = now
         self.ack_now()
+        if self.fin_queued:
+            self._goto("close")
 
     def _established(self, seg: TcpSegment, seq: int, ack: int, now: float) -> None:
         """SYN-RECEIVED -> ESTABLISHED on the handshake's ACK (RFC 9293 §3.10.7.4)."""

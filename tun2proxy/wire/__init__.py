@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from ..errors import MalformedPacket
 from .checksum import checksum, finish, ones_sum, pseudo_header_sum, update16, verify
-from .icmp import IcmpMessage, build_icmp_packet, echo_reply, is_icmp_error, parse_icmp, unreachable
+from .icmp import (
+    IcmpMessage,
+    QuotedPacket,
+    build_icmp_packet,
+    echo_reply,
+    is_icmp_error,
+    parse_icmp,
+    parse_quoted,
+    unreachable,
+)
 from .ip import (
     IPPROTO_ICMP,
     IPPROTO_ICMPV6,
@@ -58,6 +67,7 @@ __all__ = [
     "Ipv4Header",
     "Ipv6Header",
     "MalformedPacket",
+    "QuotedPacket",
     "TcpSegment",
     "UdpHeader",
     "build_icmp_packet",
@@ -77,6 +87,7 @@ __all__ = [
     "ones_sum",
     "parse_icmp",
     "parse_ip",
+    "parse_quoted",
     "parse_tcp",
     "parse_udp",
     "pseudo_header_sum",

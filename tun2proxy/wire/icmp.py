@@ -36,7 +36,9 @@ __all__ = [
     "build_icmp_packet",
     "echo_reply",
     "is_icmp_error",
+    "QuotedPacket",
     "parse_icmp",
+    "parse_quoted",
     "unreachable",
 ]
 
@@ -171,3 +173,53 @@ def unreachable(
     if reason == "mtu":
         return build_icmp_packet(src or odst, osrc, ICMP6_PACKET_TOO_BIG, 0, mtu, quote)
     return build_icmp_packet(src or odst, osrc, ICMP6_DEST_UNREACH, _V6_CODES[reason], 0, quote)
+
+
+class QuotedPacket:
+    """The header of the packet an ICMP error quotes (possibly truncated): who and which ports."""
+
+    __slots__ = ("dst", "dst_port", "protocol", "src", "src_port", "version")
+
+    def __init__(
+        self, version: int, src: bytes, dst: bytes, protocol: int, src_port: int, dst_port: int
+    ) -> None:
+        self.version = version
+        self.src = src
+        self.dst = dst
+        self.protocol = protocol
+        self.src_port = src_port
+        self.dst_port = dst_port
+
+    def __repr__(self) -> str:
+        return f"QuotedPacket(v{self.version}, proto={self.protocol}, {self.src_port}>{self.dst_port})"
+
+
+def parse_quoted(body: bytes | bytearray | memoryview) -> QuotedPacket:
+    """Parse the IP header and the first 8 bytes (the ports) quoted by an ICMP error.
+
+    Quotes are truncated by design (RFC 792: header plus 64 bits), so the IP total length
+    is not checked against what is present. IPv6 extension headers are not walked.
+
+    Raises:
+        MalformedPacket: ``icmp-quote-truncated`` or ``icmp-quote-version``.
+    """
+    n = len(body)
+    if n < 1:
+        raise MalformedPacket("icmp-quote-truncated")
+    v = body[0] >> 4
+    if v == 4:
+        ihl = (body[0] & 0x0F) << 2
+        if ihl < 20 or n < ihl + 4:
+            raise MalformedPacket("icmp-quote-truncated")
+        return QuotedPacket(
+            4, bytes(body[12:16]), bytes(body[16:20]), body[9],
+            (body[ihl] << 8) | body[ihl + 1], (body[ihl + 2] << 8) | body[ihl + 3],
+        )
+    if v == 6:
+        if n < 44:
+            raise MalformedPacket("icmp-quote-truncated")
+        return QuotedPacket(
+            6, bytes(body[8:24]), bytes(body[24:40]), body[6],
+            (body[40] << 8) | body[41], (body[42] << 8) | body[43],
+        )
+    raise MalformedPacket("icmp-quote-version")

@@ -1,0 +1,258 @@
+"""The Driver, relays and upstreams in one process, without root: applications (this
+package's TCP) on a PacketFlowLink, upstreams reaching real loopback servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from tun2proxy.driver import Driver, DriverConfig
+from tun2proxy.errors import UpstreamError
+from tun2proxy.proxy.address import Address
+from tun2proxy.stack import StackConfig
+from tun2proxy.tcp import TcpConfig
+from tun2proxy.testing.apps import AppHost
+from tun2proxy.upstream.base import FlowInfo, Upstream, upstream_error_from_os
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class LoopbackUpstream(Upstream):
+    """Sends every flow to a loopback port chosen by the destination port (test only)."""
+
+    name = "loopback"
+
+    def __init__(self, ports: dict[int, int], delay: float = 0.0) -> None:
+        self.ports = ports
+        self.delay = delay
+        self.opened: list[FlowInfo] = []
+
+    async def open_tcp(
+        self, dst: Address, protocol: asyncio.Protocol, flow: FlowInfo
+    ) -> asyncio.Transport:
+        self.opened.append(flow)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        port = self.ports.get(dst.port)
+        if port is None:
+            raise UpstreamError(f"no such service {dst}", "refused")
+        loop = asyncio.get_running_loop()
+        try:
+            t, _ = await loop.create_connection(lambda: protocol, "127.0.0.1", port)
+        except OSError as e:
+            raise upstream_error_from_os(e, str(dst)) from None
+        return t  # type: ignore[return-value]
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], "asyncio.Future[None]"]
+
+
+async def _echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    while data := await r.read(65536):
+        w.write(data)
+        await w.drain()
+    w.close()
+
+
+@contextlib.asynccontextmanager
+async def server(handler: object) -> AsyncIterator[int]:
+    srv = await asyncio.start_server(handler, "127.0.0.1", 0)  # type: ignore[arg-type]
+    port = srv.sockets[0].getsockname()[1]
+    try:
+        yield port
+    finally:
+        srv.close()
+
+
+@contextlib.asynccontextmanager
+async def running(upstream: Upstream, **stack_kw: object) -> AsyncIterator[tuple[AppHost, Driver]]:
+    host = AppHost()
+    tcp = stack_kw.pop("tcp", TcpConfig())
+    stack = Driver.make_stack(StackConfig(mtu=1500, tcp=tcp, **stack_kw))  # type: ignore[arg-type]
+    driver = Driver(stack, host.link, upstream, DriverConfig(connect_timeout=1.0))
+    task = asyncio.create_task(driver.run())
+    await asyncio.sleep(0)
+    try:
+        yield host, driver
+    finally:
+        driver.stop()
+        await asyncio.wait_for(task, 5)
+
+
+@pytest.mark.parametrize("dst", ["192.0.2.1", "2001:db8::1"])
+async def test_echo_both_ways(dst: str) -> None:
+    async with server(_echo) as port, running(LoopbackUpstream({80: port})) as (host, _):
+        app = host.connect(dst, 80)
+        data = os.urandom(1_000_000)
+        await host.send_all(app, data)
+        host.shutdown(app)
+        await host.wait(app, lambda a: len(a.received) >= len(data) and a.conn.peer_fin)
+        assert hashlib.sha256(app.received).digest() == hashlib.sha256(data).digest()
+        await host.wait(app, lambda a: a.closed)
+        assert app.close_reason == "closed"
+
+
+async def test_refused_upstream_resets_the_app() -> None:
+    async with running(LoopbackUpstream({})) as (host, driver):
+        app = host.connect("192.0.2.1", 80)
+        await host.wait(app, lambda a: a.closed, timeout=5)
+        assert app.close_reason == "refused"
+        assert driver.flows_failed == 1
+
+
+async def test_unreachable_upstream_is_icmp_unreachable() -> None:
+    class Unreachable(Upstream):
+        async def open_tcp(
+            self, dst: Address, protocol: asyncio.Protocol, flow: FlowInfo
+        ) -> asyncio.Transport:
+            raise UpstreamError("no route", "unreachable")
+
+    async with running(Unreachable()) as (host, _):
+        app = host.connect("192.0.2.1", 80)
+        await host.wait(app, lambda a: bool(a.icmp), timeout=5)
+        assert app.icmp == [(3, 1)]  # host unreachable
+
+
+async def test_connect_timeout_rejects() -> None:
+    class Hang(Upstream):
+        async def open_tcp(
+            self, dst: Address, protocol: asyncio.Protocol, flow: FlowInfo
+        ) -> asyncio.Transport:
+            await asyncio.sleep(3600)
+            raise AssertionError
+
+    async with running(Hang()) as (host, driver):
+        app = host.connect("192.0.2.1", 80)
+        await host.wait(app, lambda a: bool(a.icmp), timeout=5)
+        assert driver.stats()["connecting"] == 0
+
+
+async def test_server_speaks_first_before_accept() -> None:
+    async def banner(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"220 hello\r\n")
+        await w.drain()
+        await r.read()
+        w.close()
+
+    async with server(banner) as port, running(LoopbackUpstream({25: port})) as (host, _):
+        app = host.connect("192.0.2.1", 25)
+        await host.wait(app, lambda a: bytes(a.received) == b"220 hello\r\n")
+        host.shutdown(app)
+        await host.wait(app, lambda a: a.closed)
+
+
+async def test_half_close_app_first_then_reply() -> None:
+    async def reply_after_eof(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        body = await r.read()  # until the app's FIN
+        w.write(hashlib.sha256(body).digest() * 1000)
+        await w.drain()
+        w.close()
+
+    async with server(reply_after_eof) as port, running(LoopbackUpstream({80: port})) as (host, _):
+        app = host.connect("192.0.2.1", 80)
+        data = os.urandom(300_000)
+        await host.send_all(app, data)
+        host.shutdown(app)
+        await host.wait(app, lambda a: a.conn.peer_fin)
+        assert bytes(app.received) == hashlib.sha256(data).digest() * 1000
+
+
+async def test_upstream_reset_mid_transfer_resets_the_app() -> None:
+    async def reset_after_some(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"x" * 100_000)
+        await w.drain()
+        sock = w.get_extra_info("socket")
+        import socket
+        import struct
+
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        w.close()
+
+    async with server(reset_after_some) as port, running(LoopbackUpstream({80: port})) as (host, _):
+        app = host.connect("192.0.2.1", 80)
+        loop = asyncio.get_running_loop()
+        await host.wait(app, lambda a: a.closed, timeout=5)
+        assert app.close_reason == "reset"
+        del loop
+
+
+async def test_slow_upstream_reader_bounds_memory_with_the_window() -> None:
+    gate = asyncio.Event()
+    got = bytearray()
+
+    async def slow(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await gate.wait()
+        while data := await r.read(65536):
+            got.extend(data)
+        w.close()
+
+    tcp = TcpConfig(recv_buffer=64 * 1024)
+    async with server(slow) as port, running(LoopbackUpstream({80: port}), tcp=tcp) as (
+        host, driver,
+    ):
+        app = host.connect("192.0.2.1", 80)
+        data = os.urandom(8_000_000)
+        sender = asyncio.create_task(host.send_all(app, data, timeout=60))
+        await asyncio.sleep(1.0)
+        # The upstream is not reading: the app is held back by our window, and what we
+        # buffer stays within the receive buffer plus the socket's write buffer.
+        assert not sender.done()
+        flow = next(iter(driver._relays))
+        conn = driver.stack.connection(flow)
+        assert len(conn.rcv_buf) <= 64 * 1024 + 1500
+        relay = driver._relays[flow]
+        assert relay.transport is not None
+        assert relay.transport.get_write_buffer_size() <= 2 * 1024 * 1024
+        gate.set()
+        await sender
+        host.shutdown(app)
+        await host.wait(app, lambda a: a.closed)
+        await asyncio.sleep(0.1)
+        assert bytes(got) == data
+
+
+async def test_slow_app_reader_pauses_the_upstream() -> None:
+    async def firehose(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            for _ in range(400):
+                w.write(b"y" * 65536)
+                await w.drain()
+        w.close()
+
+    tcp = TcpConfig(send_buffer=128 * 1024)
+    async with server(firehose) as port, running(LoopbackUpstream({80: port}), tcp=tcp) as (
+        host, driver,
+    ):
+        host.read = False
+        app = host.connect("192.0.2.1", 80)
+        await host.wait(app, lambda a: a.established)
+        await asyncio.sleep(1.0)
+        flow = next(iter(driver._relays))
+        conn = driver.stack.connection(flow)
+        relay = driver._relays[flow]
+        assert len(conn.sbuf) <= 128 * 1024  # bounded by the send buffer
+        assert len(relay.stash) <= 256 * 1024  # at most one read of the upstream socket
+        assert relay.transport is not None and not relay.transport.is_reading()
+        host.read = True
+        host.schedule()
+        await host.wait(app, lambda a: a.conn.peer_fin, timeout=30)
+        assert len(app.received) == 400 * 65536
+
+
+async def test_shutdown_resets_open_flows_and_closes_the_link() -> None:
+    async with server(_echo) as port:
+        host = AppHost()
+        driver = Driver(Driver.make_stack(StackConfig(mtu=1500)), host.link, LoopbackUpstream({80: port}))
+        task = asyncio.create_task(driver.run())
+        app = host.connect("192.0.2.1", 80)
+        await host.wait(app, lambda a: a.established)
+        driver.stop()
+        await asyncio.wait_for(task, 5)
+        host.pump()
+        assert app.closed
+        assert app.close_reason in ("reset", "closed")

@@ -1,0 +1,57 @@
+"""Proxy URLs: what each builds, and a one-line error naming the wrong part."""
+
+from __future__ import annotations
+
+import pytest
+
+from tun2proxy.errors import ConfigError
+from tun2proxy.upstream import DirectUpstream, RejectUpstream, upstream_from_url
+from tun2proxy.upstream.socks5 import Socks5Upstream
+
+
+def test_direct_and_reject() -> None:
+    assert isinstance(upstream_from_url("direct://"), DirectUpstream)
+    assert isinstance(upstream_from_url("none://"), DirectUpstream)
+    assert isinstance(upstream_from_url("reject://"), RejectUpstream)
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "port", "auth"),
+    [
+        ("socks5://127.0.0.1:1080", "127.0.0.1", 1080, None),
+        ("socks5://proxy.example", "proxy.example", 1080, None),
+        ("socks5h://[::1]:9050", "::1", 9050, None),
+        ("SOCKS5://u:p@h:1", "h", 1, ("u", "p")),
+        ("socks5://us%3Aer:p%40ss%20word@10.0.0.1:1080", "10.0.0.1", 1080, ("us:er", "p@ss word")),
+        ("socks5://user:@h:2", "h", 2, ("user", "")),
+    ],
+)
+def test_socks5_urls(url: str, host: str, port: int, auth: tuple[str, str] | None) -> None:
+    up = upstream_from_url(url)
+    assert isinstance(up, Socks5Upstream)
+    assert (up.host, up.port, up.auth) == (host, port, auth)
+    assert "p@ss" not in up.describe() and ":p@" not in up.describe()
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("127.0.0.1:1080", "missing scheme"),
+        ("ftp://h:1", "unknown scheme 'ftp'"),
+        ("socks5://", "missing host"),
+        ("socks5://h:99999", "bad port"),
+        ("socks5://h:port", "bad port"),
+        ("socks5://h:1/path", "unexpected path"),
+        ("socks5://:pw@h:1", "empty user name"),
+        ("socks5://h:1?x=1", "unexpected query"),
+        ("direct://somewhere", "takes no host"),
+        ("socks5://" + "u" * 256 + ":p@h:1", "255 bytes"),
+        ("socks5://bad..name:1", "bad host name"),
+    ],
+)
+def test_malformed_urls_name_the_problem(url: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as ei:
+        upstream_from_url(url)
+    msg = str(ei.value)
+    assert fragment in msg
+    assert "\n" not in msg
