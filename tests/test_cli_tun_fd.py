@@ -29,7 +29,7 @@ async def _socks5_server(echo_port: int, seen: list[tuple[str, int]]) -> asyncio
         methods = await r.readexactly(n)
         assert ver == 5 and 0 in methods
         w.write(b"\x05\x00")
-        ver, cmd, _rsv, atyp = await r.readexactly(4)
+        ver, _cmd, _rsv, atyp = await r.readexactly(4)
         if atyp == 1:
             host = socket.inet_ntop(socket.AF_INET, await r.readexactly(4))
         elif atyp == 4:
@@ -72,7 +72,7 @@ async def tun2proxy_on_socketpair(
     proxy_port: int,
 ) -> AsyncIterator[tuple[AppHost, subprocess.Popen[bytes]]]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    proc = subprocess.Popen(  # noqa: S603
+    proc = subprocess.Popen(
         [sys.executable, "-m", "tun2proxy", "--tun-fd", str(theirs.fileno()), "--mtu", "1500",
          "--proxy", f"socks5://127.0.0.1:{proxy_port}", "-v", "debug"],
         pass_fds=[theirs.fileno()], stderr=subprocess.PIPE,

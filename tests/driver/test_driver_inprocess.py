@@ -247,7 +247,8 @@ async def test_slow_app_reader_pauses_the_upstream() -> None:
 async def test_shutdown_resets_open_flows_and_closes_the_link() -> None:
     async with server(_echo) as port:
         host = AppHost()
-        driver = Driver(Driver.make_stack(StackConfig(mtu=1500)), host.link, LoopbackUpstream({80: port}))
+        stack = Driver.make_stack(StackConfig(mtu=1500))
+        driver = Driver(stack, host.link, LoopbackUpstream({80: port}))
         task = asyncio.create_task(driver.run())
         app = host.connect("192.0.2.1", 80)
         await host.wait(app, lambda a: a.established)

@@ -14,6 +14,7 @@ next loop iteration, never re-entrantly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -250,7 +251,5 @@ class AppHost:
         if left <= 0:
             raise TimeoutError(f"app connection stuck in {app.conn.state.value}")
         app.changed.clear()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(app.changed.wait(), min(left, 0.05))
-        except TimeoutError:
-            pass

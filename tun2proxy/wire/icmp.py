@@ -33,10 +33,10 @@ __all__ = [
     "UNREACH_NET",
     "UNREACH_PORT",
     "IcmpMessage",
+    "QuotedPacket",
     "build_icmp_packet",
     "echo_reply",
     "is_icmp_error",
-    "QuotedPacket",
     "parse_icmp",
     "parse_quoted",
     "unreachable",
@@ -191,7 +191,10 @@ class QuotedPacket:
         self.dst_port = dst_port
 
     def __repr__(self) -> str:
-        return f"QuotedPacket(v{self.version}, proto={self.protocol}, {self.src_port}>{self.dst_port})"
+        return (
+            f"QuotedPacket(v{self.version}, proto={self.protocol}, "
+            f"{self.src_port}>{self.dst_port})"
+        )
 
 
 def parse_quoted(body: bytes | bytearray | memoryview) -> QuotedPacket:
