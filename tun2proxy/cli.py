@@ -298,10 +298,30 @@ async def _serve(opts: Options, link: FdLink, child: PrivateNamespace | None) ->
     return exit_code
 
 
+def _raise_fd_limit(flows: int) -> None:
+    """Every flow holds an upstream socket: lift the soft fd limit towards the hard one."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = flows + 256
+    if hard != resource.RLIM_INFINITY:
+        want = min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < flows + 64:
+        log.warning(
+            "the file descriptor limit (%d) is below --max-sessions %d; raise it with ulimit -n",
+            soft, flows,
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m tun2proxy`` and the ``tun2proxy`` script."""
     opts = parse_args(sys.argv[1:] if argv is None else argv)
     _setup_logging(opts.args.verbosity)
+    _raise_fd_limit(opts.args.max_sessions)
     child: PrivateNamespace | None = None
     if opts.args.unshare:
         try:

@@ -97,9 +97,9 @@ class Assembler:
         return True
 
     def _touch(self, r: Range, replaced: list[Range] | tuple[()]) -> None:
+        # Each range appears once, most recently changed first (RFC 2018 §4: no repeats).
         recent = self._recent
-        if replaced:
-            recent[:] = [x for x in recent if x not in replaced]
+        recent[:] = [x for x in recent if x is not r and x not in replaced]
         recent.insert(0, r)
         if len(recent) > 8:
             del recent[8:]

@@ -108,6 +108,7 @@ class TcpConnection:
     __slots__ = (
         "_ca_time",
         "_ca_tokens",
+        "_force_rtx",
         "_ip_sum",
         "_pending",
         "_pseudo",
@@ -251,6 +252,7 @@ class TcpConnection:
         self._rtt_seq: int | None = None
         self._rtt_time = 0.0
         self._rtx_ts = (int(now * 1000) + ts_offset) & SEQ_MASK  # TSval at our last rexmit
+        self._force_rtx = False  # retransmit the first lost range whatever cwnd says
         self.rtx_deadline: float | None = None
         self.rtx_count = 0
         self.persist_deadline: float | None = None
@@ -735,7 +737,7 @@ class TcpConnection:
                 self.close_deadline = now + self.c.time_wait
             # R2: unacceptable data draws an ACK (not rate limited for data, smoltcp 9d532a7b,
             # nor for a retransmitted FIN, which means our ACK of it was lost).
-            self._send_ack_now(now, limited=not plen and not flags & FIN)
+            self._send_ack_now(now, limited=bool(flags & SYN) or (not plen and not flags & FIN))
             return
 
         # RFC 5961 §3.2 (second check): RST.
@@ -818,11 +820,15 @@ class TcpConnection:
             right = self.rcv_adv if self.rcv_adv > rcv_nxt else rcv_nxt
             if seq + plen > right:
                 # R2: bytes beyond the advertised window are trimmed, never buffered; a FIN
-                # past the edge goes with them (RFC 9293 §3.10.7.4, smoltcp bde1a1ee).
+                # past the edge goes with them (RFC 9293 §3.10.7.4, smoltcp bde1a1ee). The
+                # peer learns our window from an immediate ACK (a zero-window probe at
+                # RCV.NXT lands here, MUST-66).
                 keep = max(right - seq, 0)
                 payload = payload[:keep]
                 plen = keep
                 fin = 0
+                if not keep:
+                    self._send_ack_now(now, limited=False)
             if plen and st in _CAN_RECEIVE_DATA:
                 self._receive_data(seq, payload, plen, now)
             elif plen:
@@ -835,7 +841,8 @@ class TcpConnection:
                     if self.asm is None:
                         self.asm = Assembler(self.c.max_ooo_ranges)
                     self.asm.fin_seq = fin_seq
-                    self._send_ack_now(now, limited=False)
+                    if not plen:  # with data, _receive_data already sent the duplicate ACK
+                        self._send_ack_now(now, limited=False)
 
     def _segment_in_listen(self, seg: TcpSegment) -> None:
         # A pending request (LISTEN until the host decides): retransmitted SYNs are ignored
@@ -883,6 +890,7 @@ class TcpConnection:
         self.snd_wl1 = self.rcv_nxt - 1
         self.snd_wl2 = ack
         self.rtx_deadline = None
+        self._handshake_rto()
         self.rtx_count = 0
         if self._rtt_seq is not None:
             self.rtt.sample(now - self._rtt_time)
@@ -898,6 +906,7 @@ class TcpConnection:
     def _established(self, seg: TcpSegment, seq: int, ack: int, now: float) -> None:
         """SYN-RECEIVED -> ESTABLISHED on the handshake's ACK (RFC 9293 §3.10.7.4)."""
         self._goto("rcv_ack_of_syn")
+        self._handshake_rto()
         self.rtx_count = 0
         self.rtx_deadline = None
         if self._rtt_seq is not None and ack >= self._rtt_seq:
@@ -912,6 +921,14 @@ class TcpConnection:
         if self.fin_queued:
             # shutdown() was called before the handshake finished.
             self._goto("close")
+
+    def _handshake_rto(self) -> None:
+        """RFC 6298 §5.7: after a SYN (or SYN-ACK) timed out, data starts with RTO >= 3 s."""
+        if self.rtx_count:
+            rtt = self.rtt
+            rtt.reset_backoff()
+            rtt.srtt = None
+            rtt.base = max(rtt.base, min(3.0, rtt.max_rto))
 
     def _send_ack_now(self, now: float, limited: bool) -> None:
         """Queue an immediate ACK; ``limited`` ones obey the RFC 5961 §7 rate limit."""
@@ -1053,10 +1070,13 @@ class TcpConnection:
                     if rec == _RECOVERY_FAST:
                         self.cwnd = max(self.ssthresh, self.snd_mss)
                     self.lost_upto = ack
-                elif rec == _RECOVERY_FAST and not self.sacked:
-                    # RFC 6582 partial ACK: the segment at the new SND.UNA is lost too.
+                elif rec == _RECOVERY_FAST and not self.sack_ok:
+                    # RFC 6582 §3.2 step 5, partial ACK: the segment at the new SND.UNA is
+                    # lost too; resend it now and deflate the window by what was acked.
                     self.rexmit_high = ack
                     self.lost_upto = max(self.lost_upto, min(ack + self.snd_mss, self.snd_max))
+                    self.cwnd = max(self.cwnd - acked + self.snd_mss, self.snd_mss)
+                    self._force_rtx = True
             if self.in_recovery != _RECOVERY_FAST:
                 mss = self.snd_mss
                 if self.cwnd < self.ssthresh:
@@ -1086,6 +1106,8 @@ class TcpConnection:
             and wnd == self.snd_wnd
         ):
             self.dupacks += 1  # RFC 5681 §2 duplicate ACK
+            if self.in_recovery == _RECOVERY_FAST and not self.sack_ok:
+                self.cwnd += self.snd_mss  # RFC 6582 §3.2 step 4: inflate per dup ACK
         # RFC 9293 §3.10.7.4: window update from the newest segment only (SND.WL1/WL2, S5).
         if self.snd_wl1 < seq or (self.snd_wl1 == seq and self.snd_wl2 <= ack):
             self.snd_wnd = wnd
@@ -1120,7 +1142,11 @@ class TcpConnection:
     def _enter_fast_recovery(self) -> None:
         flight = self.snd_max - self.snd_una - self.sacked_bytes
         self.ssthresh = max(flight // 2, 2 * self.snd_mss)
-        self.cwnd = self.ssthresh
+        # With SACK, RFC 6675 governs sending by pipe; without, RFC 6582 inflates cwnd by the
+        # three segments the duplicate ACKs say have left the network. Either way the first
+        # lost segment goes out at once (RFC 5681 §3.2 step 4, RFC 6675 §5 step 4.3).
+        self.cwnd = self.ssthresh if self.sack_ok else self.ssthresh + _DUP_THRESH * self.snd_mss
+        self._force_rtx = True
         self.cwnd_acc = 0
         self.in_recovery = _RECOVERY_FAST
         self.recover = self.snd_max
@@ -1195,9 +1221,10 @@ class TcpConnection:
         return n
 
     def _pipe(self) -> int:
-        """RFC 6675 §4 pipe: bytes believed to be in flight."""
+        """RFC 6675 §4 pipe: bytes believed to be in flight (the plain flight size during
+        NewReno recovery without SACK, whose window inflation accounts for the rest)."""
         outstanding = self.snd_max - self.snd_una - self.sacked_bytes
-        if self.in_recovery:
+        if self.in_recovery == _RECOVERY_RTO or (self.in_recovery and self.sack_ok):
             lost_to = self.lost_upto
             rx = self.rexmit_high if self.rexmit_high < lost_to else lost_to
             outstanding -= self._unsacked_below(lost_to) - self._unsacked_below(rx)
@@ -1295,6 +1322,21 @@ class TcpConnection:
         # RFC 6691: options beyond the timestamps we budgeted for come out of the payload.
         mss = self.snd_mss - max(0, len(opts) - (12 if self.ts_ok else 0))
         count = 0
+        if self._force_rtx:
+            self._force_rtx = False
+            nl = self._next_lost()
+            if nl is not None:
+                start, end = nl
+                n = min(end - start, mss)
+                window = self._adv_field()
+                self._emit_range(out, start, start + n, data_end, opts, window)
+                self.rexmit_high = start + n
+                self.segments_retransmitted += 1
+                self._rtx_ts = self._tsval(now)
+                pipe += n
+                sent = True
+                if self.rtx_deadline is None:
+                    self.rtx_deadline = now + self.rtt.rto
         while count < 512:  # bounded work per call
             count += 1
             budget = self.cwnd - pipe

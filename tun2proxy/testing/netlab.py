@@ -1,4 +1,6 @@
-"""A small network lab for end-to-end tests: namespaces, veths, processes, sockets.
+"""A small network lab for end-to-end tests and benchmarks: namespaces, veths, processes.
+
+Linux only, needs root. Not imported by the package itself.
 
 Everything it creates is named with a per-run prefix and removed by :meth:`Lab.close`, even
 after failures. Traffic stays inside the namespaces it creates; the host's own namespace,

@@ -1,0 +1,278 @@
+"""End-to-end benchmark on the namespace topology, beside baselines from the same run.
+
+Needs root, iperf3, dante-server (danted) and proxychains4 (``./scripts/install-test-deps``
+installs them). Builds its own namespaces (removed at the end, also on failure):
+
+    C  apps; default routes into the TUN t2p0          --TUN-->  tun2proxy (in R)
+    K  apps for the kernel baseline                    --veth--> R (forwarding) --veth--> S
+    R  tun2proxy and dante on 127.0.0.1:1080                                    --veth--> S
+    S  iperf3 server and an echo server
+
+and measures, for three paths to the same servers in S:
+
+    tun2proxy     app in C -> TUN -> tun2proxy -> dante (SOCKS5) -> S
+    socks direct  app in R -> dante (through proxychains4) -> S   (no TUN)
+    kernel        app in K -> kernel routing in R -> S            (no proxy, no TUN)
+
+one-flow throughput both ways and 8 flows (iperf3), sequential connection rate, and memory
+per held connection (1,000 connections). Medians of ``--runs`` runs. Not a test: timings are
+noisy on shared machines; read the ratios.
+
+    sudo python benchmarks/e2e.py [--mtu 65535] [--runs 3] [--seconds 5] [--upstream dante]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tun2proxy.testing.netlab import (  # noqa: E402
+    ROUTER_V4,
+    SERVER_V4,
+    TUN_NAME,
+    Lab,
+    Proc,
+    run,
+    wait_for,
+)
+
+HERE = Path(__file__).resolve().parent
+CLIENT = str(HERE / "_netclient.py")
+ECHO_PORT = 7001
+DANTE_PORT = 1080
+KERNEL_CLIENT = "10.201.0.2"
+
+DANTE_CONF = """\
+logoutput: {log}
+internal: 127.0.0.1 port = {port}
+external: {external}
+socksmethod: none
+clientmethod: none
+user.privileged: root
+user.unprivileged: nobody
+client pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 }}
+socks pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 command: connect }}
+"""
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _tree_rss_kib(pid: int) -> int:
+    """RSS of a process and its descendants (dante forks workers)."""
+    total = 0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        with contextlib.suppress(OSError):
+            total += _rss_kib(p)
+        kids = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(p)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        todo += [int(k) for k in kids]
+    return total
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.lab = Lab(prefix=f"t2pb{os.getpid() % 10000}")
+        self.t2p: Proc | None = None
+        self.dante: Proc | None = None
+
+    # ------------------------------------------------------------------ topology
+
+    def setup(self) -> None:
+        lab = self.lab
+        lab.setup()
+        K = f"{lab.prefix}K"  # noqa: N806
+        run("ip", "netns", "add", K)
+        lab.namespaces.append(K)
+        self.K = K
+        kr, rk = f"{lab.prefix}kr", f"{lab.prefix}rk"
+        run("ip", "-n", K, "link", "set", "lo", "up")
+        run("ip", "link", "add", kr, "netns", K, "type", "veth", "peer", "name", rk, "netns", lab.R)
+        run("ip", "-n", K, "addr", "add", f"{KERNEL_CLIENT}/24", "dev", kr)
+        run("ip", "-n", lab.R, "addr", "add", "10.201.0.1/24", "dev", rk)
+        run("ip", "-n", K, "link", "set", kr, "up")
+        run("ip", "-n", lab.R, "link", "set", rk, "up")
+        run("ip", "-n", K, "route", "add", "default", "via", "10.201.0.1")
+        run("ip", "netns", "exec", lab.R, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        run("ip", "-n", lab.S, "route", "add", "10.201.0.0/24", "via", ROUTER_V4)
+        run("ip", "-n", lab.C, "link", "set", TUN_NAME, "mtu", str(self.args.mtu))
+        lab.start("iperf3", lab.S, ["iperf3", "-s", "-B", SERVER_V4])
+        lab.start("echo", lab.S, [sys.executable, CLIENT, "echo-server", SERVER_V4, str(ECHO_PORT)])
+        conf = lab.tmp / "sockd.conf"
+        conf.write_text(
+            DANTE_CONF.format(log=lab.tmp / "sockd-inner.log", port=DANTE_PORT,
+                              external=lab.router_if)
+        )
+        self.dante = lab.start("danted", lab.R, ["danted", "-f", str(conf), "-N", "4",
+                                                 "-p", str(lab.tmp / "sockd.pid")])
+        pc = lab.tmp / "proxychains.conf"
+        pc.write_text(f"strict_chain\nquiet_mode\n[ProxyList]\nsocks5 127.0.0.1 {DANTE_PORT}\n")
+        self.proxychains = str(pc)
+        time.sleep(1.0)
+        upstream = {
+            "dante": f"socks5://127.0.0.1:{DANTE_PORT}",
+            "direct": "direct://",
+        }[self.args.upstream]
+        self.t2p = lab.start(
+            "tun2proxy", lab.R,
+            [sys.executable, "-m", "tun2proxy", "--tun", TUN_NAME, "--tun-netns", lab.C,
+             "--proxy", upstream, "-v", "warn", "--max-sessions", "8192"],
+        )
+        time.sleep(1.5)
+        if not self.t2p.alive():
+            raise SystemExit(f"tun2proxy did not start:\n{self.t2p.output()}")
+
+    def close(self) -> None:
+        self.lab.close()
+
+    # ------------------------------------------------------------------ paths
+
+    def prefix(self, path: str) -> list[str]:
+        lab = self.lab
+        if path == "tun2proxy":
+            return ["ip", "netns", "exec", lab.C]
+        if path == "socks":
+            return ["ip", "netns", "exec", lab.R, "proxychains4", "-q", "-f", self.proxychains]
+        return ["ip", "netns", "exec", self.K]
+
+    def iperf(self, path: str, *extra: str) -> float:
+        cmd = [*self.prefix(path), "iperf3", "-c", SERVER_V4, "-t", str(self.args.seconds), "-J",
+               *extra]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        try:
+            data = json.loads(res.stdout)
+            return float(data["end"]["sum_received"]["bits_per_second"]) / 1e9
+        except (ValueError, KeyError) as e:
+            raise RuntimeError(f"iperf3 failed on {path}: {res.stdout[-500:]} {res.stderr}") from e
+
+    def connrate(self, path: str) -> float:
+        cmd = [*self.prefix(path), sys.executable, CLIENT, "connrate", SERVER_V4, str(ECHO_PORT),
+               str(self.args.seconds)]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
+        return float(res.stdout.strip().splitlines()[-1])
+
+    def held_memory(self, path: str, count: int) -> float | None:
+        """KiB per held connection in the relaying process (None for the kernel)."""
+        if path == "kernel":
+            return None
+        proc = self.t2p if path == "tun2proxy" else self.dante
+        assert proc is not None
+        measure = _rss_kib if path == "tun2proxy" else _tree_rss_kib
+        before = measure(proc.pid)
+        cmd = [*self.prefix(path), sys.executable, CLIENT, "hold", SERVER_V4, str(ECHO_PORT),
+               str(count)]
+        p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # noqa: S603
+        try:
+            assert p.stdout is not None and p.stdin is not None
+            line = p.stdout.readline().strip()
+            if line != "ready":
+                raise RuntimeError(f"hold client failed on {path}: {line!r}")
+            time.sleep(1.0)
+            after = measure(proc.pid)
+            p.stdin.close()
+            alive = p.stdout.readline().strip()
+            p.wait(60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        if alive != f"alive {count}":
+            print(f"  warning: {path}: {alive} of {count} held connections still echoed")
+        return (after - before) / count
+
+
+def _fmt(v: float | None, unit: str) -> str:
+    if v is None:
+        return "n/a"
+    if unit == "Gbit/s":
+        return f"{v:.2f} {unit}"
+    if unit == "conn/s":
+        return f"{v:.0f} {unit}"
+    return f"{v:.1f} {unit}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b == 0:
+        return "-"
+    return f"{a / b:.2f}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--mtu", type=int, default=65535, help="MTU of the TUN device (default 65535)")
+    ap.add_argument("--runs", type=int, default=3, help="runs per figure; the median is shown")
+    ap.add_argument("--seconds", type=float, default=5.0, help="length of one iperf3/rate run")
+    ap.add_argument("--held", type=int, default=1000, help="connections held for the memory figure")
+    ap.add_argument("--upstream", choices=("dante", "direct"), default="dante")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root (network namespaces and TUN devices)")
+    for tool in ("ip", "iperf3", "danted", "proxychains4"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"missing {tool}: run ./scripts/install-test-deps")
+    b = Bench(args)
+    paths = ("tun2proxy", "socks", "kernel")
+    rows: list[tuple[str, str, dict[str, float | None]]] = []
+    try:
+        b.setup()
+        tests = [
+            ("1 flow client->server", "Gbit/s", lambda p: b.iperf(p)),
+            ("1 flow server->client", "Gbit/s", lambda p: b.iperf(p, "-R")),
+            ("8 flows client->server", "Gbit/s", lambda p: b.iperf(p, "-P", "8")),
+            ("8 flows server->client", "Gbit/s", lambda p: b.iperf(p, "-P", "8", "-R")),
+            ("connection rate", "conn/s", lambda p: b.connrate(p)),
+        ]
+        for name, unit, fn in tests:
+            vals: dict[str, float | None] = {}
+            for p in paths:
+                samples = [fn(p) for _ in range(args.runs)]
+                vals[p] = statistics.median(samples)
+                print(f"  {name:26} {p:10} {', '.join(_fmt(s, unit) for s in samples)}",
+                      flush=True)
+            rows.append((name, unit, vals))
+        mem = {p: b.held_memory(p, args.held) for p in paths}
+        rows.append((f"memory, {args.held} held conns", "KiB/conn", mem))
+        assert b.t2p is not None
+        t2p_rss = _rss_kib(b.t2p.pid)
+    finally:
+        b.close()
+    print()
+    print(f"tun2proxy end-to-end benchmark: TUN MTU {args.mtu}, upstream {args.upstream} "
+          f"(SOCKS5 baseline: dante), medians of {args.runs} runs of {args.seconds:.0f}s")
+    head = f"{'metric':28} {'tun2proxy':>14} {'socks direct':>14} {'kernel':>14} "
+    head += f"{'vs socks':>9} {'vs kernel':>9}"
+    print(head)
+    print("-" * len(head))
+    for name, unit, vals in rows:
+        print(
+            f"{name:28} {_fmt(vals['tun2proxy'], unit):>14} {_fmt(vals['socks'], unit):>14} "
+            f"{_fmt(vals['kernel'], unit):>14} {_ratio(vals['tun2proxy'], vals['socks']):>9} "
+            f"{_ratio(vals['tun2proxy'], vals['kernel']):>9}"
+        )
+    print(f"(tun2proxy resident set at the end: {t2p_rss / 1024:.1f} MiB; memory rows are the "
+          "growth of the relaying process's RSS per held connection; the SOCKS column is "
+          "dante's whole process tree)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
