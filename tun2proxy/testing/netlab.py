@@ -141,14 +141,14 @@ class Lab:
         run("ip", "-n", C, "route", "replace", "default", "dev", name)
         run("ip", "-n", C, "-6", "route", "replace", "default", "dev", name)
 
-    def start(self, name: str, ns: str | None, argv: Sequence[str], **kw: object) -> Proc:
+    def start(self, name: str, ns: str | None, argv: Sequence[str]) -> Proc:
         """Start ``argv`` inside namespace ``ns`` (None: here); output goes to a log file."""
         log = self.tmp / f"{name}.log"
         cmd = list(argv) if ns is None else ["ip", "netns", "exec", ns, *argv]
         f = open(log, "wb")  # noqa: SIM115 - the Popen owns it
         popen = subprocess.Popen(
             cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, **kw,  # type: ignore[arg-type]
+            start_new_session=True,
         )
         f.close()
         p = Proc(name, popen, log)
