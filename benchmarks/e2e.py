@@ -36,14 +36,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tun2proxy.testing.netlab import (  # noqa: E402
+from tun2proxy.testing.netlab import (
     ROUTER_V4,
     SERVER_V4,
     TUN_NAME,
     Lab,
     Proc,
     run,
-    wait_for,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -100,7 +99,7 @@ class Bench:
     def setup(self) -> None:
         lab = self.lab
         lab.setup()
-        K = f"{lab.prefix}K"  # noqa: N806
+        K = f"{lab.prefix}K"
         run("ip", "netns", "add", K)
         lab.namespaces.append(K)
         self.K = K
@@ -128,14 +127,22 @@ class Bench:
         pc.write_text(f"strict_chain\nquiet_mode\n[ProxyList]\nsocks5 127.0.0.1 {DANTE_PORT}\n")
         self.proxychains = str(pc)
         time.sleep(1.0)
+        self.start_tun2proxy()
+
+    def start_tun2proxy(self) -> None:
+        """(Re)start tun2proxy attached to the TUN in C."""
+        lab = self.lab
+        if self.t2p is not None:
+            self.t2p.stop()
         upstream = {
             "dante": f"socks5://127.0.0.1:{DANTE_PORT}",
             "direct": "direct://",
         }[self.args.upstream]
         self.t2p = lab.start(
-            "tun2proxy", lab.R,
+            f"tun2proxy-{len(lab.procs)}", lab.R,
             [sys.executable, "-m", "tun2proxy", "--tun", TUN_NAME, "--tun-netns", lab.C,
-             "--proxy", upstream, "-v", "warn", "--max-sessions", "8192"],
+             "--proxy", upstream, "-v", "warn", "--max-sessions", "8192",
+             *self.args.extra],
         )
         time.sleep(1.5)
         if not self.t2p.alive():
@@ -170,19 +177,30 @@ class Bench:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
         return float(res.stdout.strip().splitlines()[-1])
 
+    def connrate_warmup(self, path: str) -> None:
+        cmd = [*self.prefix(path), sys.executable, CLIENT, "connrate", SERVER_V4, str(ECHO_PORT),
+               "0.3"]
+        subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True)
+
     def held_memory(self, path: str, count: int) -> float | None:
         """KiB per held connection in the relaying process (None for the kernel)."""
         if path == "kernel":
             return None
+        if path == "tun2proxy":
+            # A fresh process, warmed up by a few connections: earlier tests' freed buffers
+            # would otherwise hide the growth.
+            self.start_tun2proxy()
+            self.connrate_warmup(path)
         proc = self.t2p if path == "tun2proxy" else self.dante
         assert proc is not None
         measure = _rss_kib if path == "tun2proxy" else _tree_rss_kib
         before = measure(proc.pid)
         cmd = [*self.prefix(path), sys.executable, CLIENT, "hold", SERVER_V4, str(ECHO_PORT),
                str(count)]
-        p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # noqa: S603
+        p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
-            assert p.stdout is not None and p.stdin is not None
+            assert p.stdout is not None
+            assert p.stdin is not None
             line = p.stdout.readline().strip()
             if line != "ready":
                 raise RuntimeError(f"hold client failed on {path}: {line!r}")
@@ -223,6 +241,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5.0, help="length of one iperf3/rate run")
     ap.add_argument("--held", type=int, default=1000, help="connections held for the memory figure")
     ap.add_argument("--upstream", choices=("dante", "direct"), default="dante")
+    ap.add_argument("extra", nargs="*", help="extra tun2proxy arguments (after --)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (network namespaces and TUN devices)")
@@ -235,11 +254,11 @@ def main() -> int:
     try:
         b.setup()
         tests = [
-            ("1 flow client->server", "Gbit/s", lambda p: b.iperf(p)),
+            ("1 flow client->server", "Gbit/s", b.iperf),
             ("1 flow server->client", "Gbit/s", lambda p: b.iperf(p, "-R")),
             ("8 flows client->server", "Gbit/s", lambda p: b.iperf(p, "-P", "8")),
             ("8 flows server->client", "Gbit/s", lambda p: b.iperf(p, "-P", "8", "-R")),
-            ("connection rate", "conn/s", lambda p: b.connrate(p)),
+            ("connection rate", "conn/s", b.connrate),
         ]
         for name, unit, fn in tests:
             vals: dict[str, float | None] = {}
