@@ -29,20 +29,36 @@ def ones_sum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
 
 
 def finish(partial: int) -> int:
-    """Turn a partial sum into the checksum field value (the complement of the folded sum)."""
+    """Turn a partial sum into the checksum field value (the complement of the folded sum).
+
+    A folded 0 is taken as one's-complement -0 (0xFFFF), which is what any sum that includes
+    a non-zero pseudo-header or IP version byte is; see :func:`checksum` for all-zero data.
+    """
     s = partial % 0xFFFF
     # A folded 0 on non-zero input is one's-complement 0xFFFF, whose complement is 0.
     return 0xFFFF - s if s else 0
 
 
 def checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
-    """Return the Internet checksum of ``data`` with ``initial`` (e.g. a pseudo-header sum)."""
-    return finish(ones_sum(data, initial))
+    """Return the Internet checksum of ``data`` with ``initial`` (e.g. a pseudo-header sum).
+
+    All-zero input sums to one's-complement +0, whose complement is 0xFFFF (RFC 1071); the
+    fold cannot tell +0 from -0, so that case is recognised explicitly.
+    """
+    n = int.from_bytes(data, "big")
+    if not n and not initial:
+        return 0xFFFF
+    if len(data) & 1:
+        n <<= 8
+    return finish(n + initial)
 
 
 def verify(data: bytes | bytearray | memoryview, initial: int = 0) -> bool:
-    """Return True when ``data`` (checksum field included) plus ``initial`` sums to zero."""
-    return ones_sum(data, initial) == 0
+    """Return True when ``data`` (checksum field included) plus ``initial`` sums to -0."""
+    n = int.from_bytes(data, "big")
+    if len(data) & 1:
+        n <<= 8
+    return (n + initial) % 0xFFFF == 0 and bool(n or initial)
 
 
 def pseudo_header_sum(src: bytes, dst: bytes, protocol: int, length: int) -> int:

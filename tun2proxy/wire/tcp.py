@@ -181,7 +181,7 @@ class TcpSegment:
             self.sack_permitted,
             self.sack,
             self.ts_val,
-            self.ts_ecr if self.ts_val is not None else None,
+            (self.ts_ecr or 0) if self.ts_val is not None else None,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -222,7 +222,7 @@ def parse_tcp(data: bytes | bytearray | memoryview, start: int, end: int) -> Tcp
     hlen = (offflags >> 10) & 0x3C
     if hlen < 20 or start + hlen > end:
         raise MalformedPacket("tcp-offset")
-    flags = offflags & 0xFF
+    flags = offflags & 0x1FF  # including the ninth bit (NS, AccECN's AE)
     if flags & SYN and flags & (FIN | RST):
         raise MalformedPacket("tcp-flags")
     if not sport or not dport:
@@ -317,10 +317,8 @@ def build_options(
             out += b"\x01\x01\x05" + bytes((2 + 8 * len(blocks),))
             for left, right in blocks:
                 out += _II.pack(left & 0xFFFFFFFF, right & 0xFFFFFFFF)
-    if len(out) > 40:
-        raise ValueError("TCP options exceed 40 bytes")
-    if len(out) % 4:
-        out += b"\x01" * (4 - len(out) % 4)
+    # Every block above is a multiple of 4 bytes and the SACK blocks are cut to the room
+    # left, so the result is aligned and at most 40 bytes long.
     return bytes(out)
 
 
