@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from .netlab import (
+from tun2proxy.testing.netlab import (
     ROUTER_V4,
     SERVER_V4,
     SERVER_V6,

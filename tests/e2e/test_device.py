@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from .netlab import Lab, run, wait_for
+from tun2proxy.testing.netlab import Lab, run, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

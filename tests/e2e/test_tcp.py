@@ -22,7 +22,7 @@ from .conftest import (
     connect,
     server_addr,
 )
-from .netlab import Lab, wait_for
+from tun2proxy.testing.netlab import Lab, wait_for
 from .servers import payload
 
 pytestmark = pytest.mark.timeout(180)
