@@ -24,6 +24,7 @@ from tun2proxy.testing.netlab import (
     missing_prerequisites,
     wait_for,
 )
+
 from .servers import HttpServer, StreamServer
 
 STREAM_PORT = 7000

@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from tun2proxy.testing.netlab import Lab, wait_for
+
 from .conftest import (
     CLOSED_PORT,
     HTTP_PORT,
@@ -22,7 +24,6 @@ from .conftest import (
     connect,
     server_addr,
 )
-from tun2proxy.testing.netlab import Lab, wait_for
 from .servers import payload
 
 pytestmark = pytest.mark.timeout(180)
