@@ -149,6 +149,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="TCP flows at most; further connections are refused (default 4096)",
     )
     p.add_argument(
+        "--udp", choices=("proxy", "direct", "reject"), default="proxy",
+        help="UDP policy: through the proxy when it can (else ICMP port unreachable), always "
+        "direct, or reject at once so QUIC falls back to TCP (default proxy)",
+    )
+    p.add_argument(
+        "--udp-timeout", type=_positive(float), default=30.0, metavar="SECONDS",
+        help="end UDP sessions idle for this long (default 30; DNS sessions 10)",
+    )
+    p.add_argument(
+        "--max-udp-sessions", type=_positive(int), default=4096, metavar="N",
+        help="UDP sessions at most; the least recently used is evicted (default 4096)",
+    )
+    p.add_argument(
+        "--icmp", choices=("off", "reply"), default="off",
+        help="ICMP echo: off (dropped) or reply (answered by tun2proxy itself, not the far "
+        "host; default off)",
+    )
+    p.add_argument(
         "-v", "--verbosity", default="info",
         choices=("off", "error", "warn", "info", "debug", "trace"),
         help="log level (default info)",
@@ -216,6 +234,10 @@ def _stack_config(args: argparse.Namespace, mtu: int) -> StackConfig:
         isn_secret=os.urandom(16),
         mtu=mtu,
         max_flows=args.max_sessions,
+        max_udp_sessions=args.max_udp_sessions,
+        udp_timeout=args.udp_timeout,
+        dns_timeout=min(10.0, args.udp_timeout),
+        icmp_echo=args.icmp,
         tcp=TcpConfig(idle_timeout=args.tcp_timeout),
     )
 
@@ -253,7 +275,10 @@ async def _serve(opts: Options, link: FdLink, child: PrivateNamespace | None) ->
     args = opts.args
     loop = asyncio.get_running_loop()
     stack = Driver.make_stack(_stack_config(args, link.mtu))
-    driver = Driver(stack, link, args.upstream, DriverConfig(connect_timeout=args.connect_timeout))
+    driver = Driver(
+        stack, link, args.upstream,
+        DriverConfig(connect_timeout=args.connect_timeout, udp=args.udp),
+    )
     log.info("upstream %s", args.upstream.describe())
     exit_code = 0
     signals = (signal.SIGINT, signal.SIGTERM)

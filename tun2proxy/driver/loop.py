@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from ..errors import FlowStateError, UpstreamError
+from ..errors import ConfigError, FlowStateError, UpstreamError
 from ..link.base import Link
 from ..proxy.address import Address
 from ..stack.config import StackConfig
@@ -32,9 +32,13 @@ from ..stack.events import (
 )
 from ..stack.netstack import NetStack
 from ..upstream.base import FlowInfo, Upstream
+from ..upstream.direct import DirectUpstream
 from .relay import TcpRelay
+from .udp_relay import UdpRelay
 
-__all__ = ["Driver", "DriverConfig", "RateLimitedLog"]
+__all__ = ["UDP_POLICIES", "Driver", "DriverConfig", "RateLimitedLog"]
+
+UDP_POLICIES = ("proxy", "direct", "reject")
 
 log = logging.getLogger("tun2proxy")
 
@@ -59,11 +63,19 @@ class DriverConfig:
         connect_timeout: how long an upstream dial may take before the SYN is rejected.
         max_connecting: upstream dials in flight (further SYNs are rejected with RST).
         shutdown_grace: on stop, how long flows get to close before they are reset.
+        udp: ``proxy`` (UDP through the upstream when it can carry it, else ICMP port
+            unreachable), ``direct`` (UDP from this host's network whatever the upstream),
+            or ``reject`` (ICMP port unreachable at once, so QUIC falls back to TCP).
     """
 
     connect_timeout: float = 10.0
     max_connecting: int = 256
     shutdown_grace: float = 0.5
+    udp: str = "proxy"
+
+    def __post_init__(self) -> None:
+        if self.udp not in UDP_POLICIES:
+            raise ConfigError(f"udp must be one of {', '.join(UDP_POLICIES)}")
 
 
 class RateLimitedLog:
@@ -112,6 +124,10 @@ class Driver:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._relays: dict[int, TcpRelay] = {}
         self._connecting: dict[int, asyncio.Task[None]] = {}
+        self._udp: dict[int, UdpRelay] = {}
+        self.udp_upstream: Upstream = (
+            DirectUpstream() if self.config.udp == "direct" else upstream
+        )
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._pump_scheduled = False
@@ -180,6 +196,9 @@ class Driver:
         for relay in list(self._relays.values()):
             relay.on_closed("aborted")
         self._relays.clear()
+        for urelay in list(self._udp.values()):
+            urelay.close()
+        self._udp.clear()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -279,12 +298,75 @@ class Driver:
         elif isinstance(ev, UdpDatagram):
             self._on_udp(ev)
         elif isinstance(ev, UdpSessionClosed):
-            pass
+            urelay = self._udp.pop(ev.flow_id, None)
+            if urelay is not None:
+                urelay.close()
+
+    # ------------------------------------------------------------------ UDP
 
     def _on_udp(self, ev: UdpDatagram) -> None:
-        # UDP relaying arrives with the UDP issue; until then tell the app at once.
-        with contextlib.suppress(FlowStateError):
-            self.stack.udp_reject(ev.flow_id, "port")
+        relay = self._udp.get(ev.flow_id)
+        dst = Address(ev.dst[0], ev.dst[1])
+        if relay is not None:
+            relay.send(ev.payload, dst)
+            return
+        if self._stopping or self.config.udp == "reject":
+            with contextlib.suppress(FlowStateError):
+                self.stack.udp_reject(ev.flow_id, "port")
+            return
+        relay = UdpRelay(self, ev.flow_id, ":" in ev.src[0])
+        self._udp[ev.flow_id] = relay
+        relay.send(ev.payload, dst)
+        loop = self._loop
+        assert loop is not None
+        relay.task = loop.create_task(self._open_udp(relay, ev))
+
+    async def _open_udp(self, relay: UdpRelay, ev: UdpDatagram) -> None:
+        flow = FlowInfo(ev.flow_id, ev.src, ev.dst, protocol="udp")
+        try:
+            channel = await asyncio.wait_for(
+                self.udp_upstream.open_udp(flow, relay), self.config.connect_timeout
+            )
+        except asyncio.CancelledError:
+            raise
+        except (UpstreamError, TimeoutError) as e:
+            reason = e.reason if isinstance(e, UpstreamError) else "timeout"
+            self._limited.log(
+                logging.WARNING, f"udp:{reason}", "UDP from %s:%d failed (%s): %s",
+                ev.src[0], ev.src[1], reason, e or "no upstream channel in time",
+            )
+            self._udp.pop(ev.flow_id, None)
+            relay.closed = True
+            if ev.flow_id in self.stack:
+                with contextlib.suppress(FlowStateError):
+                    self.stack.udp_reject(ev.flow_id, "port")
+            self.schedule_pump()
+            return
+        if relay.closed or self._stopping:
+            channel.close()
+            return
+        relay.opened(channel)
+
+    def udp_reply(self, relay: UdpRelay, payload: bytes, src: Address) -> None:
+        """A datagram from upstream for the app (called by the relay)."""
+        try:
+            self.stack.udp_send(relay.flow_id, payload, (src.host, src.port))
+        except FlowStateError:
+            relay.close()
+            self._udp.pop(relay.flow_id, None)
+            return
+        except ValueError:
+            return  # a reply of the other IP version: cannot be shown to this app socket
+        self.schedule_pump()
+
+    def udp_lost(self, relay: UdpRelay, exc: BaseException | None) -> None:
+        """The relay's channel died: end the session (the next datagram builds a new one)."""
+        self._udp.pop(relay.flow_id, None)
+        relay.close()
+        if relay.flow_id in self.stack:
+            with contextlib.suppress(FlowStateError):
+                self.stack.udp_close(relay.flow_id)
+        self.schedule_pump()
 
     def _on_connect_request(self, ev: TcpConnectRequest) -> None:
         if self._stopping or len(self._connecting) >= self.config.max_connecting:
@@ -359,6 +441,7 @@ class Driver:
         s = self.stack.stats()
         s["link"] = self.link.stats()
         s["relays"] = len(self._relays)
+        s["udp_relays"] = len(self._udp)
         s["connecting"] = len(self._connecting)
         s["flows_opened"] = self.flows_opened
         s["flows_failed"] = self.flows_failed

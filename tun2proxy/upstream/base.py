@@ -12,12 +12,19 @@ import abc
 import asyncio
 import errno
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..errors import UpstreamError
 from ..proxy.address import Address
 from ..stack.events import Endpoint
 
-__all__ = ["FlowInfo", "Upstream", "upstream_error_from_os"]
+__all__ = [
+    "DatagramReceiver",
+    "FlowInfo",
+    "UdpChannel",
+    "Upstream",
+    "upstream_error_from_os",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +46,34 @@ class FlowInfo:
     domain: str | None = None
 
 
+class DatagramReceiver(Protocol):
+    """Where a :class:`UdpChannel` delivers what comes back (the driver's UDP relay)."""
+
+    def datagram_received(self, payload: bytes, src: Address) -> None:
+        """A datagram from ``src`` (the address the app sent to: a name stays a name)."""
+        ...
+
+    def channel_lost(self, exc: BaseException | None) -> None:
+        """The channel ended (e.g. its SOCKS5 control connection closed)."""
+        ...
+
+
+class UdpChannel(abc.ABC):
+    """The upstream side of one UDP session: datagrams to any destination, replies back.
+
+    One channel serves every destination of one application endpoint (endpoint-independent
+    mapping), so QUIC, STUN and games see replies from every peer they talk to.
+    """
+
+    @abc.abstractmethod
+    def send(self, payload: bytes, dst: Address) -> None:
+        """Send one datagram (fire and forget; a full or broken path drops it)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the channel's sockets (idempotent)."""
+
+
 class Upstream(abc.ABC):
     """A way out for flows. Subclasses implement :meth:`open_tcp` (and UDP where they can)."""
 
@@ -58,6 +93,15 @@ class Upstream(abc.ABC):
             UpstreamError: the destination or the proxy refused, was unreachable, failed
                 authentication, or broke the protocol.
         """
+
+    async def open_udp(self, flow: FlowInfo, receiver: DatagramReceiver) -> UdpChannel:
+        """Open a UDP channel for one application endpoint.
+
+        Raises:
+            UpstreamError: with reason ``unsupported`` when this upstream cannot carry UDP
+                (the app then gets ICMP port unreachable at once).
+        """
+        raise UpstreamError(f"{self.name} upstream does not carry UDP", "unsupported")
 
     def describe(self) -> str:
         """A one-line description for logs (no credentials)."""

@@ -11,7 +11,7 @@ import socket
 
 from ..errors import UpstreamError
 from ..proxy.address import Address
-from .base import FlowInfo, Upstream, upstream_error_from_os
+from .base import DatagramReceiver, FlowInfo, UdpChannel, Upstream, upstream_error_from_os
 
 __all__ = ["DirectUpstream"]
 
@@ -57,6 +57,15 @@ class DirectUpstream(Upstream):
         except OSError as e:
             raise upstream_error_from_os(e, f"direct connection to {dst}") from None
         return transport
+
+    async def open_udp(self, flow: FlowInfo, receiver: DatagramReceiver) -> UdpChannel:
+        """An unconnected UDP socket of the app's address family."""
+        from .udp import open_direct_udp
+
+        family = socket.AF_INET6 if ":" in flow.src[0] else socket.AF_INET
+        return await open_direct_udp(
+            family, receiver, interface=self.interface, fwmark=self.fwmark
+        )
 
     async def _connect_socket(
         self, loop: asyncio.AbstractEventLoop, dst: Address

@@ -6,7 +6,7 @@ import asyncio
 
 from ..errors import UpstreamError
 from ..proxy.address import Address
-from .base import FlowInfo, Upstream
+from .base import DatagramReceiver, FlowInfo, UdpChannel, Upstream
 
 __all__ = ["RejectUpstream"]
 
@@ -24,3 +24,7 @@ class RejectUpstream(Upstream):
     ) -> asyncio.Transport:
         """Always raise :class:`UpstreamError`."""
         raise UpstreamError(f"rejected by policy: {dst}", self.reason)
+
+    async def open_udp(self, flow: FlowInfo, receiver: DatagramReceiver) -> UdpChannel:
+        """Always raise :class:`UpstreamError`."""
+        raise UpstreamError("rejected by policy", self.reason)

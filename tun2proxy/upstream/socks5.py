@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
+from ..errors import UpstreamError
 from ..proxy.address import Address
 from ..proxy.socks5 import Socks5Handshake
-from .base import FlowInfo, Upstream
+from .base import DatagramReceiver, FlowInfo, UdpChannel, Upstream
 from .handshake import open_via_handshake
+
+#: After a proxy said it cannot do UDP, do not ask again for this long (tun2proxy#171).
+UDP_UNSUPPORTED_BACKOFF = 60.0
 
 __all__ = ["Socks5Upstream"]
 
@@ -25,6 +30,7 @@ class Socks5Upstream(Upstream):
         self.host = host
         self.port = port
         self.auth = auth
+        self._udp_unsupported_until = 0.0
 
     async def open_tcp(
         self, dst: Address, protocol: asyncio.Protocol, flow: FlowInfo
@@ -33,6 +39,19 @@ class Socks5Upstream(Upstream):
         target = Address(flow.domain, dst.port) if flow.domain else dst
         hs = Socks5Handshake(target, auth=self.auth)
         return await open_via_handshake(self.host, self.port, hs, protocol, "SOCKS5 proxy")
+
+    async def open_udp(self, flow: FlowInfo, receiver: DatagramReceiver) -> UdpChannel:
+        """UDP ASSOCIATE through the proxy (remembered for a while if the proxy refuses)."""
+        from .udp import open_socks5_udp
+
+        if time.monotonic() < self._udp_unsupported_until:
+            raise UpstreamError("SOCKS5 proxy does not support UDP ASSOCIATE", "unsupported")
+        try:
+            return await open_socks5_udp(self.host, self.port, self.auth, receiver)
+        except UpstreamError as e:
+            if e.reason in ("unsupported", "denied", "error", "protocol"):
+                self._udp_unsupported_until = time.monotonic() + UDP_UNSUPPORTED_BACKOFF
+            raise
 
     def describe(self) -> str:
         """``socks5://host:port`` (credentials hidden)."""

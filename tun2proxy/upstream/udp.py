@@ -1,0 +1,263 @@
+"""UDP channels: direct (one unconnected socket per session) and SOCKS5 UDP ASSOCIATE.
+
+Both give endpoint-independent mapping and filtering: one upstream socket per application
+endpoint, datagrams to any destination, replies from any source the app has talked to.
+Destinations known by name (virtual DNS) are resolved here for ``direct`` (cached) and sent
+as names through SOCKS5; replies are reported with the same name, so the driver can give
+them the fake address the app knows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import MalformedPacket, UpstreamError
+from ..proxy.address import Address
+from ..proxy.socks5 import UDP_ASSOCIATE, Socks5Handshake, decode_udp_datagram, encode_udp_datagram
+from .base import DatagramReceiver, UdpChannel, upstream_error_from_os
+from .handshake import open_via_handshake
+
+__all__ = ["DirectUdpChannel", "Socks5UdpChannel", "open_direct_udp", "open_socks5_udp"]
+
+log = logging.getLogger(__name__)
+
+_MAX_PENDING = 64
+_NAME_TTL = 60.0
+_NAME_CACHE = 256
+
+
+class _DatagramProtocol(asyncio.DatagramProtocol):
+    def __init__(
+        self,
+        on_datagram: Callable[[bytes, tuple[Any, ...]], None],
+        on_lost: Callable[[BaseException | None], None],
+    ) -> None:
+        self.on_datagram = on_datagram
+        self.on_lost = on_lost
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.on_datagram(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors for one destination must not end a session that talks to many.
+        log.debug("udp error: %s", exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.on_lost(exc)
+
+
+class DirectUdpChannel(UdpChannel):
+    """An unconnected UDP socket sending to any destination; names resolved and cached."""
+
+    def __init__(self, family: int, receiver: DatagramReceiver) -> None:
+        self.family = family
+        self.receiver = receiver
+        self.transport: asyncio.DatagramTransport | None = None
+        self._names: OrderedDict[str, tuple[str, float]] = OrderedDict()  # name -> ip, expiry
+        self._reverse: dict[tuple[str, int], Address] = {}  # (ip, port) -> name address
+        self._pending: list[tuple[bytes, Address]] = []
+        self._resolving: set[str] = set()
+        self._closed = False
+
+    def _on_datagram(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        host, port = str(addr[0]), int(addr[1])
+        src = self._reverse.get((host, port)) or Address(host, port)
+        self.receiver.datagram_received(data, src)
+
+    def _on_lost(self, exc: BaseException | None) -> None:
+        if not self._closed:
+            self._closed = True
+            self.receiver.channel_lost(exc)
+
+    def send(self, payload: bytes, dst: Address) -> None:
+        """Send to ``dst``; a name is resolved first (datagrams wait, bounded)."""
+        t = self.transport
+        if t is None or self._closed:
+            return
+        if not dst.is_domain:
+            with contextlib.suppress(OSError):
+                t.sendto(payload, (dst.host, dst.port))
+            return
+        hit = self._names.get(dst.host)
+        if hit is not None and hit[1] > time.monotonic():
+            self._reverse[(hit[0], dst.port)] = dst
+            with contextlib.suppress(OSError):
+                t.sendto(payload, (hit[0], dst.port))
+            return
+        if len(self._pending) < _MAX_PENDING:
+            self._pending.append((payload, dst))
+        if dst.host not in self._resolving:
+            self._resolving.add(dst.host)
+            asyncio.get_running_loop().create_task(self._resolve(dst.host))
+
+    async def _resolve(self, name: str) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(name, None, family=self.family, type=socket.SOCK_DGRAM)
+            ip = str(infos[0][4][0]) if infos else None
+        except OSError:
+            ip = None
+        self._resolving.discard(name)
+        pending = [p for p in self._pending if p[1].host == name]
+        self._pending = [p for p in self._pending if p[1].host != name]
+        if ip is None:
+            return
+        self._names[name] = (ip, time.monotonic() + _NAME_TTL)
+        while len(self._names) > _NAME_CACHE:
+            self._names.popitem(last=False)
+        for payload, dst in pending:
+            self.send(payload, dst)
+
+    def close(self) -> None:
+        """Close the socket."""
+        self._closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def open_direct_udp(
+    family: int, receiver: DatagramReceiver, *, interface: str | None = None,
+    fwmark: int | None = None,
+) -> DirectUdpChannel:
+    """A :class:`DirectUdpChannel` bound to an ephemeral port of ``family``."""
+    loop = asyncio.get_running_loop()
+    ch = DirectUdpChannel(family, receiver)
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        if interface:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
+        if fwmark is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, fwmark)
+        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _DatagramProtocol(ch._on_datagram, ch._on_lost), sock=sock
+        )
+    except OSError as e:
+        sock.close()
+        raise upstream_error_from_os(e, "direct UDP socket") from None
+    ch.transport = transport
+    return ch
+
+
+class _ControlProtocol(asyncio.Protocol):
+    """Watches the UDP ASSOCIATE control connection: its end ends the association."""
+
+    def __init__(self, channel: Socks5UdpChannel) -> None:
+        self.channel = channel
+
+    def data_received(self, data: bytes) -> None:
+        pass  # nothing is expected on the control connection
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.channel._lost(exc or ConnectionError("SOCKS5 control connection closed"))
+
+
+class Socks5UdpChannel(UdpChannel):
+    """A SOCKS5 UDP association (RFC 1928 §7): datagrams wrapped with the SOCKS5 UDP header
+    and sent to the relay the proxy named; the association lives as long as its TCP control
+    connection."""
+
+    def __init__(self, receiver: DatagramReceiver) -> None:
+        self.receiver = receiver
+        self.control: asyncio.Transport | None = None
+        self.transport: asyncio.DatagramTransport | None = None
+        self.dropped_fragments = 0
+        self.dropped_malformed = 0
+        self._closed = False
+
+    def _on_datagram(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        try:
+            src, payload = decode_udp_datagram(data)
+        except MalformedPacket as e:
+            if e.reason == "socks5-udp-fragmented":
+                self.dropped_fragments += 1  # RFC 1928 §7: MUST drop when not reassembling
+            else:
+                self.dropped_malformed += 1
+            return
+        self.receiver.datagram_received(bytes(payload), src)
+
+    def _lost(self, exc: BaseException | None) -> None:
+        if self._closed:
+            return
+        self.close()
+        self.receiver.channel_lost(exc)
+
+    def send(self, payload: bytes, dst: Address) -> None:
+        """Wrap and send one datagram to the relay."""
+        if self._closed or self.transport is None:
+            return
+        with contextlib.suppress(OSError):
+            self.transport.sendto(encode_udp_datagram(dst, payload))
+
+    def close(self) -> None:
+        """Close the relay socket and the control connection."""
+        self._closed = True
+        if self.transport is not None:
+            self.transport.close()
+        if self.control is not None:
+            self.control.close()
+
+
+async def open_socks5_udp(
+    host: str, port: int, auth: tuple[str, str] | None, receiver: DatagramReceiver
+) -> Socks5UdpChannel:
+    """UDP ASSOCIATE through the proxy at ``host:port``.
+
+    Raises:
+        UpstreamError: the proxy refused (``unsupported`` for REP 7, as microsocks and others
+            without UDP answer).
+    """
+    loop = asyncio.get_running_loop()
+    ch = Socks5UdpChannel(receiver)
+    hs = Socks5Handshake(Address("0.0.0.0", 0), auth=auth, command=UDP_ASSOCIATE)
+    control = await open_via_handshake(host, port, hs, _ControlProtocol(ch), "SOCKS5 proxy")
+    ch.control = control
+    sock = control.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    ev = hs.next_event()
+    bound = getattr(ev, "bound", None)
+    relay_host = host
+    relay_port = port
+    if bound is not None:
+        relay_port = bound.port
+        ip = bound.ip
+        if ip is not None and not ip.is_unspecified:
+            relay_host = bound.host
+        elif bound.is_domain:
+            relay_host = bound.host
+    # Talk to the relay from a socket "connected" to it: datagrams from anyone else are
+    # dropped by the kernel (RFC 1928 §7: accept only from the relay).
+    try:
+        peer_ip = ipaddress.ip_address(relay_host)
+        family = socket.AF_INET6 if peer_ip.version == 6 else socket.AF_INET
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _DatagramProtocol(ch._on_datagram, ch._lost),
+            remote_addr=(relay_host, relay_port), family=family,
+        )
+    except ValueError:
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _DatagramProtocol(ch._on_datagram, ch._lost),
+            remote_addr=(relay_host, relay_port),
+        )
+    except OSError as e:
+        control.close()
+        raise upstream_error_from_os(e, f"SOCKS5 UDP relay {relay_host}:{relay_port}") from None
+    ch.transport = transport
+    if relay_port == 0:
+        ch.close()
+        raise UpstreamError("SOCKS5 proxy named no UDP relay port", "protocol")
+    return ch
