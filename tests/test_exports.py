@@ -14,6 +14,7 @@ PACKAGES = [
     "tun2proxy.stack",
     "tun2proxy.testing",
     "tun2proxy.proxy",
+    "tun2proxy.dns",
     "tun2proxy.upstream",
     "tun2proxy.link",
     "tun2proxy.driver",

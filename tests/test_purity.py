@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-PURE_PACKAGES = ["wire", "tcp", "udp", "stack", "proxy"]
+PURE_PACKAGES = ["wire", "tcp", "udp", "stack", "proxy", "dns"]
 FORBIDDEN = {"asyncio", "socket", "os", "time", "random", "threading", "selectors", "subprocess"}
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "tun2proxy"
 

@@ -37,6 +37,9 @@ DEFAULT_TUN_ADDRESS6 = "fdfe:dcba:9876::1/125"
 TRACE = 5
 
 EPILOG = """\
+signals: SIGINT/SIGTERM shut down cleanly; SIGUSR1 logs the counters (flows, drops by
+reason, DNS, link) as one JSON line.
+
 examples:
   # run one command with all its traffic going through a SOCKS5 proxy
   sudo python -m tun2proxy --unshare --proxy socks5://127.0.0.1:1080 -- curl https://example.com/
@@ -84,6 +87,42 @@ def _cidr(version: int):  # type: ignore[no-untyped-def]
         return str(iface)
 
     return conv
+
+
+def _network(version: int):  # type: ignore[no-untyped-def]
+    def conv(text: str) -> str:
+        try:
+            net = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a network") from None
+        if net.version != version:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an IPv{version} network")
+        if net.num_addresses < 16:
+            raise argparse.ArgumentTypeError(f"{text!r} is too small for a pool")
+        return str(net)
+
+    return conv
+
+
+def _dns_addr(text: str) -> tuple[str, int]:
+    """``8.8.8.8``, ``8.8.8.8:53``, ``[2001:4860::8888]:53`` or ``2001:4860::8888``."""
+    t = text.strip()
+    host, port = t, 53
+    if t.startswith("["):
+        host, _, rest = t[1:].partition("]")
+        if rest:
+            if not rest.startswith(":") or not rest[1:].isdigit():
+                raise ValueError(text)
+            port = int(rest[1:])
+    elif t.count(":") == 1:
+        host, _, p = t.partition(":")
+        if not p.isdigit():
+            raise ValueError(text)
+        port = int(p)
+    ipaddress.ip_address(host)
+    if not 0 < port < 65536:
+        raise ValueError(text)
+    return host, port
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,6 +201,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="UDP sessions at most; the least recently used is evicted (default 4096)",
     )
     p.add_argument(
+        "--dns", choices=("virtual", "over-tcp", "direct"), default="direct",
+        help="DNS handling: virtual (answer with fake addresses; the proxy resolves names), "
+        "over-tcp (forward queries as DNS over TCP through the proxy), direct (plain UDP; "
+        "default)",
+    )
+    p.add_argument(
+        "--dns-addr", default="8.8.8.8:53", metavar="ADDR[:PORT]",
+        help="DNS server for over-tcp and forwarded queries, and the resolver an --unshare "
+        "command sees (default 8.8.8.8:53)",
+    )
+    p.add_argument(
+        "--virtual-dns-pool", type=_network(4), default="198.18.0.0/15", metavar="CIDR",
+        help="IPv4 range of fake addresses for --dns virtual (default 198.18.0.0/15)",
+    )
+    p.add_argument(
+        "--virtual-dns-pool6", type=_network(6), default=None, metavar="CIDR",
+        help="IPv6 range of fake addresses (default fd27:4a46:c40a::/64)",
+    )
+    p.add_argument(
         "--icmp", choices=("off", "reply"), default="off",
         help="ICMP echo: off (dropped) or reply (answered by tun2proxy itself, not the far "
         "host; default off)",
@@ -211,6 +269,15 @@ def parse_args(argv: Sequence[str]) -> Options:
         args.upstream = upstream_from_url(args.proxy)
     except ConfigError as e:
         parser.error(str(e))
+    try:
+        args.dns_addr = _dns_addr(args.dns_addr)
+    except ValueError:
+        parser.error(f"--dns-addr {args.dns_addr!r} is not an IP address with an optional port")
+    if args.dns != "direct":
+        import importlib.util
+
+        if importlib.util.find_spec("dnslib") is None:
+            parser.error(f"--dns {args.dns} needs dnslib: pip install 'tun2proxy[dns]'")
     return Options(args, command)
 
 
@@ -277,7 +344,11 @@ async def _serve(opts: Options, link: FdLink, child: PrivateNamespace | None) ->
     stack = Driver.make_stack(_stack_config(args, link.mtu))
     driver = Driver(
         stack, link, args.upstream,
-        DriverConfig(connect_timeout=args.connect_timeout, udp=args.udp),
+        DriverConfig(
+            connect_timeout=args.connect_timeout, udp=args.udp, dns=args.dns,
+            dns_addr=args.dns_addr, virtual_dns_pool=args.virtual_dns_pool,
+            virtual_dns_pool6=args.virtual_dns_pool6,
+        ),
     )
     log.info("upstream %s", args.upstream.describe())
     exit_code = 0
@@ -293,6 +364,13 @@ async def _serve(opts: Options, link: FdLink, child: PrivateNamespace | None) ->
 
     for s in signals:
         loop.add_signal_handler(s, on_signal, s)
+
+    def on_usr1() -> None:
+        import json
+
+        log.info("stats %s", json.dumps(driver.stats(), sort_keys=True, default=str))
+
+    loop.add_signal_handler(signal.SIGUSR1, on_usr1)
     pidfd = -1
     if child is not None:
         pidfd = os.pidfd_open(child.pid)
@@ -312,7 +390,7 @@ async def _serve(opts: Options, link: FdLink, child: PrivateNamespace | None) ->
     try:
         await driver.run()
     finally:
-        for s in signals:
+        for s in (*signals, signal.SIGUSR1):
             loop.remove_signal_handler(s)
         if pidfd >= 0:
             with contextlib.suppress(OSError, ValueError):
@@ -349,8 +427,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _raise_fd_limit(opts.args.max_sessions)
     child: PrivateNamespace | None = None
     if opts.args.unshare:
+        resolv = (
+            "# written by tun2proxy --unshare: every lookup goes through the tunnel\n"
+            f"nameserver {opts.args.dns_addr[0]}\n"
+        )
         try:
-            child = spawn_private(opts.command)
+            child = spawn_private(opts.command, resolv_conf=resolv)
         except OSError as e:
             log.error("--unshare: cannot create a network namespace: %s (run as root)", e)
             return 1

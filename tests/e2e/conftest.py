@@ -22,6 +22,7 @@ from tun2proxy.testing.netlab import (
     Lab,
     Proc,
     missing_prerequisites,
+    run,
     wait_for,
 )
 
@@ -34,7 +35,7 @@ DANTE_PORT = 1080
 MICROSOCKS_PORT = 1081
 MICROSOCKS_AUTH_PORT = 1082
 SOCKS_USER = ("tunuser", "s3cret p@ss")
-TOOLS = ("curl", "microsocks", "danted")
+TOOLS = ("curl", "microsocks", "danted", "dnsmasq", "dig", "ping")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -83,6 +84,7 @@ def _listening(lab: Lab, ns: str, port: int) -> bool:
 
 
 DANTE_CONF = """\
+debug: 1
 logoutput: {log}
 internal: 127.0.0.1 port = {port}
 external: {external}
@@ -91,13 +93,55 @@ clientmethod: none
 user.privileged: root
 user.unprivileged: nobody
 client pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 }}
-socks pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 command: connect udpassociate bind udpreply }}
-socks pass {{ from: 0.0.0.0/0 to: ::/0 command: connect udpassociate bind udpreply }}
+socks pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 log: connect }}
+socks pass {{ from: 0.0.0.0/0 to: ::/0 log: connect }}
+socks pass {{ from: ::/0 to: 0.0.0.0/0 }}
+socks pass {{ from: ::/0 to: ::/0 }}
+socks pass {{ from: 0.0.0.0/0 to: .test log: connect }}
 """
 
 
 @pytest.fixture(scope="session")
-def dante(lab: Lab) -> Proc:
+def dnsmasq(lab: Lab) -> Proc:
+    """A real DNS server in S (name.test -> the server's addresses, plus a TXT record); R's
+    processes (dante, tun2proxy's direct upstream) resolve through it."""
+    p = lab.start(
+        "dnsmasq", lab.S,
+        ["dnsmasq", "--no-daemon", "--log-facility=-", "--log-queries", "--pid-file=",
+         f"--listen-address={SERVER_V4}", f"--listen-address={SERVER_V6}", "--bind-interfaces",
+         "--port=53", "--no-resolv", "--no-hosts",
+         f"--address=/name.test/{SERVER_V4}", f"--address=/name.test/{SERVER_V6}",
+         "--txt-record=name.test,hello-from-dnsmasq"],
+    )
+    assert wait_for(lambda: "started" in p.output() or not p.alive()), p.output()
+    assert p.alive(), p.output()
+    lab.netns_resolver(lab.R, SERVER_V4)
+    return p
+
+
+UDP_PORT = 9999
+EXTRA_V4 = ("10.200.0.3", "10.200.0.4")
+EXTRA_V6 = ("fd20::3", "fd20::4")
+
+
+@pytest.fixture(scope="session")
+def udp_servers(lab: Lab) -> Iterator[dict[int, tuple[str, ...]]]:
+    """UDP echo on three addresses per IP version in S."""
+    from .servers import UdpEchoServer
+
+    for a in EXTRA_V4:
+        run("ip", "-n", lab.S, "addr", "add", f"{a}/24", "dev", lab.server_if)
+    for a in EXTRA_V6:
+        run("ip", "-n", lab.S, "addr", "add", f"{a}/64", "dev", lab.server_if, "nodad")
+    addrs = {4: (SERVER_V4, *EXTRA_V4), 6: (SERVER_V6, *EXTRA_V6)}
+    servers = [UdpEchoServer(lab.S, a, UDP_PORT) for v in addrs.values() for a in v]
+    yield addrs
+    for s in servers:
+        s.close()
+
+
+@pytest.fixture(scope="session")
+def dante(lab: Lab, dnsmasq: Proc) -> Proc:
     conf = lab.tmp / "sockd.conf"
     conf.write_text(
         DANTE_CONF.format(

@@ -178,3 +178,34 @@ class HttpServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class UdpEchoServer:
+    """Echo every datagram back to its sender, on ``host:port`` inside namespace ``ns``."""
+
+    def __init__(self, ns: str, host: str, port: int) -> None:
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with entered(netns_path(ns)):
+            self.sock = socket.socket(fam, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.bind((host, port))
+        self.sock.settimeout(0.5)
+        self._stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with contextlib.suppress(OSError):
+                self.sock.sendto(data, addr)
+
+    def close(self) -> None:
+        self._stop = True
+        self.thread.join(2)
+        self.sock.close()

@@ -33,6 +33,7 @@ from ..stack.events import (
 from ..stack.netstack import NetStack
 from ..upstream.base import FlowInfo, Upstream
 from ..upstream.direct import DirectUpstream
+from .dns import DNS_MODES, DnsHandler
 from .relay import TcpRelay
 from .udp_relay import UdpRelay
 
@@ -66,16 +67,27 @@ class DriverConfig:
         udp: ``proxy`` (UDP through the upstream when it can carry it, else ICMP port
             unreachable), ``direct`` (UDP from this host's network whatever the upstream),
             or ``reject`` (ICMP port unreachable at once, so QUIC falls back to TCP).
+        dns: ``virtual`` (fake addresses answered here; flows reach the proxy by name),
+            ``over-tcp`` (UDP queries forwarded as DNS over TCP through the upstream) or
+            ``direct`` (DNS is ordinary UDP); see :mod:`tun2proxy.driver.dns`.
+        dns_addr: where forwarded queries go (through the upstream).
+        virtual_dns_pool, virtual_dns_pool6: the fake address ranges.
     """
 
     connect_timeout: float = 10.0
     max_connecting: int = 256
     shutdown_grace: float = 0.5
     udp: str = "proxy"
+    dns: str = "direct"
+    dns_addr: tuple[str, int] = ("8.8.8.8", 53)
+    virtual_dns_pool: str = "198.18.0.0/15"
+    virtual_dns_pool6: str | None = None
 
     def __post_init__(self) -> None:
         if self.udp not in UDP_POLICIES:
             raise ConfigError(f"udp must be one of {', '.join(UDP_POLICIES)}")
+        if self.dns not in DNS_MODES:
+            raise ConfigError(f"dns must be one of {', '.join(DNS_MODES)}")
 
 
 class RateLimitedLog:
@@ -127,6 +139,10 @@ class Driver:
         self._udp: dict[int, UdpRelay] = {}
         self.udp_upstream: Upstream = (
             DirectUpstream() if self.config.udp == "direct" else upstream
+        )
+        c = self.config
+        self.dns = DnsHandler(
+            self, c.dns, Address.from_host(*c.dns_addr), c.virtual_dns_pool, c.virtual_dns_pool6
         )
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -305,8 +321,16 @@ class Driver:
     # ------------------------------------------------------------------ UDP
 
     def _on_udp(self, ev: UdpDatagram) -> None:
+        loop = self._loop
+        assert loop is not None
+        if ev.dst[1] == 53 and self.dns.handle_udp(ev, loop.time()):
+            return
+        name = self.dns.name_for(ev.dst[0], loop.time())
+        if name is False:
+            self.stack.stats_counters.drop("udp-unmapped-fake-address")
+            return
+        dst = Address(name, ev.dst[1]) if isinstance(name, str) else Address(*ev.dst)
         relay = self._udp.get(ev.flow_id)
-        dst = Address(ev.dst[0], ev.dst[1])
         if relay is not None:
             relay.send(ev.payload, dst)
             return
@@ -317,8 +341,6 @@ class Driver:
         relay = UdpRelay(self, ev.flow_id, ":" in ev.src[0])
         self._udp[ev.flow_id] = relay
         relay.send(ev.payload, dst)
-        loop = self._loop
-        assert loop is not None
         relay.task = loop.create_task(self._open_udp(relay, ev))
 
     async def _open_udp(self, relay: UdpRelay, ev: UdpDatagram) -> None:
@@ -349,8 +371,16 @@ class Driver:
 
     def udp_reply(self, relay: UdpRelay, payload: bytes, src: Address) -> None:
         """A datagram from upstream for the app (called by the relay)."""
+        host = src.host
+        if src.is_domain:
+            loop = self._loop
+            assert loop is not None
+            fake = self.dns.fake_address(host, relay.v6, loop.time())
+            if fake is None:
+                return
+            host = fake
         try:
-            self.stack.udp_send(relay.flow_id, payload, (src.host, src.port))
+            self.stack.udp_send(relay.flow_id, payload, (host, src.port))
         except FlowStateError:
             relay.close()
             self._udp.pop(relay.flow_id, None)
@@ -385,8 +415,21 @@ class Driver:
     async def _connect(self, ev: TcpConnectRequest) -> None:
         fid = ev.flow_id
         relay = TcpRelay(self, fid)
-        flow = FlowInfo(fid, ev.src, ev.dst)
-        dst = Address.from_host(ev.dst[0], ev.dst[1])
+        loop = self._loop
+        assert loop is not None
+        name = self.dns.name_for(ev.dst[0], loop.time())
+        if name is False:
+            # A fake address whose name is forgotten: fail closed, never dial the fake IP.
+            self._connecting.pop(fid, None)
+            self.flows_failed += 1
+            self.stack.tcp_reject(fid, "host")
+            self.schedule_pump()
+            return
+        flow = FlowInfo(fid, ev.src, ev.dst, domain=name if isinstance(name, str) else None)
+        dst = (
+            Address(name, ev.dst[1]) if isinstance(name, str)
+            else Address.from_host(ev.dst[0], ev.dst[1])
+        )
         transport: asyncio.Transport | None = None
         reason: str | None = None
         try:
@@ -445,6 +488,7 @@ class Driver:
         s["connecting"] = len(self._connecting)
         s["flows_opened"] = self.flows_opened
         s["flows_failed"] = self.flows_failed
+        s["dns"] = self.dns.stats()
         return s
 
     @property

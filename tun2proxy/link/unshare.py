@@ -19,6 +19,7 @@ from .netns import CLONE_NEWNET, CLONE_NEWNS, unshare
 
 __all__ = ["PrivateNamespace", "spawn_private"]
 
+_MS_BIND = 0x1000
 _MS_REC = 0x4000
 _MS_PRIVATE = 1 << 18
 
@@ -50,8 +51,35 @@ def _make_mounts_private() -> None:
         raise OSError(err, f"making mounts private: {os.strerror(err)}")
 
 
-def spawn_private(argv: list[str]) -> PrivateNamespace:
+def _private_resolv_conf(content: str) -> None:
+    """Bind-mount a file with ``content`` over /etc/resolv.conf, in this mount namespace only.
+
+    The file is unlinked at once: the mount keeps it alive while the namespace lives.
+    """
+    import tempfile
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    fd, path = tempfile.mkstemp(prefix="tun2proxy-resolv-")
+    try:
+        os.write(fd, content.encode())
+        os.close(fd)
+        target = os.path.realpath("/etc/resolv.conf")
+        if not os.path.exists(target):
+            target = "/etc/resolv.conf"
+            with open(target, "a"):
+                pass
+        if libc.mount(path.encode(), target.encode(), None, _MS_BIND, None) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"bind-mounting resolv.conf: {os.strerror(err)}")
+    finally:
+        os.unlink(path)
+
+
+def spawn_private(argv: list[str], resolv_conf: str | None = None) -> PrivateNamespace:
     """Fork a child into new network and mount namespaces; it execs ``argv`` on release.
+
+    ``resolv_conf``, when given, becomes the child's /etc/resolv.conf (a private bind mount),
+    so the command resolves names through the tunnel and nowhere else.
 
     Raises:
         OSError: the namespaces could not be created (usually: not root).
@@ -66,6 +94,8 @@ def spawn_private(argv: list[str]) -> PrivateNamespace:
             try:
                 unshare(CLONE_NEWNET | CLONE_NEWNS)
                 _make_mounts_private()
+                if resolv_conf is not None:
+                    _private_resolv_conf(resolv_conf)
             except OSError as e:
                 os.write(ready_w, f"E{e.errno}:{e.strerror or e}".encode())
                 os._exit(126)

@@ -101,6 +101,7 @@ class Lab:
     tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="t2p-e2e-")))
     procs: list[Proc] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
+    _netns_dirs: list[Path] = field(default_factory=list)
 
     @property
     def C(self) -> str:
@@ -129,6 +130,7 @@ class Lab:
         run("ip", "-n", self.R, "link", "set", rs, "up")
         run("ip", "-n", self.S, "link", "set", sr, "up")
         self.router_if = rs
+        self.server_if = sr
         self.make_tun(TUN_NAME)
 
     def make_tun(self, name: str, mtu: int = 65535) -> None:
@@ -168,11 +170,20 @@ class Lab:
         with self.inside(ns):
             return socket.socket(family, kind)
 
+    def netns_resolver(self, ns: str, nameserver: str) -> None:
+        """Give processes started in ``ns`` (``ip netns exec``) their own resolv.conf."""
+        d = Path("/etc/netns") / ns
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "resolv.conf").write_text(f"nameserver {nameserver}\n")
+        self._netns_dirs.append(d)
+
     def close(self) -> None:
         for p in reversed(self.procs):
             p.stop()
         for ns in reversed(self.namespaces):
             run("ip", "netns", "del", ns, check=False)
+        for d in self._netns_dirs:
+            shutil.rmtree(d, ignore_errors=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

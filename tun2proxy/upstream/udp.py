@@ -30,6 +30,7 @@ __all__ = ["DirectUdpChannel", "Socks5UdpChannel", "open_direct_udp", "open_sock
 log = logging.getLogger(__name__)
 
 _MAX_PENDING = 64
+_MAX_UDP = 65507  # the largest UDP payload over IPv4
 _NAME_TTL = 60.0
 _NAME_CACHE = 256
 
@@ -65,6 +66,7 @@ class DirectUdpChannel(UdpChannel):
         self._reverse: dict[tuple[str, int], Address] = {}  # (ip, port) -> name address
         self._pending: list[tuple[bytes, Address]] = []
         self._resolving: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
     def _on_datagram(self, data: bytes, addr: tuple[Any, ...]) -> None:
@@ -96,7 +98,9 @@ class DirectUdpChannel(UdpChannel):
             self._pending.append((payload, dst))
         if dst.host not in self._resolving:
             self._resolving.add(dst.host)
-            asyncio.get_running_loop().create_task(self._resolve(dst.host))
+            task = asyncio.get_running_loop().create_task(self._resolve(dst.host))
+            self._tasks.add(task)  # the loop keeps only a weak reference
+            task.add_done_callback(self._tasks.discard)
 
     async def _resolve(self, name: str) -> None:
         loop = asyncio.get_running_loop()
@@ -175,6 +179,7 @@ class Socks5UdpChannel(UdpChannel):
         self.transport: asyncio.DatagramTransport | None = None
         self.dropped_fragments = 0
         self.dropped_malformed = 0
+        self.dropped_too_big = 0
         self._closed = False
 
     def _on_datagram(self, data: bytes, addr: tuple[Any, ...]) -> None:
@@ -195,11 +200,15 @@ class Socks5UdpChannel(UdpChannel):
         self.receiver.channel_lost(exc)
 
     def send(self, payload: bytes, dst: Address) -> None:
-        """Wrap and send one datagram to the relay."""
+        """Wrap and send one datagram to the relay (too big once wrapped: dropped, counted)."""
         if self._closed or self.transport is None:
             return
+        data = encode_udp_datagram(dst, payload)
+        if len(data) > _MAX_UDP:
+            self.dropped_too_big += 1
+            return
         with contextlib.suppress(OSError):
-            self.transport.sendto(encode_udp_datagram(dst, payload))
+            self.transport.sendto(data)
 
     def close(self) -> None:
         """Close the relay socket and the control connection."""
@@ -235,9 +244,7 @@ async def open_socks5_udp(
     if bound is not None:
         relay_port = bound.port
         ip = bound.ip
-        if ip is not None and not ip.is_unspecified:
-            relay_host = bound.host
-        elif bound.is_domain:
+        if (ip is not None and not ip.is_unspecified) or bound.is_domain:
             relay_host = bound.host
     # Talk to the relay from a socket "connected" to it: datagrams from anyone else are
     # dropped by the kernel (RFC 1928 §7: accept only from the relay).
