@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from ._version import __version__
 from .errors import ConfigError
+from .link.base import Link
 from .link.fd import FdLink
 from .link.unshare import PrivateNamespace, spawn_private
 from .stack.config import StackConfig
@@ -225,6 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
         "host; default off)",
     )
     p.add_argument(
+        "--impair", metavar="SPEC",
+        help="testing and debugging: impair packets between the apps and tun2proxy, both ways, "
+        "e.g. loss=5%%,reorder=10%%,dup=2%%,delay=5ms,jitter=1ms,corrupt=0.1%%,seed=1",
+    )
+    p.add_argument(
         "-v", "--verbosity", default="info",
         choices=("off", "error", "warn", "info", "debug", "trace"),
         help="log level (default info)",
@@ -273,6 +279,14 @@ def parse_args(argv: Sequence[str]) -> Options:
         args.dns_addr = _dns_addr(args.dns_addr)
     except ValueError:
         parser.error(f"--dns-addr {args.dns_addr!r} is not an IP address with an optional port")
+    args.impairment = None
+    if args.impair:
+        from .link.impair import Impairment
+
+        try:
+            args.impairment = Impairment.parse(args.impair)
+        except ConfigError as e:
+            parser.error(f"--impair: {e}")
     if args.dns != "direct":
         import importlib.util
 
@@ -335,12 +349,18 @@ def _open_link(opts: Options, child: PrivateNamespace | None) -> FdLink:
     return TunLink(dev)
 
 
-async def _serve(opts: Options, link: FdLink, child: PrivateNamespace | None) -> int:
+async def _serve(opts: Options, link: Link, child: PrivateNamespace | None) -> int:
     """Run the driver until a signal, a link failure or the child's exit."""
     from .driver.loop import Driver, DriverConfig
 
     args = opts.args
     loop = asyncio.get_running_loop()
+    if args.impairment is not None:
+        from .link.impair import ImpairedLink
+
+        imp, seed = args.impairment
+        link = ImpairedLink(link, imp, seed)
+        log.warning("impairing the link on purpose: %s (seed %d)", args.impair, seed)
     stack = Driver.make_stack(_stack_config(args, link.mtu))
     driver = Driver(
         stack, link, args.upstream,

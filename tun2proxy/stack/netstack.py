@@ -121,6 +121,10 @@ class NetStack:
         self._syn_quote: dict[int, bytes] = {}
         self._dirty: list[TcpConnection] = []
         self._closing: list[TcpConnection] = []
+        #: Flows that closed in order with bytes the host has not read yet: flow id ->
+        #: deadline. TcpClosed waits until the bytes are read (we ACKed them: they must be
+        #: delivered) or the half-close timeout passes.
+        self._lingering: dict[int, float] = {}
         self._heap: list[tuple[float, int, TcpConnection | UdpSession]] = []
         self._heap_seq = 0
         self._events: list[Event] = []
@@ -201,6 +205,10 @@ class NetStack:
         seg = parse_tcp(data, off, end)
         key = src + dst + bytes(data[off : off + 4])
         conn = self._tcp.get(key)
+        if conn is not None and conn.state is CLOSED:
+            # Closed, kept only until the host reads what is left: the 4-tuple is free.
+            del self._tcp[key]
+            conn = None
         if conn is not None:
             if conn.state is TIME_WAIT and seg.flags & SYN and not seg.flags & ACK:
                 # C6: a new SYN may reopen a 4-tuple in TIME-WAIT when its sequence number
@@ -217,8 +225,8 @@ class NetStack:
         if flags & RST:
             st.drop("tcp-rst-unknown-flow")  # never answer an RST with an RST
             return
-        if _bad_source(src) or _bad_destination(dst, self.config.allow_link_local):
-            st.drop("tcp-bad-address")
+        if src == dst or _bad_source(src) or _bad_destination(dst, self.config.allow_link_local):
+            st.drop("tcp-bad-address")  # LAND (source = destination) included
             return
         if flags & SYN and not flags & ACK:
             self._new_syn(data, seg, key, src, dst, off, now)
@@ -329,6 +337,9 @@ class NetStack:
         if n & N_CLOSED:
             self._unpend(conn)
             reason = conn.close_reason or "closed"
+            if reason == "closed" and conn.readable:
+                self._lingering[fid] = self._now + self._tcp_cfg.half_close_timeout
+                return
             ev.append(TcpClosed(fid, reason))
             self.stats_counters.tcp_closed[reason] = self.stats_counters.tcp_closed.get(
                 reason, 0
@@ -369,7 +380,7 @@ class NetStack:
                 pseudo = int.from_bytes(src, "big") + int.from_bytes(dst, "big") + 17 + u.length
                 if ones_sum(memoryview(data)[off : off + u.length], pseudo) != 0:
                     raise MalformedPacket("udp-checksum")
-        if _bad_source(src):
+        if src == dst or _bad_source(src):
             raise MalformedPacket("udp-bad-source")
         if _bad_destination(dst, self.config.allow_link_local) or not u.dst_port:
             # mDNS, SSDP, LLMNR, WS-Discovery...: never proxied (tun2proxy#172, #231).
@@ -555,8 +566,20 @@ class NetStack:
         """
         conn = self._conn(flow_id)
         data = conn.recv(max_bytes)
+        if flow_id in self._lingering:
+            if not conn.readable:
+                self._end_lingering(conn)
+            return data
         self._touch(conn)
         return data
+
+    def _end_lingering(self, conn: TcpConnection) -> None:
+        del self._lingering[conn.flow_id]
+        self._events.append(TcpClosed(conn.flow_id, conn.close_reason or "closed"))
+        self.stats_counters.tcp_closed["closed"] = self.stats_counters.tcp_closed.get(
+            "closed", 0
+        ) + 1
+        self._closing.append(conn)
 
     def shutdown(self, flow_id: int) -> None:
         """Close our sending side of a TCP flow (FIN after the queued bytes): half-close."""
@@ -682,6 +705,12 @@ class NetStack:
                     self._collect(conn)
                 if conn.state is not CLOSED:
                     self._schedule(conn)
+        if self._lingering:
+            for fid, deadline in list(self._lingering.items()):
+                if now >= deadline:
+                    conn = self._flows[fid]
+                    self.stats_counters.drop("tcp-unread-at-close")
+                    self._end_lingering(conn)
         if self._closing:
             for conn in self._closing:
                 self._finish(conn, out, now)
@@ -726,12 +755,18 @@ class NetStack:
         if self._dirty or self._out:
             return self._now
         heap = self._heap
+        at: float | None = None
         while heap:
             deadline, _, obj = heap[0]
             if obj.sched == deadline:
-                return deadline
+                at = deadline
+                break
             heapq.heappop(heap)
-        return None
+        if self._lingering:
+            first = min(self._lingering.values())
+            if at is None or first < at:
+                at = first
+        return at
 
     # ------------------------------------------------------------------ introspection
 

@@ -461,10 +461,18 @@ class TcpConnection:
         else:
             data = bytes(memoryview(buf)[:max_bytes])
             del buf[:max_bytes]
-        # RFC 9293 §3.8.6.2.2 / SHLD-14: update the window when it opens significantly.
+        # RFC 9293 §3.8.6.2.2: a window update is sent at once only when the window the peer
+        # knows was small and reading opened it a lot (Linux's tcp_cleanup_rbuf rule: it was at
+        # most half the buffer and at least doubles); otherwise it rides on the next ACK, so
+        # delayed ACKs keep working while the host reads promptly.
         if self.state in _SYNCHRONIZED and not self.peer_fin:
+            known = self.rcv_adv - self.rcv_nxt
             free = self.rcv_cap - len(self.rcv_buf)
-            if self.rcv_nxt + free - self.rcv_adv >= self._sws_threshold():
+            if (
+                2 * known <= self.rcv_cap
+                and free >= 2 * known
+                and free - known >= self._sws_threshold()
+            ):
                 self.ack_now()
         return data
 
@@ -625,7 +633,11 @@ class TcpConnection:
         if self.snd_una >= self.snd_max:
             self.rtx_deadline = None
             return
-        if self.rtx_count >= c.max_retries:
+        zero_window = self.snd_wnd == 0 and now - self.last_activity < c.max_rto * 2
+        if self.rtx_count >= c.max_retries and not zero_window:
+            # A peer that shrank its window to zero but keeps answering is alive: our
+            # retransmissions are window probes then (MUST-35, SHLD-17; Linux does the same
+            # while it hears from the peer).
             self.abort("timeout")
             return
         self.rtx_count += 1
@@ -1135,8 +1147,8 @@ class TcpConnection:
         # new to send, fewer duplicate ACKs are needed.
         mss = self.snd_mss
         outstanding = (self.snd_max - self.snd_una + mss - 1) // mss
-        if outstanding < 4 and self.data_end <= self.snd_max:
-            return max(1, outstanding - 1)
+        if 2 <= outstanding < 4 and self.data_end <= self.snd_max:
+            return outstanding - 1
         return _DUP_THRESH
 
     def _enter_fast_recovery(self) -> None:
@@ -1304,9 +1316,11 @@ class TcpConnection:
             self.last_ack_sent = self.rcv_nxt
         else:
             out.append(self._build(SYN, self.iss, 0, window, opts, 0, 0))
-        if self.rtx_count == 0:
+        if self.rtx_count == 0 and self.snd_max == self.iss:
             self._rtt_seq = self.iss + 1
             self._rtt_time = now
+        else:
+            self._rtt_seq = None  # Karn: an ACK of a resent SYN(-ACK) is ambiguous
         self.snd_max = self.iss + 1
         self.rtx_deadline = now + self.rtt.rto
         self.unacked = 0

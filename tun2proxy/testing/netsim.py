@@ -13,12 +13,12 @@ gives the kernel's TCP a bad link to cope with.
 
 from __future__ import annotations
 
-import heapq
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..errors import ConfigError, MalformedPacket
+from ..errors import MalformedPacket
+from ..link.impair import ImpairedPipe, Impairment
 from ..stack.config import StackConfig
 from ..stack.events import (
     TcpClosed,
@@ -36,169 +36,6 @@ from ..wire.ip import parse_ip
 from ..wire.tcp import ACK, FIN, RST, SYN, TcpSegment, emit_tcp_packet, parse_tcp
 
 __all__ = ["ImpairedPipe", "Impairment", "TransferResult", "run_transfer"]
-
-
-@dataclass(frozen=True, slots=True)
-class Impairment:
-    """How a simulated link mistreats packets. Probabilities are in ``[0, 1]``; times in seconds.
-
-    Attributes:
-        loss: probability a packet is dropped.
-        reorder: probability a packet is held back by ``reorder_delay`` so later ones pass it.
-        duplicate: probability a packet is delivered twice.
-        corrupt: probability one random bit of a packet is flipped.
-        delay: fixed one-way delay.
-        jitter: extra uniform random delay in ``[0, jitter]`` (implies some reordering).
-        reorder_delay: how long a reordered packet is held back.
-    """
-
-    loss: float = 0.0
-    reorder: float = 0.0
-    duplicate: float = 0.0
-    corrupt: float = 0.0
-    delay: float = 0.0
-    jitter: float = 0.0
-    reorder_delay: float = 0.002
-
-    def __post_init__(self) -> None:
-        for name in ("loss", "reorder", "duplicate", "corrupt"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ConfigError(f"impairment {name} must be between 0% and 100%")
-        for name in ("delay", "jitter", "reorder_delay"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"impairment {name} must not be negative")
-
-    @property
-    def is_clean(self) -> bool:
-        """True when the link does nothing to packets."""
-        return not (
-            self.loss or self.reorder or self.duplicate or self.corrupt or self.delay
-            or self.jitter
-        )
-
-    @classmethod
-    def parse(cls, spec: str) -> tuple[Impairment, int]:
-        """Parse ``loss=5%,reorder=10%,dup=2%,delay=5ms,jitter=1ms,corrupt=0.1%,seed=N``.
-
-        Returns the impairment and the seed (0 when not given).
-
-        Raises:
-            ConfigError: naming the part of the spec that is wrong.
-        """
-        names = {
-            "loss": "loss",
-            "reorder": "reorder",
-            "dup": "duplicate",
-            "duplicate": "duplicate",
-            "corrupt": "corrupt",
-            "delay": "delay",
-            "jitter": "jitter",
-            "reorder-delay": "reorder_delay",
-            "reorder_delay": "reorder_delay",
-        }
-        values: dict[str, float] = {}
-        seed = 0
-        for part in filter(None, (p.strip() for p in spec.split(","))):
-            key, sep, raw = part.partition("=")
-            key = key.strip().lower()
-            raw = raw.strip().lower()
-            if not sep or not raw:
-                raise ConfigError(f"impairment {part!r}: expected name=value")
-            if key == "seed":
-                try:
-                    seed = int(raw)
-                except ValueError:
-                    raise ConfigError(f"impairment seed {raw!r} is not an integer") from None
-                continue
-            if key not in names:
-                raise ConfigError(
-                    f"unknown impairment {key!r} (known: loss, reorder, dup, corrupt, delay, "
-                    "jitter, reorder-delay, seed)"
-                )
-            attr = names[key]
-            try:
-                if attr in ("delay", "jitter", "reorder_delay"):
-                    values[attr] = _parse_time(raw)
-                else:
-                    values[attr] = _parse_fraction(raw)
-            except ValueError:
-                raise ConfigError(f"impairment {key}={raw!r}: not a valid value") from None
-        return cls(**values), seed
-
-
-def _parse_fraction(raw: str) -> float:
-    if raw.endswith("%"):
-        return float(raw[:-1]) / 100.0
-    return float(raw)
-
-
-def _parse_time(raw: str) -> float:
-    for suffix, scale in (("ms", 1e-3), ("us", 1e-6), ("s", 1.0)):
-        if raw.endswith(suffix):
-            return float(raw[: -len(suffix)]) * scale
-    return float(raw) * 1e-3  # bare numbers are milliseconds
-
-
-class ImpairedPipe:
-    """One direction of an impaired link: ``push`` packets in, ``pop_due`` them out later."""
-
-    def __init__(self, impairment: Impairment, rng: random.Random) -> None:
-        self.imp = impairment
-        self.rng = rng
-        self._queue: list[tuple[float, int, bytes]] = []
-        self._seq = 0
-        self.sent = 0
-        self.lost = 0
-        self.duplicated = 0
-        self.corrupted = 0
-        self.reordered = 0
-        self.delivered = 0
-
-    def push(self, packet: bytes | bytearray, now: float) -> None:
-        """Offer a packet to the link at time ``now``."""
-        imp = self.imp
-        rng = self.rng
-        self.sent += 1
-        if imp.loss and rng.random() < imp.loss:
-            self.lost += 1
-            return
-        copies = 1
-        if imp.duplicate and rng.random() < imp.duplicate:
-            copies = 2
-            self.duplicated += 1
-        for _ in range(copies):
-            data = bytes(packet)
-            if imp.corrupt and rng.random() < imp.corrupt:
-                bit = rng.randrange(len(data) * 8)
-                b = bytearray(data)
-                b[bit >> 3] ^= 1 << (bit & 7)
-                data = bytes(b)
-                self.corrupted += 1
-            t = now + imp.delay
-            if imp.jitter:
-                t += rng.random() * imp.jitter
-            if imp.reorder and rng.random() < imp.reorder:
-                t += imp.reorder_delay
-                self.reordered += 1
-            self._seq += 1
-            heapq.heappush(self._queue, (t, self._seq, data))
-
-    def pop_due(self, now: float) -> list[bytes]:
-        """Packets whose delivery time has come, in delivery order."""
-        q = self._queue
-        out = []
-        while q and q[0][0] <= now:
-            out.append(heapq.heappop(q)[2])
-        self.delivered += len(out)
-        return out
-
-    def next_due(self) -> float | None:
-        """Delivery time of the next packet in flight."""
-        return self._queue[0][0] if self._queue else None
-
-    def __len__(self) -> int:
-        return len(self._queue)
 
 
 @dataclass
