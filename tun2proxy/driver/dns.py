@@ -91,6 +91,8 @@ class DnsHandler:
         self.pool: FakeIpPool | None = None
         self._forwards = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Fake addresses in use by open flows (address -> flows): kept mapped while used.
+        self._active: dict[str, int] = {}
         self.forwarded = 0
         self.failed = 0
         self._last_expire = 0.0
@@ -113,6 +115,8 @@ class DnsHandler:
         if vdns is not None:
             if now - self._last_expire > 10.0 and self.pool is not None:
                 self._last_expire = now
+                for addr in self._active:
+                    self.pool.touch(addr, now)  # a mapping lives as long as flows use it
                 self.pool.expire(now)
             decision = vdns.handle(ev.payload, now)
             if decision.response is not None:
@@ -206,6 +210,20 @@ class DnsHandler:
             return False
         pool.touch(ip, now)
         return name
+
+    def flow_started(self, host: str) -> None:
+        """A flow to fake address ``host`` opened: keep its mapping alive while it lasts."""
+        self._active[host] = self._active.get(host, 0) + 1
+
+    def flow_ended(self, host: str, now: float) -> None:
+        """A flow to fake address ``host`` ended (the mapping's TTL restarts now)."""
+        left = self._active.get(host, 0) - 1
+        if left > 0:
+            self._active[host] = left
+        else:
+            self._active.pop(host, None)
+        if self.pool is not None:
+            self.pool.touch(host, now)
 
     def fake_address(self, name: str, v6: bool, now: float) -> str | None:
         """The fake address of ``name`` for a reply (the app only knows that one)."""

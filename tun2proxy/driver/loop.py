@@ -137,6 +137,7 @@ class Driver:
         self._relays: dict[int, TcpRelay] = {}
         self._connecting: dict[int, asyncio.Task[None]] = {}
         self._udp: dict[int, UdpRelay] = {}
+        self._fake_dst: dict[int, str] = {}
         self.udp_upstream: Upstream = (
             DirectUpstream() if self.config.udp == "direct" else upstream
         )
@@ -304,6 +305,9 @@ class Driver:
             if relay is not None:
                 relay.on_peer_closed()
         elif isinstance(ev, TcpClosed):
+            fake = self._fake_dst.pop(ev.flow_id, None)
+            if fake is not None and self._loop is not None:
+                self.dns.flow_ended(fake, self._loop.time())
             relay = self._relays.pop(ev.flow_id, None)
             if relay is not None:
                 relay.on_closed(ev.reason)
@@ -426,6 +430,9 @@ class Driver:
             self.schedule_pump()
             return
         flow = FlowInfo(fid, ev.src, ev.dst, domain=name if isinstance(name, str) else None)
+        if isinstance(name, str):
+            self.dns.flow_started(ev.dst[0])
+            self._fake_dst[fid] = ev.dst[0]
         dst = (
             Address(name, ev.dst[1]) if isinstance(name, str)
             else Address.from_host(ev.dst[0], ev.dst[1])
