@@ -61,7 +61,7 @@ class Server:
 
     async def _control(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         self.requests += 1
-        ver, n = await r.readexactly(2)
+        _ver, n = await r.readexactly(2)
         await r.readexactly(n)
         w.write(b"\x05\x00")
         head = await r.readexactly(4)
