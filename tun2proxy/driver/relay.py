@@ -132,13 +132,20 @@ class TcpRelay(asyncio.Protocol):
     # ------------------------------------------------------------------ stack side
 
     def on_accepted(self) -> None:
-        """The SYN-ACK is queued: bytes the upstream sent early may flow now."""
+        """The SYN-ACK is queued (or, with immediate accept, the flow is handed over): bytes
+        the upstream sent early may flow now, and bytes the app already sent are taken."""
         self.accepted = True
         if self.stash:
             self.on_writable()
         elif not self.upstream_eof:
             self._resume_upstream()
         self._maybe_fin()
+        stack = self.driver.stack
+        with contextlib.suppress(FlowStateError):
+            if stack.connection(self.flow_id).peer_fin:
+                self.app_eof = True
+            if stack.readable(self.flow_id) or self.app_eof:
+                self.on_readable()
 
     def on_readable(self) -> None:
         """The app sent bytes: move them upstream unless the upstream is full."""

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from ..errors import ConfigError
 from ..tcp.config import TcpConfig
 
-__all__ = ["ICMP_ECHO_MODES", "StackConfig"]
+__all__ = ["ACCEPT_POLICIES", "ICMP_ECHO_MODES", "StackConfig"]
 
 ICMP_ECHO_MODES = ("off", "reply")
+ACCEPT_POLICIES = ("decide", "immediate")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,6 +40,18 @@ class StackConfig:
         checksum_offload: leave outbound TCP/UDP checksums for the device to complete (only
             for links that declare it, e.g. Linux TUN with ``IFF_VNET_HDR``).
         allow_link_local: accept flows to IPv6 link-local (fe80::/10) destinations.
+        accept_policy: ``decide`` (the default: a SYN is a request the host answers after
+            dialling — the app never sees a connection that failed upstream) or
+            ``immediate`` (the handshake completes first and ``TcpConnectRequest`` follows
+            it, with ``established=True``; needed to look at the first bytes, e.g. for SNI
+            sniffing).
+        syn_flood_threshold: when this many SYNs await the host's decision, new SYNs are
+            handled as ``immediate`` until the backlog halves (a source must complete the
+            handshake before it costs an upstream dial: RFC 4987's defence, kept stateful
+            but bounded).
+        max_half_open: handshakes under way in ``immediate`` handling; beyond it the oldest
+            is forgotten (RFC 4987 "random drop", oldest first).
+        icmp_error_rate: ICMP errors generated per second (RFC 1122 §3.2.2, RFC 4443 §2.4).
     """
 
     isn_secret: bytes = b""
@@ -55,6 +68,10 @@ class StackConfig:
     verify_checksums: bool = True
     checksum_offload: bool = False
     allow_link_local: bool = False
+    accept_policy: str = "decide"
+    syn_flood_threshold: int = 128
+    max_half_open: int = 2048
+    icmp_error_rate: int = 200
 
     def __post_init__(self) -> None:
         if not 576 <= self.mtu <= 65535:
@@ -70,6 +87,10 @@ class StackConfig:
             raise ConfigError(f"icmp_echo must be one of {', '.join(ICMP_ECHO_MODES)}")
         if not isinstance(self.isn_secret, bytes | bytearray):
             raise ConfigError("isn_secret must be bytes")
+        if self.accept_policy not in ACCEPT_POLICIES:
+            raise ConfigError(f"accept_policy must be one of {', '.join(ACCEPT_POLICIES)}")
+        if self.syn_flood_threshold < 1 or self.max_half_open < 1 or self.icmp_error_rate < 1:
+            raise ConfigError("syn_flood_threshold, max_half_open, icmp_error_rate must be >= 1")
 
     def mss_for(self, version: int) -> int:
         """The MSS we announce to an application speaking IP ``version`` (RFC 9293 MUST-14)."""

@@ -26,11 +26,16 @@ Endpoint = tuple[str, int]
 
 @dataclass(frozen=True, slots=True)
 class TcpConnectRequest:
-    """An application sent a SYN: dial ``dst`` then call ``tcp_accept`` or ``tcp_reject``."""
+    """An application sent a SYN: dial ``dst`` then call ``tcp_accept`` or ``tcp_reject``.
+
+    With ``established`` the handshake already completed (accept policy ``immediate``, or
+    SYN-flood handling): the app may have sent bytes (``peek`` them); rejecting resets it.
+    """
 
     flow_id: int
     src: Endpoint
     dst: Endpoint
+    established: bool = False
 
 
 @dataclass(frozen=True, slots=True)

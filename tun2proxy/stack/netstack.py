@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from ..errors import ConfigError, FlowStateError, MalformedPacket
 from ..tcp.connection import (
     N_CLOSED,
+    N_ESTABLISHED,
     N_PEER_CLOSED,
     N_READABLE,
     N_WRITABLE,
@@ -131,6 +132,14 @@ class NetStack:
         self._out: list[bytearray] = []
         self._rst_tokens = float(_RST_BUDGET)
         self._rst_time = 0.0
+        self._icmp_tokens = float(config.icmp_error_rate)
+        self._icmp_time = 0.0
+        #: Handshakes completing before the host hears of them (immediate accept): oldest
+        #: first, bounded by max_half_open.
+        self._half_open: OrderedDict[int, TcpConnection] = OrderedDict()
+        #: Established flows announced to the host and not yet accepted or rejected.
+        self._awaiting_host: set[int] = set()
+        self._flood = False
         self._now = 0.0
         self.stats_counters = Stats()
 
@@ -281,13 +290,30 @@ class NetStack:
                 RST | ACK, now,
             )
             return
-        if self._pending >= cfg.max_pending:
-            st.drop("tcp-pending-limit")  # the app retransmits its SYN
-            return
-        per_src = self._pending_by_src.get(src, 0)
-        if per_src >= cfg.max_pending_per_source:
-            st.drop("tcp-pending-per-source-limit")
-            return
+        immediate = cfg.accept_policy == "immediate"
+        if not immediate:
+            if self._flood and self._pending < cfg.syn_flood_threshold // 2:
+                self._flood = False
+            elif not self._flood and self._pending >= cfg.syn_flood_threshold:
+                # RFC 4987: too many requests the host is dialling for; from now on a source
+                # must complete the handshake before it costs an upstream connection.
+                self._flood = True
+                st.syn_flood_episodes += 1
+            immediate = self._flood
+        per_src = 0
+        if not immediate:
+            if self._pending >= cfg.max_pending:
+                st.drop("tcp-pending-limit")  # the app retransmits its SYN
+                return
+            per_src = self._pending_by_src.get(src, 0)
+            if per_src >= cfg.max_pending_per_source:
+                st.drop("tcp-pending-per-source-limit")
+                return
+        elif len(self._half_open) >= cfg.max_half_open:
+            _fid, old = self._half_open.popitem(last=False)
+            st.drop("tcp-half-open-evicted")
+            old.forget()  # silently: an RST to a likely spoofed source helps no one
+            self._remove(old)
         h = hashlib.blake2s(key, key=cfg.isn_secret[:32], digest_size=8).digest()
         # RFC 6528: ISN = M + F(4-tuple, secret), M a 4-microsecond clock.
         iss = (int(now * 250_000) + int.from_bytes(h[:4], "big")) & SEQ_MASK
@@ -306,13 +332,18 @@ class NetStack:
         self._next_id += 1
         conn.flow_id = fid
         conn.key = key
-        conn.close_deadline = now + cfg.pending_timeout
         self._tcp[key] = conn
         self._flows[fid] = conn
+        st.tcp_syn_received += 1
+        if immediate:
+            conn.accept()
+            self._half_open[fid] = conn
+            self._touch(conn)
+            return
+        conn.close_deadline = now + cfg.pending_timeout
         self._pending += 1
         self._pending_by_src[src] = per_src + 1
         self._syn_quote[fid] = bytes(data[: off + 28])
-        st.tcp_syn_received += 1
         self._schedule(conn)
         self._events.append(
             TcpConnectRequest(
@@ -328,6 +359,24 @@ class NetStack:
         conn.notify = 0
         fid = conn.flow_id
         ev = self._events
+        if fid in self._half_open:
+            if n & N_CLOSED:
+                # Never announced to the host (a handshake that did not complete): no event.
+                del self._half_open[fid]
+                self._closing.append(conn)
+                return
+            if not n & N_ESTABLISHED:
+                return
+            del self._half_open[fid]
+            self._awaiting_host.add(fid)
+            ev.append(
+                TcpConnectRequest(
+                    fid,
+                    (str(ipaddress.ip_address(conn.remote_addr)), conn.remote_port),
+                    (str(ipaddress.ip_address(conn.local_addr)), conn.local_port),
+                    established=True,
+                )
+            )
         if n & N_READABLE:
             ev.append(TcpReadable(fid))
         if n & N_PEER_CLOSED:
@@ -336,6 +385,7 @@ class NetStack:
             ev.append(TcpWritable(fid))
         if n & N_CLOSED:
             self._unpend(conn)
+            self._awaiting_host.discard(fid)
             reason = conn.close_reason or "closed"
             if reason == "closed" and conn.readable:
                 self._lingering[fid] = self._now + self._tcp_cfg.half_close_timeout
@@ -516,6 +566,12 @@ class NetStack:
     def tcp_accept(self, flow_id: int) -> None:
         """Complete the handshake of a pending flow (send SYN-ACK at the next :meth:`poll`)."""
         conn = self._conn(flow_id)
+        if flow_id in self._awaiting_host:
+            # Already established (immediate accept): the host takes it over now.
+            self._awaiting_host.discard(flow_id)
+            self.stats_counters.tcp_accepted += 1
+            self._touch(conn)
+            return
         if conn.state is not LISTEN:
             raise FlowStateError(f"flow {flow_id} is not pending (state {conn.state.value})")
         self._unpend(conn)
@@ -530,9 +586,18 @@ class NetStack:
         if reason not in REJECT_REASONS:
             raise ValueError(f"reason must be one of {', '.join(REJECT_REASONS)}")
         conn = self._conn(flow_id)
+        if flow_id in self._awaiting_host:
+            # The app's connection is open already: a reset is the only way to refuse it.
+            self._awaiting_host.discard(flow_id)
+            conn.abort("rejected")
+            self.stats_counters.tcp_rst_sent += 1
+            self._touch(conn)
+            return
         if conn.state is not LISTEN:
             raise FlowStateError(f"flow {flow_id} is not pending (state {conn.state.value})")
         quote = self._syn_quote.get(flow_id, b"")
+        if reason != "reset" and not self._icmp_allowed(self._now):
+            reason = "reset"  # ICMP errors are rate-limited; an RST tells the app as well
         if reason == "reset" or not quote:
             self._out.append(
                 _build_rst(
@@ -546,6 +611,23 @@ class NetStack:
             self.stats_counters.icmp_errors_sent += 1
         conn.abort("rejected")
         self._touch(conn)
+
+    def _icmp_allowed(self, now: float) -> bool:
+        """Token bucket for the ICMP errors we generate (RFC 1122 §3.2.2, RFC 4443 §2.4)."""
+        rate = self.config.icmp_error_rate
+        tokens = min(rate, self._icmp_tokens + (now - self._icmp_time) * rate)
+        self._icmp_time = now
+        if tokens < 1:
+            self._icmp_tokens = tokens
+            self.stats_counters.drop("icmp-error-rate-limited")
+            return False
+        self._icmp_tokens = tokens - 1
+        return True
+
+    def peek(self, flow_id: int, max_bytes: int) -> bytes:
+        """The first ``max_bytes`` the app sent on a TCP flow, without consuming them."""
+        conn = self._conn(flow_id)
+        return bytes(memoryview(conn.rcv_buf)[:max_bytes])
 
     def send(self, flow_id: int, data: bytes | bytearray | memoryview) -> int:
         """Queue bytes towards the app on a TCP flow; returns how many were accepted.
@@ -642,7 +724,7 @@ class NetStack:
         sess = self._udp_by_id.get(flow_id)
         if sess is None:
             raise FlowStateError(f"no UDP session with id {flow_id}")
-        if sess.last_head:
+        if sess.last_head and self._icmp_allowed(self._now):
             self._out.append(unreachable(sess.last_head, reason))
             self.stats_counters.icmp_errors_sent += 1
         self._close_udp(sess, "rejected")
@@ -782,6 +864,8 @@ class NetStack:
         d.update(
             tcp_flows=len(self._tcp),
             tcp_pending=self._pending,
+            tcp_half_open=len(self._half_open),
+            syn_flood_mode=self._flood,
             tcp_states=states,
             tcp_buffered_bytes=buffered,
             udp_sessions=len(self._udp),

@@ -19,6 +19,7 @@ class Stats:
         "icmp_errors_sent",
         "packets_in",
         "packets_out",
+        "syn_flood_episodes",
         "tcp_accepted",
         "tcp_closed",
         "tcp_rst_sent",
@@ -34,6 +35,7 @@ class Stats:
         self.packets_out = 0
         self.bytes_in = 0
         self.tcp_syn_received = 0
+        self.syn_flood_episodes = 0
         self.tcp_accepted = 0
         self.tcp_rst_sent = 0
         self.tcp_closed: dict[str, int] = {}

@@ -524,6 +524,16 @@ class TcpConnection:
             )
         self._close(reason)
 
+    def forget(self) -> None:
+        """Drop the connection without sending anything (e.g. evicted during a SYN flood)."""
+        self._pending.clear()
+        self.syn_ack_due = False
+        if self.state is not CLOSED:
+            self.state = next_state(self.state, "abort")
+        self.close_reason = self.close_reason or "evicted"
+        self.notify = 0
+        self._release()
+
     def ack_now(self) -> None:
         """Owe the peer an ACK at the next dispatch (e.g. a window update)."""
         self.unacked = max(self.unacked, 1)
