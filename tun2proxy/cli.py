@@ -105,6 +105,22 @@ def _network(version: int):  # type: ignore[no-untyped-def]
     return conv
 
 
+def _size(text: str) -> int:
+    """``65536``, ``64K``, ``64M``, ``1G`` (binary units)."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = 1
+    if t and t[-1] in "KMG":
+        scale = 1 << {"K": 10, "M": 20, "G": 30}[t[-1]]
+        t = t[:-1]
+    try:
+        v = int(float(t) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 256K, 64M)") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return v
+
+
 def _dns_addr(text: str) -> tuple[str, int]:
     """``8.8.8.8``, ``8.8.8.8:53``, ``[2001:4860::8888]:53`` or ``2001:4860::8888``."""
     t = text.strip()
@@ -189,6 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="TCP flows at most; further connections are refused (default 4096)",
     )
     p.add_argument(
+        "--max-pending", type=_positive(int), default=256, metavar="N",
+        help="TCP handshakes waiting for an upstream connection at most (default 256); SYN "
+        "floods beyond half of it make sources complete the handshake first",
+    )
+    p.add_argument(
+        "--tcp-buffer", type=_size, default=256 * 1024, metavar="SIZE",
+        help="bytes buffered per TCP flow in each direction (default 256K); the window "
+        "advertised to apps is what is free of it",
+    )
+    p.add_argument(
+        "--memory-limit", type=_size, default=None, metavar="SIZE",
+        help="budget for buffered data (e.g. 64M): above half of it buffers shrink, at the "
+        "limit new flows are refused (default: none)",
+    )
+    p.add_argument(
         "--udp", choices=("proxy", "direct", "reject"), default="proxy",
         help="UDP policy: through the proxy when it can (else ICMP port unreachable), always "
         "direct, or reject at once so QUIC falls back to TCP (default proxy)",
@@ -269,6 +300,10 @@ def parse_args(argv: Sequence[str]) -> Options:
         parser.error("--framing applies to --tun-fd only")
     if args.mtu is not None and not 576 <= args.mtu <= 65535:
         parser.error("--mtu must be between 576 and 65535")
+    if not 4096 <= args.tcp_buffer <= 1 << 30:
+        parser.error("--tcp-buffer must be between 4K and 1G")
+    if args.memory_limit is not None and args.memory_limit < 1 << 20:
+        parser.error("--memory-limit must be at least 1M")
     try:
         from .upstream.registry import upstream_from_url
 
@@ -315,11 +350,17 @@ def _stack_config(args: argparse.Namespace, mtu: int) -> StackConfig:
         isn_secret=os.urandom(16),
         mtu=mtu,
         max_flows=args.max_sessions,
+        max_pending=args.max_pending,
+        syn_flood_threshold=max(1, args.max_pending // 2),
+        memory_limit=args.memory_limit,
         max_udp_sessions=args.max_udp_sessions,
         udp_timeout=args.udp_timeout,
         dns_timeout=min(10.0, args.udp_timeout),
         icmp_echo=args.icmp,
-        tcp=TcpConfig(idle_timeout=args.tcp_timeout),
+        tcp=TcpConfig(
+            idle_timeout=args.tcp_timeout, recv_buffer=args.tcp_buffer,
+            send_buffer=args.tcp_buffer,
+        ),
     )
 
 

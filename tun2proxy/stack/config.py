@@ -52,6 +52,11 @@ class StackConfig:
         max_half_open: handshakes under way in ``immediate`` handling; beyond it the oldest
             is forgotten (RFC 4987 "random drop", oldest first).
         icmp_error_rate: ICMP errors generated per second (RFC 1122 §3.2.2, RFC 4443 §2.4).
+        memory_limit: a budget in bytes for what the stack holds (buffered bytes plus a
+            fixed estimate per flow), enforced by admission control: above half of it every
+            flow's buffers shrink towards 4 KiB (the windows advertised to apps shrink, and
+            upstreams are paused sooner); at the limit new flows are refused with RST.
+            None: no budget.
     """
 
     isn_secret: bytes = b""
@@ -72,6 +77,7 @@ class StackConfig:
     syn_flood_threshold: int = 128
     max_half_open: int = 2048
     icmp_error_rate: int = 200
+    memory_limit: int | None = None
 
     def __post_init__(self) -> None:
         if not 576 <= self.mtu <= 65535:
@@ -89,6 +95,8 @@ class StackConfig:
             raise ConfigError("isn_secret must be bytes")
         if self.accept_policy not in ACCEPT_POLICIES:
             raise ConfigError(f"accept_policy must be one of {', '.join(ACCEPT_POLICIES)}")
+        if self.memory_limit is not None and self.memory_limit < 1 << 20:
+            raise ConfigError("memory_limit must be at least 1 MiB")
         if self.syn_flood_threshold < 1 or self.max_half_open < 1 or self.icmp_error_rate < 1:
             raise ConfigError("syn_flood_threshold, max_half_open, icmp_error_rate must be >= 1")
 

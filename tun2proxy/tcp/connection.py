@@ -115,6 +115,7 @@ class TcpConnection:
         "_rtt_seq",
         "_rtt_time",
         "_rtx_ts",
+        "accounted",
         "asm",
         "c",
         "close_deadline",
@@ -297,6 +298,7 @@ class TcpConnection:
         self.key = b""
         self.sched: float | None = None
         self.dirty = False
+        self.accounted = 0  # bytes the owner last counted for this connection
 
     @classmethod
     def from_syn(
@@ -523,6 +525,19 @@ class TcpConnection:
                 self._build(RST | ACK, self.snd_max, self.rcv_nxt, 0, b"", 0, 0)
             )
         self._close(reason)
+
+    def limit_buffers(self, fraction: float) -> None:
+        """Scale both buffer caps to ``fraction`` of their configured size (>= 4 KiB).
+
+        Used under memory pressure. What was already advertised stays valid (the right edge
+        never moves back); only future window growth and future ``send`` room shrink.
+        """
+        c = self.c
+        base_rcv = c.recv_buffer if self.wscale_ok or self.state is LISTEN else min(
+            c.recv_buffer, 0xFFFF
+        )
+        self.rcv_cap = max(min(4096, base_rcv), int(base_rcv * fraction))
+        self.snd_cap = max(4096, int(c.send_buffer * fraction))
 
     def forget(self) -> None:
         """Drop the connection without sending anything (e.g. evicted during a SYN flood)."""
