@@ -209,3 +209,90 @@ class UdpEchoServer:
         self._stop = True
         self.thread.join(2)
         self.sock.close()
+
+
+class AsyncEchoServer:
+    """An asyncio echo server on its own thread (thousands of idle connections, cheaply)."""
+
+    def __init__(self, ns: str, host: str, port: int) -> None:
+        import asyncio
+
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with entered(netns_path(ns)):
+            self.sock = socket.socket(fam, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(4096)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import asyncio
+
+        async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            except ConnectionError:
+                pass
+            w.close()
+
+        async def main() -> None:
+            self.server = await asyncio.start_server(handle, sock=self.sock)
+            await self.server.serve_forever()
+
+        asyncio.set_event_loop(self.loop)
+        with contextlib.suppress(BaseException):
+            self.loop.run_until_complete(main())
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+class FaultyServer:
+    """Per-connection misbehaviour on ``host:port`` in ``ns``: ``RESET <n>`` sends n bytes
+    then resets (SO_LINGER 0); ``STALL`` accepts and then says and reads nothing."""
+
+    def __init__(self, ns: str, host: str, port: int) -> None:
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with entered(netns_path(ns)):
+            self.sock = socket.socket(fam, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(64)
+        self.sock.settimeout(0.5)
+        self.held: list[socket.socket] = []
+        self.reset_at: list[float] = []
+        self._stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import struct
+        import time
+
+        while not self._stop:
+            try:
+                c, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            line = _read_line(c).decode().split()
+            if line and line[0] == "RESET":
+                c.sendall(payload(int(line[1]), 7))
+                time.sleep(0.2)
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.reset_at.append(time.monotonic())
+                c.close()
+            else:
+                self.held.append(c)  # STALL: keep it open, silent
+
+    def close(self) -> None:
+        self._stop = True
+        self.thread.join(2)
+        for c in self.held:
+            c.close()
+        self.sock.close()
