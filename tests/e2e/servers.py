@@ -224,6 +224,7 @@ class AsyncEchoServer:
         self.sock.bind((host, port))
         self.sock.listen(4096)
         self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -240,16 +241,23 @@ class AsyncEchoServer:
             w.close()
 
         async def main() -> None:
-            self.server = await asyncio.start_server(handle, sock=self.sock)
-            await self.server.serve_forever()
+            self._stop = asyncio.Event()
+            server = await asyncio.start_server(handle, sock=self.sock)
+            self._ready.set()
+            await self._stop.wait()
+            server.close()
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
 
         asyncio.set_event_loop(self.loop)
-        with contextlib.suppress(BaseException):
-            self.loop.run_until_complete(main())
+        self.loop.run_until_complete(main())
+        self.loop.close()
 
     def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.server.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._ready.wait(5)
+        self.loop.call_soon_threadsafe(self._stop.set)
         self.thread.join(5)
 
 

@@ -3,6 +3,7 @@ flood, thousands of idle connections, misbehaving upstreams, and a memory budget
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tun2proxy.testing.netlab import SERVER_V4, SERVER_V6, Lab, Proc, run, wait_for
+from tun2proxy.testing.netlab import SERVER_V4, Lab, Proc, run, wait_for
 
 from .conftest import DANTE_PORT, STREAM_PORT, Tun2Proxy, connect
 from .servers import AsyncEchoServer, FaultyServer, payload
@@ -82,40 +83,38 @@ def test_32mib_each_way_over_an_impaired_link(
     assert isinstance(link, dict)
     if "loss" in IMPAIRMENTS[name]:
         assert link["impair_in_lost"] > 0 and link["impair_out_lost"] > 0  # it really was lossy
-    if "corrupt" in IMPAIRMENTS[name]:
+    if "corrupt" in IMPAIRMENTS[name] and family == 4:
+        # Every bit of an IPv4 packet is covered by the header or the TCP checksum, so each
+        # corrupted packet that reached the stack was dropped (IPv6 has uncovered header bits:
+        # traffic class, flow label, hop limit). The streams above are intact (SHA-256).
         drops = _stats(p)["drops"]
         assert isinstance(drops, dict)
-        corrupted_in = link["impair_in_corrupted"]
-        assert sum(drops.values()) >= corrupted_in * 0  # corrupted packets were dropped...
-        assert got  # ...and the streams above are intact anyway (SHA-256 checked)
+        assert sum(drops.values()) >= link["impair_in_corrupted"]
 
 
 def test_syn_flood_of_100k_spoofed_syns(lab: Lab, tun2proxy: Tun2Proxy) -> None:
-    from scapy.layers.inet import IP, TCP
+    import dpkt
 
     p = tun2proxy("--max-pending", "128")
     rss0 = _rss_kib(p.pid)
     rng = random.Random(5)
+    dst = socket.inet_aton(SERVER_V4)
     flood = []
-    for _ in range(100_000):  # crafted with scapy: random sources, ports, sequence numbers
-        src = f"100.{rng.randrange(64, 128)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
-        flood.append(bytes(
-            IP(src=src, dst=SERVER_V4) / TCP(sport=rng.randrange(1024, 65535),
-                                             dport=STREAM_PORT, flags="S",
-                                             seq=rng.getrandbits(32))
-        ))
-    raw = lab.socket(lab.C, socket.AF_INET, socket.SOCK_RAW)
-    raw.close()
+    for _ in range(100_000):  # crafted with dpkt: random sources, ports, sequence numbers
+        src = bytes((100, rng.randrange(64, 128), rng.randrange(256), rng.randrange(1, 255)))
+        syn = dpkt.tcp.TCP(sport=rng.randrange(1024, 65535), dport=STREAM_PORT,
+                           flags=dpkt.tcp.TH_SYN, seq=rng.getrandbits(32), win=64240)
+        ip = dpkt.ip.IP(src=src, dst=dst, p=dpkt.ip.IP_PROTO_TCP, ttl=64, data=syn)
+        ip.len = len(ip)
+        flood.append(bytes(ip))
     with lab.inside(lab.C):
         raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     done = threading.Event()
 
     def blast() -> None:
         for i, pkt in enumerate(flood):  # written with a raw socket, as fast as it goes
-            try:
+            with contextlib.suppress(OSError):
                 raw.sendto(pkt, (SERVER_V4, 0))
-            except OSError:
-                pass
             if i % 2000 == 1999:
                 time.sleep(0.002)
         done.set()
@@ -213,10 +212,9 @@ def test_upstream_faults_reset_and_stall(
     s = connect(lab, 4, 7200)
     s.settimeout(10)
     s.sendall(b"RESET 500000\n")
-    got = 0
-    with pytest.raises(ConnectionResetError):
-        while c := s.recv(65536):
-            got += len(c)
+    with pytest.raises(ConnectionResetError):  # noqa: PT012 - read until the reset
+        while s.recv(65536):
+            pass
     seen = time.monotonic()
     assert faulty.reset_at and seen - faulty.reset_at[-1] < 1.0
     s.close()
@@ -258,7 +256,7 @@ def test_iperf3_10_flows_memory_stays_within_budget(
     args = ["iperf3", "-c", SERVER_V4, "-P", "10", "-t", "30", "-J"]
     if direction == "-R":
         args.append("-R")
-    client = subprocess.Popen(  # noqa: S603
+    client = subprocess.Popen(
         ["ip", "netns", "exec", lab.C, *args], stdout=subprocess.PIPE, text=True
     )
     peak = baseline
@@ -286,5 +284,3 @@ def test_impair_flag_errors(lab: Lab) -> None:
     )
     assert res.returncode == 2 and "loss must be between" in res.stderr
 
-
-_ = SERVER_V6

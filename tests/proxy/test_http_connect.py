@@ -257,7 +257,7 @@ def test_data_after_failure_is_ignored() -> None:
         (b"504 Gateway Timeout", "unreachable"),
         (b"500 Unable to connect", "error"),
         (b"400 Bad Request", "error"),
-        (b"401 Unauthorized", "error"),
+        (b"401 Unauthorized", "auth"),
         (b"404 Not Found", "error"),
         (b"301 Moved Permanently", "error"),
         (b"101 Switching Protocols", "error"),

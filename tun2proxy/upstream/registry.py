@@ -1,8 +1,10 @@
 """``upstream_from_url``: build an Upstream from a proxy URL, with one-line errors.
 
 Supported: ``direct://``, ``reject://``, ``socks5://[user:pass@]host[:port]`` (also
-``socks5h://``; the default port is 1080). Credentials may be percent-encoded. Every
-malformed URL raises :class:`~tun2proxy.errors.ConfigError` naming the part that is wrong.
+``socks5h://``; the default port is 1080), ``socks4://[userid@]host[:port]`` and
+``socks4a://...`` (port 1080), ``http://[user:pass@]host[:port]`` (HTTP CONNECT, port 8080;
+``https://`` is refused). Credentials may be percent-encoded. Every malformed URL raises
+:class:`~tun2proxy.errors.ConfigError` naming the part that is wrong.
 """
 
 from __future__ import annotations
@@ -38,6 +40,24 @@ def _socks5(u: urllib.parse.SplitResult, raw: str) -> Upstream:
     return Socks5Upstream(host, port, auth=_credentials(u, raw))
 
 
+def _http(u: urllib.parse.SplitResult, raw: str) -> Upstream:
+    from .http import from_url
+
+    return from_url(u, raw)
+
+
+def _socks4(u: urllib.parse.SplitResult, raw: str) -> Upstream:
+    from .socks4 import from_url
+
+    return from_url(u, raw)
+
+
+def _ss(u: urllib.parse.SplitResult, raw: str) -> Upstream:
+    from .ss_url import from_url
+
+    return from_url(u, raw)
+
+
 #: URL scheme -> builder.
 SCHEMES: dict[str, Callable[[urllib.parse.SplitResult, str], Upstream]] = {
     "direct": _direct,
@@ -45,6 +65,11 @@ SCHEMES: dict[str, Callable[[urllib.parse.SplitResult, str], Upstream]] = {
     "reject": _reject,
     "socks5": _socks5,
     "socks5h": _socks5,
+    "ss": _ss,
+    "socks4": _socks4,
+    "socks4a": _socks4,
+    "http": _http,
+    "https": _http,  # refused with a message saying TLS to the proxy is not supported
 }
 
 
@@ -96,6 +121,6 @@ def upstream_from_url(url: str) -> Upstream:
         raise ConfigError(
             f"proxy URL {raw!r}: unknown scheme {scheme!r} (known: {', '.join(sorted(SCHEMES))})"
         )
-    if u.query or (u.fragment and scheme not in ("ss",)):
+    if (u.query or u.fragment) and scheme != "ss":  # ss:// checks its own (SIP002)
         raise ConfigError(f"proxy URL {raw!r}: unexpected query or fragment")
     return builder(u, raw)
