@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -246,7 +247,7 @@ def slow_upstream_link(lab: Lab) -> Iterator[None]:
 @pytest.mark.usefixtures("slow_upstream_link")
 @pytest.mark.parametrize("direction", ["-R", "forward"])
 def test_iperf3_10_flows_memory_stays_within_budget(
-    lab: Lab, tun2proxy: Tun2Proxy, direction: str
+    lab: Lab, tun2proxy: Tun2Proxy, direction: str, tmp_path: Path
 ) -> None:
     budget_mib = 32
     srv = lab.start("iperf3-srv", lab.S, ["iperf3", "-s", "-1", "-B", SERVER_V4])
@@ -256,15 +257,19 @@ def test_iperf3_10_flows_memory_stays_within_budget(
     args = ["iperf3", "-c", SERVER_V4, "-P", "10", "-t", "30", "-J"]
     if direction == "-R":
         args.append("-R")
-    client = subprocess.Popen(
-        ["ip", "netns", "exec", lab.C, *args], stdout=subprocess.PIPE, text=True
-    )
-    peak = baseline
-    while client.poll() is None:
-        peak = max(peak, _rss_kib(p.pid))
-        time.sleep(0.25)
-    out = client.stdout.read() if client.stdout else ""
+    out_file = tmp_path / "iperf3.json"  # a file, not a pipe: -J writes a lot at the end
+    with out_file.open("w") as out:
+        client = subprocess.Popen(["ip", "netns", "exec", lab.C, *args], stdout=out)
+        peak = baseline
+        deadline = time.monotonic() + 120
+        while client.poll() is None and time.monotonic() < deadline:
+            peak = max(peak, _rss_kib(p.pid))
+            time.sleep(0.25)
+        if client.poll() is None:
+            client.kill()
+        client.wait(10)
     srv.stop()
+    out = out_file.read_text()
     result = json.loads(out)
     gbps = result["end"]["sum_received"]["bits_per_second"] / 1e9
     print(f"\niperf3 -P 10 {direction}: {gbps:.2f} Gbit/s; RSS baseline {baseline / 1024:.1f} "

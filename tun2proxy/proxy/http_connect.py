@@ -18,9 +18,10 @@ Choices where servers or the specifications leave room:
 - the whole response header block — status line, headers and the empty line, summed over any
   1xx responses — must fit in ``max_header_bytes``, else the result is a ``protocol`` failure;
 - a response that does not start with ``HTTP/`` fails as soon as that is clear;
-- 407 → ``auth`` (and 401: tinyproxy answers wrong Basic credentials with it); 403 and 405 → ``denied``; 502, 503 and 504 → ``unreachable`` (a 502 does
-  not say the target refused: proxies use it for DNS failures and timeouts too, so ``refused``
-  would claim more than we know); any other non-2xx → ``error``. ``Failed.code`` is the status;
+- 407 → ``auth`` (and 401: tinyproxy answers wrong Basic credentials with it); 403 and 405 →
+  ``denied``; 502, 503 and 504 → ``unreachable`` (a 502 does not say the target refused:
+  proxies use it for DNS failures and timeouts too, so ``refused`` would claim more than we
+  know); any other non-2xx → ``error``. ``Failed.code`` is the status;
 - a non-2xx response whose header block is cut short by the server closing still reports its
   status (that is more useful than "closed during handshake"); any body is discarded.
 """

@@ -34,7 +34,10 @@ from ..udp.session import UdpSession
 from ..wire.checksum import finish, ones_sum
 from ..wire.icmp import (
     ICMP6_ECHO_REQUEST,
+    ICMP6_PACKET_TOO_BIG,
+    ICMP_DEST_UNREACH,
     ICMP_ECHO_REQUEST,
+    IcmpMessage,
     echo_reply,
     is_icmp_error,
     parse_icmp,
@@ -518,15 +521,20 @@ class NetStack:
             st.drop("icmp6-nd-mld")
             return
         if is_icmp_error(version, t):
-            self._icmp_error(msg.body, version)
+            self._icmp_error(msg, version)
             return
         st.drop("icmp-other")
 
-    def _icmp_error(self, quoted: bytes | memoryview, version: int) -> None:
-        """An ICMP error from the app about a packet we sent (I1): validated, mostly ignored."""
+    def _icmp_error(self, msg: IcmpMessage, version: int) -> None:
+        """An ICMP error from the app's side about a packet we sent (checklist I1).
+
+        UDP: the app's socket is gone, so its session ends. TCP: "packet too big" whose
+        quoted sequence number is in flight lowers the flow's MSS; every other error is soft
+        and never aborts a connection (RFC 5927 §4, RFC 1122 §4.2.3.9), only counted.
+        """
         st = self.stats_counters
         try:
-            q = parse_quoted(quoted)
+            q = parse_quoted(msg.body)
         except MalformedPacket:
             st.drop("icmp-error-unparseable")
             return
@@ -540,6 +548,23 @@ class NetStack:
             if sess is not None:
                 self._close_udp(sess, "unreachable")
                 st.drop("icmp-error-udp-session-closed")
+                return
+        elif q.protocol == IPPROTO_TCP:
+            key = q.dst + q.src + q.dst_port.to_bytes(2, "big") + q.src_port.to_bytes(2, "big")
+            conn = self._tcp.get(key)
+            if conn is None:
+                st.drop("icmp-error-no-flow")
+                return
+            t = msg.type
+            if (version == 4 and t == ICMP_DEST_UNREACH and msg.code == 4) or (
+                version == 6 and t == ICMP6_PACKET_TOO_BIG
+            ):
+                mtu = msg.rest & 0xFFFF if version == 4 else msg.rest
+                if q.seq is None or not conn.on_packet_too_big(mtu, q.seq):
+                    st.drop("icmp-error-bad-seq")  # RFC 5927 §4.1: not about data in flight
+                    return
+                st.tcp_mtu_reductions += 1
+                self._touch(conn)
                 return
         st.drop("icmp-error-ignored")
 

@@ -22,6 +22,7 @@ class Stats:
         "syn_flood_episodes",
         "tcp_accepted",
         "tcp_closed",
+        "tcp_mtu_reductions",
         "tcp_rst_sent",
         "tcp_syn_received",
         "udp_datagrams_in",
@@ -39,6 +40,8 @@ class Stats:
         self.tcp_accepted = 0
         self.tcp_rst_sent = 0
         self.tcp_closed: dict[str, int] = {}
+        #: ICMP "packet too big" messages that lowered a flow's MSS.
+        self.tcp_mtu_reductions = 0
         self.udp_datagrams_in = 0
         self.udp_datagrams_out = 0
         self.udp_sessions_opened = 0

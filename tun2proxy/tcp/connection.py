@@ -83,6 +83,8 @@ _SYNCHRONIZED = frozenset(
 _CAN_RECEIVE_DATA = frozenset((ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2))
 _CAN_SEND = frozenset((SYN_RECEIVED, SYN_SENT, ESTABLISHED, CLOSE_WAIT))
 _HALF_CLOSED = frozenset((FIN_WAIT_2, CLOSE_WAIT))
+#: States in which segments we sent may still be in flight (a "packet too big" can apply).
+_DATA_STATES = frozenset((ESTABLISHED, FIN_WAIT_1, CLOSE_WAIT, CLOSING, LAST_ACK))
 
 
 def _unwrap(wire: int, ref: int) -> int:
@@ -538,6 +540,34 @@ class TcpConnection:
         )
         self.rcv_cap = max(min(4096, base_rcv), int(base_rcv * fraction))
         self.snd_cap = max(4096, int(c.send_buffer * fraction))
+
+    def on_packet_too_big(self, mtu: int, quoted_seq: int) -> bool:
+        """Honour an ICMP "packet too big" about one of our segments (checklist I1).
+
+        The quoted sequence number must lie in [SND.UNA, SND.MAX) (RFC 5927 §4.1), else the
+        message is refused (False). The send MSS drops to fit ``mtu`` (never below the
+        IPv4 576 / IPv6 1280 minimum MTU, which every path must carry), and what is in flight
+        is resent at the new size without a congestion response (RFC 1191 §6.5: this is not
+        congestion; Linux's ``tcp_simple_retransmit`` does the same).
+        """
+        seq = _unwrap(quoted_seq & SEQ_MASK, self.snd_una)
+        if not self.snd_una <= seq < self.snd_max or self.state not in _DATA_STATES:
+            return False
+        floor, hdr = (576, 40) if self.v4 else (1280, 60)
+        mss = max(mtu, floor) - hdr - (12 if self.ts_ok else 0)
+        if mss >= self.snd_mss:
+            return True  # already small enough (a late or duplicate message)
+        self.snd_mss = mss
+        self.mss_limit = min(self.mss_limit, mss + (12 if self.ts_ok else 0))
+        self.cwnd = max(self.cwnd, 2 * mss)
+        self._rtt_seq = None  # Karn: the resent segments give no RTT sample
+        if self.in_recovery != _RECOVERY_FAST:
+            self.in_recovery = _RECOVERY_RTO
+            self.recover = self.snd_max
+        self.lost_upto = self.snd_max
+        self.rexmit_high = self.snd_una
+        self._force_rtx = True
+        return True
 
     def forget(self) -> None:
         """Drop the connection without sending anything (e.g. evicted during a SYN flood)."""

@@ -66,9 +66,13 @@ def pseudo_header_sum(src: bytes, dst: bytes, protocol: int, length: int) -> int
 
     ``src`` and ``dst`` are packed addresses of 4 or 16 bytes; ``length`` is the upper-layer
     length. The result is the same for both versions because the layouts only differ in zero
-    padding, which does not change a one's-complement sum.
+    padding, which does not change a one's-complement sum. A non-zero pseudo-header whose
+    sum folds to zero is returned as 0xFFFF (one's-complement -0), so that :func:`checksum`
+    does not take it for the +0 of no input at all.
     """
-    return (int.from_bytes(src, "big") + int.from_bytes(dst, "big") + protocol + length) % 0xFFFF
+    total = int.from_bytes(src, "big") + int.from_bytes(dst, "big") + protocol + length
+    s = total % 0xFFFF
+    return s if s or not total else 0xFFFF
 
 
 def update16(old_checksum: int, old_word: int, new_word: int) -> int:

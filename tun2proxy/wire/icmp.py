@@ -176,12 +176,20 @@ def unreachable(
 
 
 class QuotedPacket:
-    """The header of the packet an ICMP error quotes (possibly truncated): who and which ports."""
+    """The header of the packet an ICMP error quotes (possibly truncated): who, which ports,
+    and for TCP the sequence number (``seq``; None when the quote is too short for it)."""
 
-    __slots__ = ("dst", "dst_port", "protocol", "src", "src_port", "version")
+    __slots__ = ("dst", "dst_port", "protocol", "seq", "src", "src_port", "version")
 
     def __init__(
-        self, version: int, src: bytes, dst: bytes, protocol: int, src_port: int, dst_port: int
+        self,
+        version: int,
+        src: bytes,
+        dst: bytes,
+        protocol: int,
+        src_port: int,
+        dst_port: int,
+        seq: int | None = None,
     ) -> None:
         self.version = version
         self.src = src
@@ -189,6 +197,7 @@ class QuotedPacket:
         self.protocol = protocol
         self.src_port = src_port
         self.dst_port = dst_port
+        self.seq = seq
 
     def __repr__(self) -> str:
         return (
@@ -198,7 +207,7 @@ class QuotedPacket:
 
 
 def parse_quoted(body: bytes | bytearray | memoryview) -> QuotedPacket:
-    """Parse the IP header and the first 8 bytes (the ports) quoted by an ICMP error.
+    """Parse the IP header and the first 8 bytes (ports; TCP sequence) quoted by an ICMP error.
 
     Quotes are truncated by design (RFC 792: header plus 64 bits), so the IP total length
     is not checked against what is present. IPv6 extension headers are not walked.
@@ -217,6 +226,7 @@ def parse_quoted(body: bytes | bytearray | memoryview) -> QuotedPacket:
         return QuotedPacket(
             4, bytes(body[12:16]), bytes(body[16:20]), body[9],
             (body[ihl] << 8) | body[ihl + 1], (body[ihl + 2] << 8) | body[ihl + 3],
+            int.from_bytes(body[ihl + 4 : ihl + 8], "big") if n >= ihl + 8 else None,
         )
     if v == 6:
         if n < 44:
@@ -224,5 +234,6 @@ def parse_quoted(body: bytes | bytearray | memoryview) -> QuotedPacket:
         return QuotedPacket(
             6, bytes(body[8:24]), bytes(body[24:40]), body[6],
             (body[40] << 8) | body[41], (body[42] << 8) | body[43],
+            int.from_bytes(body[44:48], "big") if n >= 48 else None,
         )
     raise MalformedPacket("icmp-quote-version")
