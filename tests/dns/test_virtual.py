@@ -23,7 +23,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dnslib
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tun2proxy.dns import MAX_QUERY_SIZE, DnsDecision, FakeIpPool, VirtualDns
@@ -689,6 +689,11 @@ def test_arbitrary_bytes_never_raise(data: bytes) -> None:
     edits=st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), min_size=1, max_size=6),
     cut=st.integers(0, 80),
     tail=st.binary(max_size=40),
+)
+@example(  # found by hypothesis: opcode UPDATE, whose question section is a "zone" section
+    seed=b"\x124\x01\x00\x00\x01\x00\x00\x00\x00\x00\x01\x07Example\x03COM\x00\x00\x1c\x00"
+    b"\x01\x00\x00)\x04\xd0\x00\x00\x80\x00\x00\x00",
+    edits=[(82, 40)], cut=0, tail=b"",
 )
 def test_mutated_queries_never_raise(
     seed: bytes, edits: list[tuple[int, int]], cut: int, tail: bytes

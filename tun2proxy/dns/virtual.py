@@ -468,6 +468,10 @@ class VirtualDns:
             qhdr = d.DNSHeader.parse(d.DNSBuffer(query[:_HEADER]))
             if qhdr.qr:
                 return None
+            if qhdr.opcode != 0:
+                # Another opcode's sections mean other things (UPDATE: zone, prerequisites):
+                # answer with the header only, as for NOTIMP.
+                return self._build(qhdr, [], rcode, None, None, _UDP_MIN)
             try:
                 rec = d.DNSRecord.parse(query)
             except Exception:
