@@ -18,6 +18,7 @@ from tun2proxy.stack import StackConfig
 from tun2proxy.tcp import TcpConfig
 from tun2proxy.testing.apps import AppHost
 from tun2proxy.upstream.base import FlowInfo, Upstream, upstream_error_from_os
+from tun2proxy.wire import parse_icmp, parse_ip
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -257,3 +258,30 @@ async def test_shutdown_resets_open_flows_and_closes_the_link() -> None:
         host.pump()
         assert app.closed
         assert app.close_reason in ("reset", "closed")
+
+
+async def test_udp_upstream_raising_anything_ends_the_session_with_port_unreachable() -> None:
+    from tun2proxy.testing import udp_packet
+    from tun2proxy.upstream.base import DatagramReceiver, UdpChannel
+
+    class Broken(LoopbackUpstream):
+        calls = 0
+
+        async def open_udp(self, flow: FlowInfo, receiver: DatagramReceiver) -> UdpChannel:
+            Broken.calls += 1
+            raise RuntimeError("a bug in a custom upstream")
+
+    async with running(Broken({})) as (host, driver):
+        for _ in range(2):  # the session is gone after the failure: the next one tries again
+            host.link.feed([udp_packet("10.0.0.2", "192.0.2.1", 5353, 9999, b"hello")])
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if any(parse_ip(p).protocol == 1 for p in host.other_packets):
+                    break
+            icmp = [p for p in host.other_packets if parse_ip(p).protocol == 1]
+            assert icmp, "the app gets ICMP port unreachable"
+            msg = parse_icmp(icmp[-1], parse_ip(icmp[-1]).offset, parse_ip(icmp[-1]).end)
+            assert (msg.type, msg.code) == (3, 3)
+            host.other_packets.clear()
+            assert driver.stats()["udp_relays"] == 0
+        assert Broken.calls == 2

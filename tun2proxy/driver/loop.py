@@ -355,8 +355,14 @@ class Driver:
             )
         except asyncio.CancelledError:
             raise
-        except (UpstreamError, TimeoutError) as e:
-            reason = e.reason if isinstance(e, UpstreamError) else "timeout"
+        except Exception as e:  # a custom upstream may raise anything: the session ends
+            if isinstance(e, UpstreamError):
+                reason = e.reason
+            elif isinstance(e, TimeoutError):
+                reason = "timeout"
+            else:
+                reason = "error"
+                log.debug("open_udp raised", exc_info=e)
             self._limited.log(
                 logging.WARNING, f"udp:{reason}", "UDP from %s:%d failed (%s): %s",
                 ev.src[0], ev.src[1], reason, e or "no upstream channel in time",
