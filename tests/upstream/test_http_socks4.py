@@ -37,6 +37,7 @@ from tun2proxy.errors import ConfigError, UpstreamError
 from tun2proxy.proxy.address import Address
 from tun2proxy.upstream import FlowInfo, Upstream, upstream_from_url
 from tun2proxy.upstream.http import HttpConnectUpstream
+from tun2proxy.upstream.registry import redact_url
 from tun2proxy.upstream.socks4 import Socks4Upstream
 
 pytestmark = pytest.mark.timeout(60)
@@ -121,7 +122,8 @@ def test_malformed_urls_name_the_problem(url: str, fragment: str) -> None:
     msg = str(ei.value)
     assert fragment in msg
     assert "\n" not in msg
-    assert msg.startswith(f"proxy URL {url!r}: ")
+    assert msg.startswith(f"proxy URL {redact_url(url)!r}: ")  # no password echoed
+    assert ":pw@" not in msg and ":p@" not in msg
 
 
 def test_constructors_check_their_arguments() -> None:

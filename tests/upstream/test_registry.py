@@ -55,3 +55,18 @@ def test_malformed_urls_name_the_problem(url: str, fragment: str) -> None:
     msg = str(ei.value)
     assert fragment in msg
     assert "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("socks5://u:secret@[::1:1080", "socks5://u:***@[::1:1080"),
+        ("ss://aes-256-gcm:secret@[::1:8388", "ss://aes-256-gcm:***@[::1:8388"),
+        ("socks5://u:secret@h:99999", "socks5://u:***@h:99999"),
+    ],
+)
+def test_errors_never_echo_a_password(url: str, shown: str) -> None:
+    with pytest.raises(ConfigError) as ei:
+        upstream_from_url(url)
+    msg = str(ei.value)
+    assert "secret" not in msg and repr(shown) in msg and "\n" not in msg

@@ -32,6 +32,7 @@ from ..stack.events import (
 )
 from ..stack.netstack import NetStack
 from ..upstream.base import FlowInfo, Upstream
+from ..upstream.dial import is_own_endpoint
 from ..upstream.direct import DirectUpstream
 from .dns import DNS_MODES, DnsHandler
 from .relay import TcpRelay
@@ -154,6 +155,8 @@ class Driver:
         self.link_error: BaseException | None = None
         self.flows_opened = 0
         self.flows_failed = 0
+        #: Flows refused because they were our own upstream connections come back.
+        self.flows_looped = 0
 
     @staticmethod
     def make_stack(config: StackConfig | None = None, **kw: object) -> NetStack:
@@ -338,6 +341,14 @@ class Driver:
         if relay is not None:
             relay.send(ev.payload, dst)
             return
+        if is_own_endpoint(ev.src[0], ev.src[1]):
+            self.stack.stats_counters.drop("udp-routing-loop")
+            self._limited.log(
+                logging.ERROR, "routing-loop-udp",
+                "routing loop: tun2proxy's own UDP socket %s:%d sent into the TUN (to %s:%d); "
+                "keep its traffic out of the tunnel", ev.src[0], ev.src[1], ev.dst[0], ev.dst[1],
+            )
+            return
         if self._stopping or self.config.udp == "reject":
             with contextlib.suppress(FlowStateError):
                 self.stack.udp_reject(ev.flow_id, "port")
@@ -409,6 +420,19 @@ class Driver:
         self.schedule_pump()
 
     def _on_connect_request(self, ev: TcpConnectRequest) -> None:
+        if is_own_endpoint(ev.src[0], ev.src[1]):
+            # One of our own upstream connections came back through the TUN: dialling again
+            # would loop until every fd is gone (tun2proxy#215). Refuse it.
+            self.flows_looped += 1
+            self.stack.tcp_reject(ev.flow_id)
+            self._limited.log(
+                logging.ERROR, "routing-loop",
+                "routing loop: tun2proxy's own connection from %s:%d to %s:%d came back "
+                "through the TUN; keep its traffic out of the tunnel (--outbound-interface, "
+                "--fwmark, routes that exclude the proxy, or --unshare/--tun-netns)",
+                ev.src[0], ev.src[1], ev.dst[0], ev.dst[1],
+            )
+            return
         if self._stopping or len(self._connecting) >= self.config.max_connecting:
             self.stack.tcp_reject(ev.flow_id)
             if not self._stopping:
@@ -501,6 +525,7 @@ class Driver:
         s["connecting"] = len(self._connecting)
         s["flows_opened"] = self.flows_opened
         s["flows_failed"] = self.flows_failed
+        s["flows_looped"] = self.flows_looped
         s["dns"] = self.dns.stats()
         return s
 

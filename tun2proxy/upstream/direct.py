@@ -1,7 +1,7 @@
 """The ``direct://`` upstream: connect from this host's own network.
 
 The embedded default when no proxy is given. Destinations given as host names are resolved
-here (happy eyeballs across the addresses).
+here (RFC 8305 happy eyeballs across the addresses, see :mod:`.dial`).
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from ..errors import UpstreamError
 from ..proxy.address import Address
 from .base import DatagramReceiver, FlowInfo, UdpChannel, Upstream, upstream_error_from_os
+from .dial import Outbound, connect_tcp
 
 __all__ = ["DirectUpstream"]
 
@@ -35,25 +35,17 @@ class DirectUpstream(Upstream):
         self.interface = interface
         self.fwmark = fwmark
 
-    def _socket_options(self, sock: socket.socket) -> None:
-        if self.interface:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.interface.encode())
-        if self.fwmark is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.fwmark)
+    def _outbound(self) -> Outbound | None:
+        if self.interface or self.fwmark is not None or self.bind:
+            return Outbound(interface=self.interface, fwmark=self.fwmark, bind=self.bind)
+        return None  # the process-wide default (--outbound-interface, --fwmark)
 
     async def open_tcp(
         self, dst: Address, protocol: asyncio.Protocol, flow: FlowInfo
     ) -> asyncio.Transport:
         """Connect to ``dst`` (resolving a name if needed) and attach ``protocol``."""
-        loop = asyncio.get_running_loop()
         try:
-            if self.interface or self.fwmark is not None or self.bind:
-                sock = await self._connect_socket(loop, dst)
-                transport, _ = await loop.create_connection(lambda: protocol, sock=sock)
-            else:
-                transport, _ = await loop.create_connection(
-                    lambda: protocol, dst.host, dst.port, happy_eyeballs_delay=0.25
-                )
+            transport, _ = await connect_tcp(dst.host, dst.port, lambda: protocol, self._outbound())
         except OSError as e:
             raise upstream_error_from_os(e, f"direct connection to {dst}") from None
         return transport
@@ -63,31 +55,7 @@ class DirectUpstream(Upstream):
         from .udp import open_direct_udp
 
         family = socket.AF_INET6 if ":" in flow.src[0] else socket.AF_INET
-        return await open_direct_udp(
-            family, receiver, interface=self.interface, fwmark=self.fwmark
-        )
-
-    async def _connect_socket(
-        self, loop: asyncio.AbstractEventLoop, dst: Address
-    ) -> socket.socket:
-        infos = await loop.getaddrinfo(dst.host, dst.port, type=socket.SOCK_STREAM)
-        if not infos:
-            raise UpstreamError(f"cannot resolve {dst.host}", "unreachable")
-        last: OSError | None = None
-        for family, type_, proto, _name, addr in infos:
-            sock = socket.socket(family, type_, proto)
-            try:
-                sock.setblocking(False)
-                self._socket_options(sock)
-                if self.bind:
-                    sock.bind((self.bind, 0))
-                await loop.sock_connect(sock, addr)
-                return sock
-            except OSError as e:
-                sock.close()
-                last = e
-        assert last is not None
-        raise last
+        return await open_direct_udp(family, receiver, outbound=self._outbound())
 
     def describe(self) -> str:
         """``direct`` plus any binding."""

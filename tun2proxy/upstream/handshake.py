@@ -14,6 +14,7 @@ import contextlib
 from ..errors import UpstreamError
 from ..proxy.base import Established, Failed, Handshake
 from .base import upstream_error_from_os
+from .dial import Outbound, connect_tcp
 
 __all__ = ["open_via_handshake"]
 
@@ -75,7 +76,8 @@ class _HandshakeProtocol(asyncio.Protocol):
 
 
 async def open_via_handshake(
-    host: str, port: int, hs: Handshake, protocol: asyncio.Protocol, what: str
+    host: str, port: int, hs: Handshake, protocol: asyncio.Protocol, what: str,
+    *, outbound: Outbound | None = None,
 ) -> asyncio.Transport:
     """Connect to the proxy at ``host:port``, run ``hs``, attach ``protocol``; return the transport.
 
@@ -87,7 +89,7 @@ async def open_via_handshake(
     done: asyncio.Future[asyncio.Transport] = loop.create_future()
     hp = _HandshakeProtocol(hs, protocol, done, what)
     try:
-        await loop.create_connection(lambda: hp, host, port)
+        await connect_tcp(host, port, lambda: hp, outbound)
     except OSError as e:
         raise upstream_error_from_os(e, f"{what} at {host}:{port}") from None
     try:

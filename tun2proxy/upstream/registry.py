@@ -112,9 +112,34 @@ def upstream_from_url(url: str) -> Upstream:
         ConfigError: with a one-line message naming what is wrong.
     """
     raw = url.strip()
+    try:
+        return _build(raw)
+    except ConfigError as e:
+        shown = redact_url(raw)
+        if shown != raw:  # never echo a password into a terminal or a log
+            raise ConfigError(str(e).replace(repr(raw), repr(shown)).replace(raw, shown)) from None
+        raise
+
+
+def redact_url(raw: str) -> str:
+    """``raw`` with the password of its user-info part replaced by ``***``."""
+    head, sep, rest = raw.partition("://")
+    if not sep:
+        return raw
+    at = rest.rfind("@", 0, len(rest.split("/", 1)[0]) if "/" in rest else len(rest))
+    if at < 0:
+        return raw
+    user, colon, _password = rest[:at].partition(":")
+    return f"{head}://{user}{':***' if colon else ''}{rest[at:]}"
+
+
+def _build(raw: str) -> Upstream:
     if "://" not in raw:
         raise ConfigError(f"proxy URL {raw!r}: missing scheme (e.g. socks5://host:port)")
-    u = urllib.parse.urlsplit(raw)
+    try:
+        u = urllib.parse.urlsplit(raw)
+    except ValueError as e:  # e.g. an unclosed IPv6 bracket
+        raise ConfigError(f"proxy URL {raw!r}: {e}") from None
     scheme = u.scheme.lower()
     builder = SCHEMES.get(scheme)
     if builder is None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import socket
 import time
@@ -23,6 +22,7 @@ from ..errors import MalformedPacket, UpstreamError
 from ..proxy.address import Address
 from ..proxy.socks5 import UDP_ASSOCIATE, Socks5Handshake, decode_udp_datagram, encode_udp_datagram
 from .base import DatagramReceiver, UdpChannel, upstream_error_from_os
+from .dial import Outbound, forget_endpoint, remember_endpoint, udp_socket
 from .handshake import open_via_handshake
 
 __all__ = ["DirectUdpChannel", "Socks5UdpChannel", "open_direct_udp", "open_socks5_udp"]
@@ -68,6 +68,7 @@ class DirectUdpChannel(UdpChannel):
         self._resolving: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._endpoint: tuple[str, int] | None = None
 
     def _on_datagram(self, data: bytes, addr: tuple[Any, ...]) -> None:
         host, port = str(addr[0]), int(addr[1])
@@ -75,6 +76,8 @@ class DirectUdpChannel(UdpChannel):
         self.receiver.datagram_received(data, src)
 
     def _on_lost(self, exc: BaseException | None) -> None:
+        forget_endpoint(self._endpoint)
+        self._endpoint = None
         if not self._closed:
             self._closed = True
             self.receiver.channel_lost(exc)
@@ -123,25 +126,23 @@ class DirectUdpChannel(UdpChannel):
     def close(self) -> None:
         """Close the socket."""
         self._closed = True
+        forget_endpoint(self._endpoint)
+        self._endpoint = None
         if self.transport is not None:
             self.transport.close()
 
 
 async def open_direct_udp(
-    family: int, receiver: DatagramReceiver, *, interface: str | None = None,
-    fwmark: int | None = None,
+    family: int, receiver: DatagramReceiver, *, outbound: Outbound | None = None
 ) -> DirectUdpChannel:
     """A :class:`DirectUdpChannel` bound to an ephemeral port of ``family``."""
     loop = asyncio.get_running_loop()
     ch = DirectUdpChannel(family, receiver)
-    sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        sock.setblocking(False)
-        if interface:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
-        if fwmark is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, fwmark)
-        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+        sock = udp_socket(family, outbound)
+    except OSError as e:
+        raise upstream_error_from_os(e, "direct UDP socket") from None
+    try:
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _DatagramProtocol(ch._on_datagram, ch._on_lost), sock=sock
         )
@@ -149,6 +150,7 @@ async def open_direct_udp(
         sock.close()
         raise upstream_error_from_os(e, "direct UDP socket") from None
     ch.transport = transport
+    ch._endpoint = remember_endpoint(sock)
     return ch
 
 
@@ -181,6 +183,7 @@ class Socks5UdpChannel(UdpChannel):
         self.dropped_malformed = 0
         self.dropped_too_big = 0
         self._closed = False
+        self._endpoint: tuple[str, int] | None = None
 
     def _on_datagram(self, data: bytes, addr: tuple[Any, ...]) -> None:
         try:
@@ -213,6 +216,8 @@ class Socks5UdpChannel(UdpChannel):
     def close(self) -> None:
         """Close the relay socket and the control connection."""
         self._closed = True
+        forget_endpoint(self._endpoint)
+        self._endpoint = None
         if self.transport is not None:
             self.transport.close()
         if self.control is not None:
@@ -220,7 +225,8 @@ class Socks5UdpChannel(UdpChannel):
 
 
 async def open_socks5_udp(
-    host: str, port: int, auth: tuple[str, str] | None, receiver: DatagramReceiver
+    host: str, port: int, auth: tuple[str, str] | None, receiver: DatagramReceiver,
+    *, outbound: Outbound | None = None,
 ) -> Socks5UdpChannel:
     """UDP ASSOCIATE through the proxy at ``host:port``.
 
@@ -231,7 +237,9 @@ async def open_socks5_udp(
     loop = asyncio.get_running_loop()
     ch = Socks5UdpChannel(receiver)
     hs = Socks5Handshake(Address("0.0.0.0", 0), auth=auth, command=UDP_ASSOCIATE)
-    control = await open_via_handshake(host, port, hs, _ControlProtocol(ch), "SOCKS5 proxy")
+    control = await open_via_handshake(
+        host, port, hs, _ControlProtocol(ch), "SOCKS5 proxy", outbound=outbound
+    )
     ch.control = control
     sock = control.get_extra_info("socket")
     if sock is not None:
@@ -246,25 +254,28 @@ async def open_socks5_udp(
         ip = bound.ip
         if (ip is not None and not ip.is_unspecified) or bound.is_domain:
             relay_host = bound.host
+    if relay_port == 0:
+        control.close()
+        raise UpstreamError("SOCKS5 proxy named no UDP relay port", "protocol")
     # Talk to the relay from a socket "connected" to it: datagrams from anyone else are
     # dropped by the kernel (RFC 1928 §7: accept only from the relay).
     try:
-        peer_ip = ipaddress.ip_address(relay_host)
-        family = socket.AF_INET6 if peer_ip.version == 6 else socket.AF_INET
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _DatagramProtocol(ch._on_datagram, ch._lost),
-            remote_addr=(relay_host, relay_port), family=family,
-        )
-    except ValueError:
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _DatagramProtocol(ch._on_datagram, ch._lost),
-            remote_addr=(relay_host, relay_port),
-        )
+        infos = await loop.getaddrinfo(relay_host, relay_port, type=socket.SOCK_DGRAM)
+        if not infos:
+            raise OSError(f"cannot resolve {relay_host}")
+        remote = (str(infos[0][4][0]), int(infos[0][4][1]))
+        sock = udp_socket(infos[0][0], outbound, remote=remote)
     except OSError as e:
         control.close()
         raise upstream_error_from_os(e, f"SOCKS5 UDP relay {relay_host}:{relay_port}") from None
+    try:
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _DatagramProtocol(ch._on_datagram, ch._lost), sock=sock
+        )
+    except OSError as e:
+        sock.close()
+        control.close()
+        raise upstream_error_from_os(e, f"SOCKS5 UDP relay {relay_host}:{relay_port}") from None
+    ch._endpoint = remember_endpoint(sock)
     ch.transport = transport
-    if relay_port == 0:
-        ch.close()
-        raise UpstreamError("SOCKS5 proxy named no UDP relay port", "protocol")
     return ch

@@ -1,0 +1,267 @@
+"""Outbound sockets: where upstream connections leave from, and routing-loop detection (I/O).
+
+Every upstream opens its sockets here, so two things hold for all of them:
+
+* :class:`Outbound` options (``SO_BINDTODEVICE``, ``SO_MARK``, a source address) apply to
+  every outgoing socket — proxy connections, direct flows, UDP — which is how tun2proxy's
+  own traffic is kept out of a TUN device that the routes would otherwise send it into
+  (``--outbound-interface``, ``--fwmark``);
+* the local endpoint of every socket being dialled, and of every open UDP socket, is
+  remembered, so when one of them shows up as the *source* of a new flow arriving from the
+  TUN, the driver knows it is looking at its own connection routed back into the tunnel (a
+  routing loop) and refuses it instead of dialling again and again (tun2proxy#215,
+  xjasonlyu/tun2socks#267).
+
+TCP connections to a name with several addresses are raced the RFC 8305 way: the next
+address is tried when the previous attempt has not completed within 250 ms, alternating
+address families, and the first to connect wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "ATTEMPT_DELAY",
+    "Outbound",
+    "connect_tcp",
+    "default_outbound",
+    "forget_endpoint",
+    "is_own_endpoint",
+    "remember_endpoint",
+    "set_default_outbound",
+    "udp_socket",
+]
+
+#: RFC 8305 §5 "Connection Attempt Delay" (the recommended 250 ms).
+ATTEMPT_DELAY = 0.25
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """Options applied to every outgoing socket.
+
+    Attributes:
+        interface: bind to this device (``SO_BINDTODEVICE``): traffic leaves through it
+            whatever the routing table says.
+        fwmark: ``SO_MARK`` for policy routing (``ip rule add fwmark N lookup main``).
+        bind: a local source address (of the right family; others are left unbound).
+    """
+
+    interface: str | None = None
+    fwmark: int | None = None
+    bind: str | None = None
+
+    def apply(self, sock: socket.socket) -> None:
+        """Set the options on ``sock`` (before it connects or binds)."""
+        if self.interface:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.interface.encode())
+        if self.fwmark is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.fwmark)
+        if self.bind and (":" in self.bind) == (sock.family == socket.AF_INET6):
+            sock.bind((self.bind, 0))
+
+    def describe(self) -> str:
+        """``interface=eth0 fwmark=1`` (empty when nothing is set)."""
+        parts = []
+        if self.interface:
+            parts.append(f"interface={self.interface}")
+        if self.fwmark is not None:
+            parts.append(f"fwmark={self.fwmark}")
+        if self.bind:
+            parts.append(f"bind={self.bind}")
+        return " ".join(parts)
+
+
+_default = Outbound()
+_own: dict[tuple[str, int], int] = {}
+
+
+def set_default_outbound(outbound: Outbound) -> None:
+    """Set the options used by upstreams that were not given their own (the CLI does this)."""
+    global _default  # noqa: PLW0603 - one process-wide setting, like the socket defaults
+    _default = outbound
+
+
+def default_outbound() -> Outbound:
+    """The process-wide default :class:`Outbound`."""
+    return _default
+
+
+def _key(host: str, port: int) -> tuple[str, int]:
+    ip = ipaddress.ip_address(host.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip), port
+
+
+def remember_endpoint(sock: socket.socket) -> tuple[str, int] | None:
+    """Remember ``sock``'s local endpoint as ours; returns the key for :func:`forget_endpoint`."""
+    try:
+        name = sock.getsockname()
+        key = _key(name[0], name[1])
+    except (OSError, ValueError):
+        return None
+    if key[1] == 0:
+        return None
+    _own[key] = _own.get(key, 0) + 1
+    return key
+
+
+def forget_endpoint(key: tuple[str, int] | None) -> None:
+    """Undo one :func:`remember_endpoint`."""
+    if key is None:
+        return
+    n = _own.get(key, 0) - 1
+    if n > 0:
+        _own[key] = n
+    else:
+        _own.pop(key, None)
+
+
+def is_own_endpoint(host: str, port: int) -> bool:
+    """Whether ``host:port`` is the local end of a socket tun2proxy is dialling or holds (UDP).
+
+    A new flow from the TUN with this source is tun2proxy's own traffic come back: a loop.
+    """
+    if not _own:
+        return False
+    try:
+        return _key(host, port) in _own
+    except ValueError:
+        return False
+
+
+async def _attempt(
+    loop: asyncio.AbstractEventLoop, family: int, addr: Any, outbound: Outbound
+) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    key = None
+    try:
+        sock.setblocking(False)
+        outbound.apply(sock)
+        try:
+            sock.connect(addr)
+            connected = True
+        except BlockingIOError:
+            connected = False  # in progress: the local port is chosen, the SYN is on its way
+        key = remember_endpoint(sock)
+        if not connected:
+            await loop.sock_connect(sock, addr)  # EALREADY: waits for the outcome
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        forget_endpoint(key)
+
+
+def _interleave(infos: list[Any]) -> list[Any]:
+    """RFC 8305 §4: alternate address families, starting with the first one returned."""
+    first = [i for i in infos if i[0] == infos[0][0]]
+    other = [i for i in infos if i[0] != infos[0][0]]
+    out = []
+    for a, b in zip(first, other, strict=False):
+        out += [a, b]
+    n = min(len(first), len(other))
+    return out + first[n:] + other[n:]
+
+
+async def connect_tcp(
+    host: str,
+    port: int,
+    protocol_factory: Callable[[], asyncio.Protocol],
+    outbound: Outbound | None = None,
+) -> tuple[asyncio.Transport, asyncio.Protocol]:
+    """Connect to ``host:port`` (a name is resolved and its addresses raced), attach a protocol.
+
+    Raises:
+        OSError: no address could be connected (the last attempt's error).
+    """
+    loop = asyncio.get_running_loop()
+    ob = outbound if outbound is not None else _default
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not infos:
+        raise OSError(f"cannot resolve {host}")
+    infos = _interleave(infos)
+    if len(infos) == 1:
+        sock = await _attempt(loop, infos[0][0], infos[0][4], ob)
+    else:
+        sock = await _race(loop, infos, ob)
+    try:
+        transport, protocol = await loop.create_connection(protocol_factory, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    return transport, protocol
+
+
+async def _race(loop: asyncio.AbstractEventLoop, infos: list[Any], ob: Outbound) -> socket.socket:
+    """Staggered attempts (RFC 8305 §5); the first connected socket wins, the rest close."""
+    tasks: list[asyncio.Task[socket.socket]] = []
+    errors: list[BaseException] = []
+    winner: socket.socket | None = None
+    nxt = 0
+    try:
+        while True:
+            if nxt < len(infos):  # start the next attempt (after a delay or a failure)
+                fam, addr = infos[nxt][0], infos[nxt][4]
+                tasks.append(loop.create_task(_attempt(loop, fam, addr, ob)))
+                nxt += 1
+            pending = [t for t in tasks if not t.done()]
+            if not pending:
+                if nxt < len(infos):
+                    continue
+                raise errors[-1] if errors else OSError("no address could be connected")
+            done, _ = await asyncio.wait(
+                pending, timeout=ATTEMPT_DELAY if nxt < len(infos) else None,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            for t in done:
+                exc = t.exception()
+                if exc is None:
+                    if winner is None:
+                        winner = t.result()
+                else:
+                    errors.append(exc)
+            if winner is not None:
+                return winner
+    finally:
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                sock = await t
+                if sock is not winner:
+                    sock.close()
+
+
+def udp_socket(
+    family: int, outbound: Outbound | None = None, remote: tuple[str, int] | None = None
+) -> socket.socket:
+    """A non-blocking UDP socket with the outbound options, bound (and connected to
+    ``remote`` when given). Remember its endpoint with :func:`remember_endpoint`.
+
+    Raises:
+        OSError: the socket could not be set up.
+    """
+    ob = outbound if outbound is not None else _default
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        ob.apply(sock)
+        if sock.getsockname()[1] == 0:
+            sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+        if remote is not None:
+            sock.connect(remote)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
