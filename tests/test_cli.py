@@ -44,6 +44,16 @@ def test_version_and_help() -> None:
         (["--tun-address", "10.0.0.1/99"], "is not an address/prefix"),
         (["--verbosity", "loud"], "invalid choice"),
         (["--unshare", "--tun-fd", "3", "--", "true"], "drop --tun-fd"),
+        (["--upstream", "work"], "expected NAME=URL"),
+        (["--upstream", "proxy=direct://"], "reserved"),
+        (["--upstream", "a b=direct://"], "letters, digits"),
+        (["--upstream", "w=direct://", "--upstream", "w=reject://"], "given twice"),
+        (["--upstream", "w=socks5://u:secret@h:0x"], "bad port"),
+        (["--rule", "prt:443 -> direct"], "unknown matcher"),
+        (["--rule", "port:443 -> work"], "unknown target"),
+        (["--rules", "/nonexistent/rules"], "No such file"),
+        (["--bypass", "10.0.0.0/33"], "not an IP address or network"),
+        (["--fwmark", "-3"], "must be positive"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(args: list[str], fragment: str) -> None:
@@ -66,3 +76,24 @@ def test_defaults() -> None:
     assert a.proxy == "direct://"
     assert a.connect_timeout == 10.0 and a.tcp_timeout == 600.0
     assert a.max_sessions == 4096
+
+
+def test_routing_flags_parse(tmp_path: object) -> None:
+    from pathlib import Path
+
+    rules = Path(str(tmp_path)) / "rules"
+    rules.write_text("# lan\ncidr:192.168.0.0/16 -> direct\nsuffix:corp.example -> work\n")
+    opts = parse_args([
+        "--proxy", "socks5://127.0.0.1:1080", "--upstream", "work=http://10.1.0.1:3128",
+        "--rules", str(rules), "--rule", "port:25 -> reject", "--bypass", "10.0.0.0/8",
+        "--sniff", "--outbound-interface", "eth0", "--fwmark", "7",
+    ])
+    a = opts.args
+    assert set(a.extra_upstreams) == {"work"}
+    assert [r.target for r in a.rule_set] == ["direct", "work", "reject"]
+    assert a.bypass == ["10.0.0.0/8"] and a.sniff and a.fwmark == 7
+
+
+def test_password_never_in_the_error() -> None:
+    r = _run("--upstream", "w=socks5://u:secret@h:0x")
+    assert r.returncode == 2 and "secret" not in r.stderr

@@ -18,6 +18,7 @@ PACKAGES = [
     "tun2proxy.upstream",
     "tun2proxy.link",
     "tun2proxy.driver",
+    "tun2proxy.routing",
 ]
 
 

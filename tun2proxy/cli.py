@@ -17,6 +17,8 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._version import __version__
 from .errors import ConfigError
@@ -25,6 +27,10 @@ from .link.fd import FdLink
 from .link.unshare import PrivateNamespace, spawn_private
 from .stack.config import StackConfig
 from .tcp.config import TcpConfig
+
+if TYPE_CHECKING:
+    from .routing.rules import Rule, Rules
+    from .upstream.base import Upstream
 
 __all__ = ["DEFAULT_MTU", "Options", "build_parser", "main", "parse_args"]
 
@@ -55,7 +61,18 @@ examples:
   # use a TUN fd inherited from a parent process (Android VpnService style)
   python -m tun2proxy --tun-fd 3 --mtu 1500 --proxy socks5://10.0.2.2:1080
 
-proxy URLs: socks5://[user:pass@]host[:port] (port 1080 by default), direct://, reject://
+  # Shadowsocks, with LAN and one company domain direct (names from TLS SNI / HTTP Host)
+  sudo python -m tun2proxy --unshare --proxy ss://aes-256-gcm:secret@203.0.113.7:8388 \
+      --bypass 192.168.0.0/16 --sniff --rule "suffix:corp.example -> direct" -- firefox
+
+proxy URLs: socks5://[user:pass@]host[:port] (port 1080), socks4://[userid@]host[:port],
+socks4a://..., http://[user:pass@]host[:port] (CONNECT; port 8080),
+ss://method:password@host:port or SIP002 ss://BASE64(method:password)@host:port
+(aes-128-gcm, aes-256-gcm, chacha20-ietf-poly1305, 2022-blake3-*), direct://, reject://
+
+rules: MATCHER[,MATCHER...] -> TARGET, first match wins; matchers cidr:NET, port:N[-M],
+domain:NAME, suffix:NAME, keyword:TEXT, any; targets proxy, direct, reject or an --upstream
+name. The proxy's own addresses and --bypass networks always go direct.
 """
 
 
@@ -251,6 +268,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--virtual-dns-pool6", type=_network(6), default=None, metavar="CIDR",
         help="IPv6 range of fake addresses (default fd27:4a46:c40a::/64)",
     )
+    r = p.add_argument_group("routing")
+    r.add_argument(
+        "--upstream", metavar="NAME=URL", action="append", default=[],
+        help="an extra upstream that rules can name (repeatable), e.g. work=socks5://10.1.0.1",
+    )
+    r.add_argument(
+        "--bypass", metavar="CIDR", action="append", default=[],
+        help="send these destinations direct (repeatable); the proxy's own addresses always are",
+    )
+    r.add_argument(
+        "--rule", metavar="RULE", action="append", default=[],
+        help="a routing rule (repeatable), e.g. 'suffix:example.com,port:443 -> work'",
+    )
+    r.add_argument("--rules", metavar="FILE", help="routing rules, one per line (# comments)")
+    r.add_argument(
+        "--sniff", action="store_true",
+        help="read host names from TLS SNI / HTTP Host for flows without one (the handshake "
+        "completes before the upstream is dialled; waits at most 300 ms for the bytes)",
+    )
+    r.add_argument(
+        "--outbound-interface", metavar="IFACE",
+        help="send tun2proxy's own connections out of this device (SO_BINDTODEVICE), so a "
+        "TUN holding the default route cannot capture them",
+    )
+    r.add_argument(
+        "--fwmark", metavar="N", type=_positive(int),
+        help="set SO_MARK on tun2proxy's own sockets, for policy routing around the TUN",
+    )
     p.add_argument(
         "--icmp", choices=("off", "reply"), default="off",
         help="ICMP echo: off (dropped) or reply (answered by tun2proxy itself, not the far "
@@ -307,7 +352,17 @@ def parse_args(argv: Sequence[str]) -> Options:
     try:
         from .upstream.registry import upstream_from_url
 
-        args.upstream = upstream_from_url(args.proxy)
+        args.main_upstream = upstream_from_url(args.proxy)
+        args.extra_upstreams = _extra_upstreams(args.upstream)
+        args.rule_set = _rules(args)
+        if args.bypass:
+            from .routing.rules import parse_network
+
+            for net in args.bypass:
+                try:
+                    parse_network(net)
+                except ValueError:
+                    raise ConfigError(f"--bypass {net!r}: not an IP address or network") from None
     except ConfigError as e:
         parser.error(str(e))
     try:
@@ -328,6 +383,46 @@ def parse_args(argv: Sequence[str]) -> Options:
         if importlib.util.find_spec("dnslib") is None:
             parser.error(f"--dns {args.dns} needs dnslib: pip install 'tun2proxy[dns]'")
     return Options(args, command)
+
+
+def _extra_upstreams(specs: Sequence[str]) -> dict[str, Upstream]:
+    """``NAME=URL`` pairs of --upstream as upstreams by name."""
+    from .routing.rules import BUILTIN_TARGETS
+    from .upstream.registry import upstream_from_url
+
+    out: dict[str, Upstream] = {}
+    for spec in specs:
+        name, sep, url = spec.partition("=")
+        name = name.strip()
+        if not sep or not name or not url.strip():
+            raise ConfigError(f"--upstream {spec!r}: expected NAME=URL")
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"--upstream {name!r}: a name is letters, digits, '-' and '_'")
+        if name in BUILTIN_TARGETS:
+            raise ConfigError(f"--upstream {name!r}: the name is reserved (proxy, direct, reject)")
+        if name in out:
+            raise ConfigError(f"--upstream {name!r} given twice")
+        out[name] = upstream_from_url(url)
+    return out
+
+
+def _rules(args: argparse.Namespace) -> Rules | None:
+    """The rule list of --rule and --rules (None when there are none)."""
+    from .routing.rules import Rules
+
+    if not args.rule and not args.rules:
+        return None
+    known = set(args.extra_upstreams)
+    lines: list[Rule] = []
+    if args.rules:
+        try:
+            text = Path(args.rules).read_text()
+        except OSError as e:
+            raise ConfigError(f"--rules {args.rules}: {e.strerror or e}") from None
+        lines += list(Rules.parse_text(text, known, source=f"rules file {args.rules}"))
+    if args.rule:
+        lines += list(Rules.parse(args.rule, known, source="--rule"))
+    return Rules(lines)
 
 
 def _setup_logging(level: str) -> None:
@@ -402,16 +497,21 @@ async def _serve(opts: Options, link: Link, child: PrivateNamespace | None) -> i
         imp, seed = args.impairment
         link = ImpairedLink(link, imp, seed)
         log.warning("impairing the link on purpose: %s (seed %d)", args.impair, seed)
+    try:
+        upstream = await _build_upstream(args)
+    except ConfigError as e:
+        log.error("%s", e)
+        return 1
     stack = Driver.make_stack(_stack_config(args, link.mtu))
     driver = Driver(
-        stack, link, args.upstream,
+        stack, link, upstream,
         DriverConfig(
             connect_timeout=args.connect_timeout, udp=args.udp, dns=args.dns,
             dns_addr=args.dns_addr, virtual_dns_pool=args.virtual_dns_pool,
-            virtual_dns_pool6=args.virtual_dns_pool6,
+            virtual_dns_pool6=args.virtual_dns_pool6, sniff=args.sniff,
         ),
     )
-    log.info("upstream %s", args.upstream.describe())
+    log.info("upstream %s", upstream.describe())
     exit_code = 0
     signals = (signal.SIGINT, signal.SIGTERM)
 
@@ -460,6 +560,45 @@ async def _serve(opts: Options, link: Link, child: PrivateNamespace | None) -> i
     if child is None and driver.link_error is not None:
         return 1
     return exit_code
+
+
+async def _build_upstream(args: argparse.Namespace) -> Upstream:
+    """The --proxy upstream, wrapped in a RoutingUpstream when routing applies.
+
+    Routing applies with rules, --bypass or extra upstreams, and whenever the proxy is a
+    server (its own addresses then always go direct, so no flow is proxied through itself).
+    """
+    from .upstream.dial import Outbound, set_default_outbound
+
+    if args.outbound_interface or args.fwmark is not None:
+        set_default_outbound(Outbound(interface=args.outbound_interface, fwmark=args.fwmark))
+    main = args.main_upstream
+    extra: dict[str, Upstream] = args.extra_upstreams
+    servers = [u for u in (main, *extra.values()) if isinstance(getattr(u, "host", None), str)]
+    if not (args.rule_set or args.bypass or extra or servers):
+        return main  # type: ignore[no-any-return]
+    from .routing.router import RoutingUpstream, resolve_proxy_addresses
+    from .routing.rules import Rules
+
+    addresses: list[str] = []
+    for u in servers:
+        for a in await resolve_proxy_addresses(u.host):
+            if a not in addresses:
+                addresses.append(a)
+    rules = args.rule_set if args.rule_set is not None else Rules()
+    if rules.uses_domains and not args.sniff and args.dns != "virtual":
+        log.warning(
+            "rules match domains, but names are only known with --dns virtual or --sniff"
+        )
+    virtual = []
+    if args.dns == "virtual":
+        from .dns.pool import DEFAULT_V6_POOL
+
+        virtual = [args.virtual_dns_pool, args.virtual_dns_pool6 or DEFAULT_V6_POOL]
+    return RoutingUpstream(
+        {"proxy": main, **extra}, rules, bypass=args.bypass, proxy_addresses=addresses,
+        virtual_networks=virtual,
+    )
 
 
 def _raise_fd_limit(flows: int) -> None:

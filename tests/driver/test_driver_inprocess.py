@@ -285,3 +285,20 @@ async def test_udp_upstream_raising_anything_ends_the_session_with_port_unreacha
             host.other_packets.clear()
             assert driver.stats()["udp_relays"] == 0
         assert Broken.calls == 2
+
+
+async def test_own_connection_coming_back_through_the_tun_is_refused() -> None:
+    from tun2proxy.upstream import dial
+
+    up = LoopbackUpstream({80: 1})
+    async with running(up) as (host, driver):
+        key = ("10.0.0.2", host._next_port + 1)  # the port the next app connection uses
+        dial._own[key] = 1  # as if tun2proxy were dialling from that endpoint right now
+        try:
+            app = host.connect("192.0.2.1", 80)
+            await host.wait(app, lambda a: a.closed, timeout=5)
+        finally:
+            dial._own.pop(key, None)
+        assert app.close_reason == "refused"
+        assert driver.stats()["flows_looped"] == 1
+        assert up.opened == []  # never dialled again

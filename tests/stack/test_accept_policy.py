@@ -107,3 +107,20 @@ def test_icmp_errors_are_rate_limited() -> None:
     icmps = [p for p in st.poll(0.0) if parse_ip(p).protocol == 1]
     assert len(icmps) == 5
     assert st.stats()["drops"]["icmp-error-rate-limited"] == 15  # type: ignore[index]
+
+
+def test_peek_asks_for_the_next_readable_event() -> None:
+    st = make_stack(accept_policy="immediate")
+    p = peer()
+    st.receive(p.syn(mss=1460), 0.0)
+    p.expect(st.poll(0.0), flags=SYN | ACK)
+    st.receive(p.data(b"\x16\x03\x01", flags=ACK | PSH), 0.1)  # a ClientHello, cut short
+    evs = st.events()
+    fid = evs[0].flow_id
+    assert evs[1:] == [TcpReadable(fid)]
+    st.receive(p.data(b"more", flags=ACK | PSH), 0.2)
+    assert st.events() == []  # edge-triggered: nobody looked yet
+    assert st.peek(fid, 64) == b"\x16\x03\x01more"
+    st.receive(p.data(b"rest", flags=ACK | PSH), 0.3)
+    assert st.events() == [TcpReadable(fid)]  # peek re-armed the notification
+    assert st.peek(fid, 64) == b"\x16\x03\x01morerest"

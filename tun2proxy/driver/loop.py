@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from ..errors import ConfigError, FlowStateError, UpstreamError
 from ..link.base import Link
 from ..proxy.address import Address
+from ..routing.sniff import sniff_host
 from ..stack.config import StackConfig
 from ..stack.events import (
     TcpClosed,
@@ -73,6 +74,10 @@ class DriverConfig:
             ``direct`` (DNS is ordinary UDP); see :mod:`tun2proxy.driver.dns`.
         dns_addr: where forwarded queries go (through the upstream).
         virtual_dns_pool, virtual_dns_pool6: the fake address ranges.
+        sniff: read the host name from a TCP flow's first bytes (TLS SNI, HTTP ``Host``)
+            when no name is known: the handshake is completed first, the upstream is dialled
+            once the name is found or ``sniff_timeout`` has passed (bounded by
+            ``sniff_bytes``), and a failed dial then resets the app's connection.
     """
 
     connect_timeout: float = 10.0
@@ -83,6 +88,9 @@ class DriverConfig:
     dns_addr: tuple[str, int] = ("8.8.8.8", 53)
     virtual_dns_pool: str = "198.18.0.0/15"
     virtual_dns_pool6: str | None = None
+    sniff: bool = False
+    sniff_timeout: float = 0.3
+    sniff_bytes: int = 16384 + 512
 
     def __post_init__(self) -> None:
         if self.udp not in UDP_POLICIES:
@@ -157,6 +165,9 @@ class Driver:
         self.flows_failed = 0
         #: Flows refused because they were our own upstream connections come back.
         self.flows_looped = 0
+        #: Sniffing outcomes: a name ``found`` or ``none``.
+        self.sniff_counts = {"found": 0, "none": 0}
+        self._sniffing: dict[int, asyncio.Event] = {}
 
     @staticmethod
     def make_stack(config: StackConfig | None = None, **kw: object) -> NetStack:
@@ -297,6 +308,10 @@ class Driver:
             relay = self._relays.get(ev.flow_id)
             if relay is not None:
                 relay.on_readable()
+            elif self._sniffing:
+                w = self._sniffing.get(ev.flow_id)
+                if w is not None:
+                    w.set()
         elif isinstance(ev, TcpWritable):
             relay = self._relays.get(ev.flow_id)
             if relay is not None:
@@ -307,6 +322,10 @@ class Driver:
             relay = self._relays.get(ev.flow_id)
             if relay is not None:
                 relay.on_peer_closed()
+            elif self._sniffing:
+                w = self._sniffing.get(ev.flow_id)
+                if w is not None:
+                    w.set()  # nothing more will come: look at what there is
         elif isinstance(ev, TcpClosed):
             fake = self._fake_dst.pop(ev.flow_id, None)
             if fake is not None and self._loop is not None:
@@ -459,7 +478,20 @@ class Driver:
             self.stack.tcp_reject(fid, "host")
             self.schedule_pump()
             return
-        flow = FlowInfo(fid, ev.src, ev.dst, domain=name if isinstance(name, str) else None)
+        early = False
+        sniffed: str | None = None
+        if self.config.sniff and not isinstance(name, str):
+            early = not ev.established
+            if early:
+                # Complete the handshake now: the name is in the app's first bytes.
+                self.stack.tcp_accept(fid)
+                self.schedule_pump()
+            sniffed = await self._sniff(fid)
+            if fid not in self.stack:
+                self._connecting.pop(fid, None)
+                return  # the app went away while we looked
+        domain = name if isinstance(name, str) else sniffed
+        flow = FlowInfo(fid, ev.src, ev.dst, domain=domain)
         if isinstance(name, str):
             self.dns.flow_started(ev.dst[0])
             self._fake_dst[fid] = ev.dst[0]
@@ -500,19 +532,59 @@ class Driver:
                 transport.abort()
             if fid in stack:
                 with contextlib.suppress(FlowStateError):
-                    stack.tcp_reject(fid)
+                    if early:
+                        stack.abort(fid)
+                    else:
+                        stack.tcp_reject(fid)
             self.schedule_pump()
             return
         if reason is not None or transport is None:
             self.flows_failed += 1
-            stack.tcp_reject(fid, _REJECT.get(reason or "error", "reset"))
+            if early:
+                stack.abort(fid)  # the app's connection is open: a reset tells it
+            else:
+                stack.tcp_reject(fid, _REJECT.get(reason or "error", "reset"))
         else:
             self.flows_opened += 1
-            stack.tcp_accept(fid)
+            if not early:
+                stack.tcp_accept(fid)
             self._relays[fid] = relay
             relay.on_accepted()
             log.debug("flow %d: %s -> %s via %s", fid, ev.src, dst, self.upstream.name)
         self.schedule_pump()
+
+    async def _sniff(self, fid: int) -> str | None:
+        """Wait (boundedly) for the app's first bytes and read a host name from them."""
+        loop = self._loop
+        assert loop is not None
+        deadline = loop.time() + self.config.sniff_timeout
+        waiter = asyncio.Event()
+        self._sniffing[fid] = waiter
+        result = None
+        try:
+            while fid in self.stack:
+                waiter.clear()
+                data = self.stack.peek(fid, self.config.sniff_bytes)
+                if data:
+                    result = sniff_host(data)
+                    if not result.need_more:
+                        break
+                    if len(data) >= self.config.sniff_bytes:
+                        break
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(waiter.wait(), remaining)
+                except TimeoutError:
+                    break
+        finally:
+            self._sniffing.pop(fid, None)
+        host = result.host if result is not None else None
+        self.sniff_counts["found" if host else "none"] += 1
+        if host:
+            log.debug("flow %d: sniffed %s (%s)", fid, host, result.protocol if result else "")
+        return host
 
     # ------------------------------------------------------------------ introspection
 
@@ -526,6 +598,11 @@ class Driver:
         s["flows_opened"] = self.flows_opened
         s["flows_failed"] = self.flows_failed
         s["flows_looped"] = self.flows_looped
+        if self.config.sniff:
+            s["sniff"] = dict(self.sniff_counts)
+        router_stats = getattr(self.upstream, "stats", None)
+        if callable(router_stats):
+            s["upstream"] = router_stats()
         s["dns"] = self.dns.stats()
         return s
 

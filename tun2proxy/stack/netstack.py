@@ -677,8 +677,13 @@ class NetStack:
         return True
 
     def peek(self, flow_id: int, max_bytes: int) -> bytes:
-        """The first ``max_bytes`` the app sent on a TCP flow, without consuming them."""
+        """The first ``max_bytes`` the app sent on a TCP flow, without consuming them.
+
+        A :class:`TcpReadable` follows when more data arrives (as after :meth:`recv`), so a
+        host waiting for enough bytes to look at (e.g. a TLS ClientHello) hears about them.
+        """
         conn = self._conn(flow_id)
+        conn.rd_armed = True
         return bytes(memoryview(conn.rcv_buf)[:max_bytes])
 
     def send(self, flow_id: int, data: bytes | bytearray | memoryview) -> int:
