@@ -16,6 +16,7 @@ from tun2proxy.errors import UpstreamError
 from tun2proxy.proxy.address import Address
 from tun2proxy.stack import StackConfig
 from tun2proxy.tcp import TcpConfig
+from tun2proxy.testing import tls_client_hello
 from tun2proxy.testing.apps import AppHost
 from tun2proxy.upstream.base import FlowInfo, Upstream, upstream_error_from_os
 from tun2proxy.wire import parse_icmp, parse_ip
@@ -71,11 +72,15 @@ async def server(handler: object) -> AsyncIterator[int]:
 
 
 @contextlib.asynccontextmanager
-async def running(upstream: Upstream, **stack_kw: object) -> AsyncIterator[tuple[AppHost, Driver]]:
+async def running(
+    upstream: Upstream, driver_config: DriverConfig | None = None, **stack_kw: object
+) -> AsyncIterator[tuple[AppHost, Driver]]:
     host = AppHost()
     tcp = stack_kw.pop("tcp", TcpConfig())
     stack = Driver.make_stack(StackConfig(mtu=1500, tcp=tcp, **stack_kw))  # type: ignore[arg-type]
-    driver = Driver(stack, host.link, upstream, DriverConfig(connect_timeout=1.0))
+    driver = Driver(
+        stack, host.link, upstream, driver_config or DriverConfig(connect_timeout=1.0)
+    )
     task = asyncio.create_task(driver.run())
     await asyncio.sleep(0)
     try:
@@ -302,3 +307,56 @@ async def test_own_connection_coming_back_through_the_tun_is_refused() -> None:
         assert app.close_reason == "refused"
         assert driver.stats()["flows_looped"] == 1
         assert up.opened == []  # never dialled again
+
+
+@pytest.mark.parametrize(
+    ("first", "name"),
+    [
+        (tls_client_hello("sni.example"), "sni.example"),
+        (b"GET / HTTP/1.1\r\nHost: web.example:8080\r\n\r\n", "web.example"),
+        (b"SSH-2.0-OpenSSH_9.6\r\n", None),
+    ],
+    ids=["tls", "http", "other"],
+)
+async def test_sniffing_gives_the_upstream_the_name(first: bytes, name: str | None) -> None:
+    async with server(_echo) as port:
+        up = LoopbackUpstream({443: port})
+        cfg = DriverConfig(connect_timeout=1.0, sniff=True, sniff_timeout=2.0)
+        async with running(up, cfg) as (host, driver):
+            app = host.connect("192.0.2.1", 443)
+            await host.wait(app, lambda a: a.established, timeout=5)
+            assert up.opened == []  # handshake first, no dial yet
+            # The first bytes arrive in two pieces: the sniffer waits for the whole hello.
+            await host.send_all(app, first[:7])
+            await asyncio.sleep(0.05)
+            await host.send_all(app, first[7:])
+            await host.wait(app, lambda a: len(a.received) >= len(first), timeout=5)
+            assert app.received == first  # nothing lost: the bytes peeked are relayed
+            assert [f.domain for f in up.opened] == [name]
+            assert driver.stats()["sniff"] == {"found": int(name is not None),
+                                               "none": int(name is None)}
+
+
+async def test_sniffing_waits_boundedly_for_a_silent_app() -> None:
+    async with server(_echo) as port:
+        up = LoopbackUpstream({25: port})
+        cfg = DriverConfig(connect_timeout=1.0, sniff=True, sniff_timeout=0.2)
+        async with running(up, cfg) as (host, _):
+            app = host.connect("192.0.2.1", 25)
+            await host.wait(app, lambda a: a.established, timeout=5)
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            while not up.opened and loop.time() - t0 < 5:
+                await asyncio.sleep(0.01)
+            assert up.opened and up.opened[0].domain is None
+            assert 0.15 <= loop.time() - t0 < 2.0
+
+
+async def test_sniffed_flow_whose_dial_fails_is_reset() -> None:
+    cfg = DriverConfig(connect_timeout=1.0, sniff=True, sniff_timeout=0.1)
+    async with running(LoopbackUpstream({}), cfg) as (host, driver):
+        app = host.connect("192.0.2.1", 443)
+        await host.wait(app, lambda a: a.established, timeout=5)
+        await host.wait(app, lambda a: a.closed, timeout=5)
+        assert app.close_reason in ("reset", "refused")
+        assert driver.flows_failed == 1

@@ -6,7 +6,7 @@ Not pure: the simulator uses a seeded :class:`random.Random`. Nothing here touch
 from __future__ import annotations
 
 from .netsim import ImpairedPipe, Impairment, TransferResult, run_transfer
-from .packets import icmp_echo_request, pack, tcp_packet, udp_packet
+from .packets import icmp_echo_request, pack, tcp_packet, tls_client_hello, udp_packet
 from .peer import ExpectationError, ScriptedTcpPeer, parse_tcp_packet
 
 __all__ = [
@@ -20,5 +20,6 @@ __all__ = [
     "parse_tcp_packet",
     "run_transfer",
     "tcp_packet",
+    "tls_client_hello",
     "udp_packet",
 ]

@@ -11,7 +11,7 @@ from ..wire.icmp import ICMP6_ECHO_REQUEST, ICMP_ECHO_REQUEST, build_icmp_packet
 from ..wire.tcp import TcpSegment, emit_tcp_packet
 from ..wire.udp import emit_udp_packet
 
-__all__ = ["icmp_echo_request", "pack", "tcp_packet", "udp_packet"]
+__all__ = ["icmp_echo_request", "pack", "tcp_packet", "tls_client_hello", "udp_packet"]
 
 
 def pack(host: str | bytes) -> bytes:
@@ -74,3 +74,15 @@ def icmp_echo_request(
     s, d = pack(src), pack(dst)
     t = ICMP_ECHO_REQUEST if len(s) == 4 else ICMP6_ECHO_REQUEST
     return bytes(build_icmp_packet(s, d, t, 0, (ident << 16) | sequence, data))
+
+
+def tls_client_hello(server_name: str) -> bytes:
+    """A minimal TLS ClientHello record carrying ``server_name`` as SNI (RFC 8446 §4.1.2,
+    RFC 6066 §3): enough for sniffers, not for a real handshake."""
+    host = server_name.encode()
+    sni = (len(host) + 3).to_bytes(2, "big") + b"\x00" + len(host).to_bytes(2, "big") + host
+    ext = b"\x00\x00" + len(sni).to_bytes(2, "big") + sni
+    body = b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
+    body += len(ext).to_bytes(2, "big") + ext
+    hs = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + len(hs).to_bytes(2, "big") + hs
