@@ -30,7 +30,7 @@ def _dante_lines(lab: Lab) -> list[str]:
     if not log.exists():
         return []
     return [ln for ln in log.read_text(errors="replace").splitlines()
-            if f".{ECHO_PORT}" in ln and " debug: " not in ln and "Session duration" not in ln]
+            if f".{ECHO_PORT}" in ln and "tcp/connect [:" in ln]  # "[": session opened
 
 
 @pytest.fixture
