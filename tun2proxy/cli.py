@@ -183,9 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
         "path); upstream connections still leave from the current namespace",
     )
     p.add_argument(
-        "--framing", choices=("none", "pi", "af"), default="none",
+        "--framing", choices=("none", "pi", "af", "vnet"), default="none",
         help="packet framing on --tun-fd: none (raw IP), pi (Linux packet information), af "
-        "(4-byte address family, macOS utun)",
+        "(4-byte address family, macOS utun), vnet (Linux IFF_VNET_HDR: offloads)",
+    )
+    p.add_argument(
+        "--offload", choices=("auto", "on", "off"), default="auto",
+        help="checksum and segmentation offload on a TUN device we open (IFF_VNET_HDR, "
+        "TUNSETOFFLOAD): auto uses it unless --impair is given (default auto)",
     )
     p.add_argument(
         "--proxy", metavar="URL", default="direct://",
@@ -370,6 +375,8 @@ def parse_args(argv: Sequence[str]) -> Options:
     except ValueError:
         parser.error(f"--dns-addr {args.dns_addr!r} is not an IP address with an optional port")
     args.impairment = None
+    if args.impair and args.offload == "on":
+        parser.error("--impair works on plain packets: drop --offload on")
     if args.impair:
         from .link.impair import Impairment
 
@@ -440,10 +447,11 @@ def _setup_logging(level: str) -> None:
     )
 
 
-def _stack_config(args: argparse.Namespace, mtu: int) -> StackConfig:
+def _stack_config(args: argparse.Namespace, mtu: int, offload: bool = False) -> StackConfig:
     return StackConfig(
         isn_secret=os.urandom(16),
         mtu=mtu,
+        checksum_offload=offload,
         max_flows=args.max_sessions,
         max_pending=args.max_pending,
         syn_flood_threshold=max(1, args.max_pending // 2),
@@ -462,12 +470,17 @@ def _stack_config(args: argparse.Namespace, mtu: int) -> StackConfig:
 def _open_link(opts: Options, child: PrivateNamespace | None) -> FdLink:
     """Open the TUN device or fd (synchronously: netlink setup runs before the loop)."""
     from .link.netconf import InterfaceConfig
-    from .link.tun_linux import TunLink, open_tun
+    from .link.tun_linux import IFF_NO_PI, IFF_TUN, IFF_VNET_HDR, open_tun, tun_link
 
     args = opts.args
     mtu = args.mtu or DEFAULT_MTU
     if args.tun_fd is not None:
+        if args.framing == "vnet":
+            from .link.vnet import VnetLink
+
+            return VnetLink(args.tun_fd, mtu, name=f"fd {args.tun_fd}")
         return FdLink(args.tun_fd, mtu, framing=args.framing, name=f"fd {args.tun_fd}")
+    offload = args.offload == "on" or (args.offload == "auto" and not args.impair)
     netns = child.netns if child is not None else args.tun_netns
     cfg = InterfaceConfig(
         addresses=(args.tun_address, args.tun_address6),
@@ -475,14 +488,17 @@ def _open_link(opts: Options, child: PrivateNamespace | None) -> FdLink:
         default_routes=child is not None,
         loopback_up=child is not None,
     )
-    dev = open_tun(args.tun or "tun0", netns=netns, config=cfg)
+    flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
+    dev = open_tun(args.tun or "tun0", netns=netns, config=cfg, flags=flags)
     if not dev.created and args.mtu and args.mtu != dev.mtu:
         log.warning("%s exists with MTU %d; --mtu %d ignored", dev.name, dev.mtu, args.mtu)
+    link = tun_link(dev)
+    offloads = "csum+tso" if getattr(link, "tso", False) else "csum" if offload else "none"
     log.info(
-        "%s %s (mtu %d%s)", "created" if dev.created else "attached to", dev.name, dev.mtu,
-        f", netns {args.tun_netns}" if args.tun_netns else "",
+        "%s %s (mtu %d, offload %s%s)", "created" if dev.created else "attached to", dev.name,
+        dev.mtu, offloads, f", netns {args.tun_netns}" if args.tun_netns else "",
     )
-    return TunLink(dev)
+    return link
 
 
 async def _serve(opts: Options, link: Link, child: PrivateNamespace | None) -> int:
@@ -502,7 +518,7 @@ async def _serve(opts: Options, link: Link, child: PrivateNamespace | None) -> i
     except ConfigError as e:
         log.error("%s", e)
         return 1
-    stack = Driver.make_stack(_stack_config(args, link.mtu))
+    stack = Driver.make_stack(_stack_config(args, link.mtu, link.checksum_offload))
     driver = Driver(
         stack, link, upstream,
         DriverConfig(

@@ -20,7 +20,16 @@ from .fd import FdLink
 from .netconf import InterfaceConfig, configure_interface, interface_mtu
 from .netns import entered, netns_path
 
-__all__ = ["IFF_MULTI_QUEUE", "IFF_NO_PI", "IFF_TUN", "TunDevice", "TunLink", "open_tun"]
+__all__ = [
+    "IFF_MULTI_QUEUE",
+    "IFF_NO_PI",
+    "IFF_TUN",
+    "IFF_VNET_HDR",
+    "TunDevice",
+    "TunLink",
+    "open_tun",
+    "tun_link",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +50,7 @@ class TunDevice:
     mtu: int
     created: bool
     netns: str | None = None
+    flags: int = IFF_TUN | IFF_NO_PI
 
 
 def _exists(name: str) -> bool:
@@ -85,7 +95,7 @@ def open_tun(
             raise
     os.set_blocking(fd, False)
     log.debug("%s %s (mtu %d)", "created" if not existed else "attached to", real, mtu)
-    return TunDevice(fd=fd, name=real, mtu=mtu, created=not existed, netns=netns)
+    return TunDevice(fd=fd, name=real, mtu=mtu, created=not existed, netns=netns, flags=flags)
 
 
 class TunLink(FdLink):
@@ -94,3 +104,13 @@ class TunLink(FdLink):
     def __init__(self, device: TunDevice) -> None:
         super().__init__(device.fd, device.mtu, framing="none", name=device.name)
         self.device = device
+
+
+def tun_link(device: TunDevice, *, tso: bool = True) -> FdLink:
+    """The link for an open device: a :class:`~tun2proxy.link.vnet.VnetLink` (checksum and
+    segmentation offload) when it was opened with ``IFF_VNET_HDR``, else a :class:`TunLink`."""
+    if device.flags & IFF_VNET_HDR:
+        from .vnet import VnetLink
+
+        return VnetLink(device.fd, device.mtu, tso=tso, name=device.name)
+    return TunLink(device)

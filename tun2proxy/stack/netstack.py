@@ -276,7 +276,9 @@ class NetStack:
             self.stats_counters.drop("tcp-rst-rate-limited")
             return
         self._rst_tokens = tokens - 1
-        self._out.append(_build_rst(local, app, local_port, app_port, seq, ack, flags))
+        self._out.append(
+            _build_rst(local, app, local_port, app_port, seq, ack, flags, self._offload)
+        )
         self.stats_counters.tcp_rst_sent += 1
 
     def _new_syn(
@@ -654,7 +656,7 @@ class NetStack:
             self._out.append(
                 _build_rst(
                     conn.local_addr, conn.remote_addr, conn.local_port, conn.remote_port,
-                    0, conn.rcv_nxt, RST | ACK,
+                    0, conn.rcv_nxt, RST | ACK, self._offload,
                 )
             )
             self.stats_counters.tcp_rst_sent += 1
@@ -948,9 +950,11 @@ def _pack_address(host: str) -> bytes:
 
 
 def _build_rst(
-    local: bytes, app: bytes, local_port: int, app_port: int, seq: int, ack: int, flags: int
+    local: bytes, app: bytes, local_port: int, app_port: int, seq: int, ack: int, flags: int,
+    offload: bool = False,
 ) -> bytearray:
-    """A bare RST from ``local`` to ``app`` (no options)."""
+    """A bare RST from ``local`` to ``app`` (no options); with ``offload`` the TCP checksum
+    field holds the pseudo-header sum for the device to complete, like every TCP packet."""
     if len(local) == 4:
         buf = bytearray(40)
         IP4_TCP.pack_into(
@@ -969,7 +973,10 @@ def _build_rst(
         )
         h = 40
     pseudo = int.from_bytes(local, "big") + int.from_bytes(app, "big") + 6 + 20
-    c = finish(ones_sum(memoryview(buf)[h:], pseudo))
+    if offload:
+        c = pseudo % 0xFFFF or 0xFFFF
+    else:
+        c = finish(ones_sum(memoryview(buf)[h:], pseudo))
     buf[h + 16] = c >> 8
     buf[h + 17] = c & 0xFF
     return buf
