@@ -206,6 +206,10 @@ class ImpairedLink(Link):
         inbound: Impairment | None = None,
         outbound: Impairment | None = None,
     ) -> None:
+        if inner.checksum_offload:
+            # Offloaded packets carry partial checksums both ways: corruption could not be
+            # detected and rewritten packets could not be marked. Impair a plain link.
+            raise ValueError("ImpairedLink needs a link without checksum offload")
         self.inner = inner
         self.mtu = inner.mtu
         self.name = f"{inner.name} (impaired)"

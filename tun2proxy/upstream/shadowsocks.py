@@ -255,10 +255,16 @@ class ShadowsocksTransport(asyncio.Transport):
             self._fail(e)
             return True
         if not self._authenticated:
+            # After our EOF a server without half-close (shadowsocks-libev) ends the stream
+            # this way too, key or no key: name that cause beside the wrong key.
+            also = (
+                "the server ended the stream at our EOF (it has no half-close), or "
+                if self._eof_written else ""
+            )
             self._fail(
                 ShadowsocksError(
                     f"{self._what} closed the stream before any authenticated data: "
-                    f"{_WRONG_KEY_HINT} (or {self._dst} was unreachable or sent nothing)"
+                    f"{_WRONG_KEY_HINT} (or {also}{self._dst} was unreachable or sent nothing)"
                 )
             )
             return True
