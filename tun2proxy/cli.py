@@ -447,7 +447,9 @@ def _setup_logging(level: str) -> None:
     )
 
 
-def _stack_config(args: argparse.Namespace, mtu: int, offload: bool = False) -> StackConfig:
+def _stack_config(
+    args: argparse.Namespace, mtu: int, offload: bool = False, gso: int = 0
+) -> StackConfig:
     return StackConfig(
         isn_secret=os.urandom(16),
         mtu=mtu,
@@ -462,7 +464,7 @@ def _stack_config(args: argparse.Namespace, mtu: int, offload: bool = False) -> 
         icmp_echo=args.icmp,
         tcp=TcpConfig(
             idle_timeout=args.tcp_timeout, recv_buffer=args.tcp_buffer,
-            send_buffer=args.tcp_buffer,
+            send_buffer=args.tcp_buffer, gso_max_size=gso if offload else 0,
         ),
     )
 
@@ -518,7 +520,9 @@ async def _serve(opts: Options, link: Link, child: PrivateNamespace | None) -> i
     except ConfigError as e:
         log.error("%s", e)
         return 1
-    stack = Driver.make_stack(_stack_config(args, link.mtu, link.checksum_offload))
+    stack = Driver.make_stack(
+        _stack_config(args, link.mtu, link.checksum_offload, link.gso_max_size)
+    )
     driver = Driver(
         stack, link, upstream,
         DriverConfig(

@@ -193,7 +193,8 @@ def tun2proxy(lab: Lab) -> Iterator[Tun2Proxy]:
         ]
         p = lab.start(f"{name}-{len(lab.procs)}", lab.R, argv)
         started.append(p)
-        assert wait_for(lambda: "attached to" in p.output() or not p.alive()), p.output()
+        # the CLI's own line, which names the offload mode, comes after the link's line
+        assert wait_for(lambda: " offload " in p.output() or not p.alive()), p.output()
         assert p.alive(), p.output()
         if offload:  # the mode asked for is the mode in use
             want = "offload none" if OFFLOAD == "off" else "offload csum"

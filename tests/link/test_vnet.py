@@ -13,7 +13,7 @@ import os
 import socket
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -166,3 +166,68 @@ async def test_bad_unmarked_inbound_packet_is_dropped_and_counted(vnet: VnetLink
     out = vnet._strip([bytes(10) + bytes(pkt), bytes([1]) + bytes(9) + bytes(pkt)])
     assert out == [bytes(pkt)]  # the NEEDS_CSUM one is trusted, the unmarked one is not
     assert vnet.bad_checksums == 1
+
+
+def _persistent(netns: str, name: str) -> None:
+    for cmd in (["tuntap", "add", "dev", name, "mode", "tun"],
+                ["addr", "add", f"{TUN_ADDR}/24", "dev", name], ["link", "set", name, "up"]):
+        subprocess.run(["ip", "-n", netns, *cmd], check=True)
+
+
+def _raw_attach(netns: str, name: str) -> int:
+    """Attach to ``name`` with plain flags and nothing else (a reader that is not ours)."""
+    import fcntl
+    import struct
+
+    from tun2proxy.link.tun_linux import TUNSETIFF
+
+    with entered(netns_path(netns)):
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
+    return fd
+
+
+def _kernel_udp_packet(netns: str, read: Callable[[], bytes]) -> bytes:
+    """Send a datagram into the TUN from a kernel socket; the first UDP packet read back."""
+    s = _udp_socket(netns)
+    try:
+        s.sendto(b"x" * 300, (PEER, 9))
+        for _ in range(20):
+            p = read()
+            if parse_ip(p).protocol == 17:
+                return p
+    finally:
+        s.close()
+    raise AssertionError("no UDP packet came out of the TUN")
+
+
+async def test_offloads_left_on_a_persistent_device_are_cleared_for_a_plain_reader(
+    netns: str,
+) -> None:
+    # A persistent device keeps the offloads its last reader set. A reader killed without
+    # closing cleanly leaves them on; a later reader without the virtio header must still get
+    # packets with complete checksums, or it drops everything (seen in CI: every SYN dropped).
+    _persistent(netns, "t2pp0")
+    first = tun_link(open_tun("t2pp0", netns=netns, flags=IFF_TUN | IFF_NO_PI | IFF_VNET_HDR))
+    assert isinstance(first, VnetLink) and first.checksum_offload
+    os.close(first.fd)  # as if killed: no clean close
+    dev = open_tun("t2pp0", netns=netns)
+    try:
+        os.set_blocking(dev.fd, True)
+        p = _kernel_udp_packet(netns, lambda: os.read(dev.fd, 65536))
+        assert _transport_ok(p), "a partial checksum reached a reader without offloads"
+    finally:
+        os.close(dev.fd)
+
+
+def test_a_clean_close_clears_the_offloads_for_the_next_reader(netns: str) -> None:
+    _persistent(netns, "t2pp1")
+    link = tun_link(open_tun("t2pp1", netns=netns, flags=IFF_TUN | IFF_NO_PI | IFF_VNET_HDR))
+    assert isinstance(link, VnetLink)
+    link.close()
+    fd = _raw_attach(netns, "t2pp1")
+    try:
+        p = _kernel_udp_packet(netns, lambda: os.read(fd, 65536))
+        assert _transport_ok(p), "the device kept our offloads after we closed"
+    finally:
+        os.close(fd)

@@ -27,9 +27,10 @@ import socket
 import struct
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -329,21 +330,46 @@ _REPLY = 1000
 _PROBE_DEADLINE = 5.0
 
 
+class _Codec(Protocol):
+    """What a plain tunnel needs of a Shadowsocks session (or of no encryption at all)."""
+
+    def first_bytes(self, payload: bytes = b"") -> bytes: ...
+
+    def encrypt(self, data: bytes) -> bytes: ...
+
+    def decrypt(self, data: bytes | bytearray | memoryview) -> bytes: ...
+
+    def feed_eof(self) -> None: ...
+
+
+class _Clear:
+    """No encryption (SOCKS4, HTTP)."""
+
+    def first_bytes(self, payload: bytes = b"") -> bytes:
+        return payload
+
+    def encrypt(self, data: bytes) -> bytes:
+        return data
+
+    def decrypt(self, data: bytes | bytearray | memoryview) -> bytes:
+        return bytes(data)
+
+    def feed_eof(self) -> None:
+        pass
+
+
 class PlainTunnel:
-    """One stream through a proxy, opened by hand; ``seal``/``unseal`` are identity except for
-    Shadowsocks, where they are the sans-I/O codec's encrypt and decrypt."""
+    """One stream through a proxy, opened by hand; for Shadowsocks the bytes go through the
+    sans-I/O session (tun2proxy.proxy), never through tun2proxy.upstream."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 seal: Callable[[bytes], bytes], unseal: Callable[[bytes], bytes],
-                 feed_eof: Callable[[], None]) -> None:
+                 codec: _Codec) -> None:
         self.reader = reader
         self.writer = writer
-        self.seal = seal
-        self.unseal = unseal
-        self.feed_eof = feed_eof
+        self.codec = codec
 
     def write(self, data: bytes) -> None:
-        self.writer.write(self.seal(data))
+        self.writer.write(self.codec.encrypt(data))
 
     async def read_to_end(self, limit: int = 1 << 20) -> tuple[bytes, str]:
         """Everything until the end, and how it ended: ``eof`` or ``reset``."""
@@ -353,9 +379,9 @@ class PlainTunnel:
                 raw = await self.reader.read(65536)
                 if not raw:
                     with contextlib.suppress(Exception):  # cut inside a chunk: still an end
-                        self.feed_eof()
+                        self.codec.feed_eof()
                     return bytes(got), "eof"
-                got += self.unseal(raw)
+                got += self.codec.decrypt(raw)
         except ConnectionError:
             return bytes(got), "reset"
         return bytes(got), "limit"
@@ -366,55 +392,49 @@ class PlainTunnel:
             raw = await self.reader.read(65536)
             if not raw:
                 raise EOFError(f"the stream ended after {len(got)} of {n} bytes")
-            got += self.unseal(raw)
+            got += self.codec.decrypt(raw)
         return bytes(got)
 
     def close(self) -> None:
         self.writer.transport.abort()
 
 
+def _ss_session(method: str, dst: Address) -> _Codec:
+    pytest.importorskip("cryptography")
+    if method.startswith("2022-"):
+        pytest.importorskip("blake3")
+        from tun2proxy.proxy.shadowsocks2022 import Ss2022TcpSession
+
+        return Ss2022TcpSession(method, _secret(method), dst, os.urandom, time.time)
+    from tun2proxy.proxy.shadowsocks import AeadTcpSession, password_to_key
+
+    return AeadTcpSession(method, password_to_key(method, PASSWORD), dst, os.urandom)
+
+
 async def plain_open(kind: str, port: int, dst_port: int, first: bytes) -> PlainTunnel:
     """Connect through the proxy on ``port`` (``socks4``, ``http`` or a Shadowsocks method)
     to 127.0.0.1:``dst_port`` by hand and send ``first``."""
+    codec: _Codec = _Clear()
+    if kind not in ("socks4", "http"):  # built first: it may skip
+        codec = _ss_session(kind, Address(LOOPBACK, dst_port))
     reader, writer = await asyncio.open_connection(LOOPBACK, port)
-    seal: Callable[[bytes], bytes] = bytes
-    unseal: Callable[[bytes], bytes] = bytes
-    feed_eof: Callable[[], None] = lambda: None  # noqa: E731
     if kind == "socks4":
         writer.write(struct.pack(">BBH4s", 4, 1, dst_port, socket.inet_aton(LOOPBACK)) + b"\0")
         reply = await reader.readexactly(8)
         assert reply[1] == 0x5A, f"SOCKS4 request rejected: {reply!r}"
-        writer.write(first)
     elif kind == "http":
         target = f"{LOOPBACK}:{dst_port}"
         writer.write(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
         head = await reader.readuntil(b"\r\n\r\n")
         assert head.split(b" ")[1] == b"200", f"CONNECT answered {head!r}"
-        writer.write(first)
-    else:  # a Shadowsocks method: the header goes with the first bytes
-        pytest.importorskip("cryptography")
-        target_addr = Address(LOOPBACK, dst_port)
-        if kind.startswith("2022-"):
-            pytest.importorskip("blake3")
-            from tun2proxy.proxy.shadowsocks2022 import Ss2022TcpSession
-
-            codec: object = Ss2022TcpSession(kind, _secret(kind), target_addr, os.urandom,
-                                             time.time)
-        else:
-            from tun2proxy.proxy.shadowsocks import AeadTcpSession, password_to_key
-
-            codec = AeadTcpSession(kind, password_to_key(kind, PASSWORD), target_addr,
-                                   os.urandom)
-        seal = codec.encrypt  # type: ignore[attr-defined]
-        unseal = codec.decrypt  # type: ignore[attr-defined]
-        feed_eof = codec.feed_eof  # type: ignore[attr-defined]
-        writer.write(codec.first_bytes(first))  # type: ignore[attr-defined]
-    return PlainTunnel(reader, writer, seal, unseal, feed_eof)
+    # Shadowsocks: the address header goes with the first bytes (no reply comes).
+    writer.write(codec.first_bytes(first))
+    return PlainTunnel(reader, writer, codec)
 
 
 @contextlib.asynccontextmanager
 async def destination(
-    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], object],
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
 ) -> AsyncIterator[int]:
     """A TCP server on 127.0.0.1 running ``handler``; yields its port; aborts everything."""
     writers: list[asyncio.StreamWriter] = []
@@ -422,7 +442,7 @@ async def destination(
     async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         writers.append(w)
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            await handler(r, w)  # type: ignore[misc]
+            await handler(r, w)
 
     srv = await asyncio.start_server(serve, LOOPBACK, 0)
     try:
@@ -625,3 +645,36 @@ async def test_a_refusal_the_protocol_cannot_report_ends_in_a_reset(
         await up.close()
     assert isinstance(exc, Exception), exc
     assert (w.data, w.eof) == (b"", False)
+    assert "half-close" not in str(exc)  # we sent no EOF: that cause is not named
+
+
+async def test_ss_server_ending_the_stream_at_our_eof_is_named_beside_a_wrong_key(
+    ss_server: dict[str, int],
+) -> None:
+    """Regression: ss-server ends the whole stream at the client's EOF, so an app that
+    half-closes before any answer gets a reset; the reason named both causes it can be, not
+    only "wrong password or method?" (the password here is right)."""
+    method = "aes-256-gcm"
+    up = _ss_upstream(ss_server[method], method)
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await _read_all(r)
+        w.write(b"an answer after the EOF")
+        await w.drain()
+
+    async with destination(handler) as dst_port:
+        watch = _Watch()
+        t = await up.open_tcp(Address(LOOPBACK, dst_port), watch,
+                              FlowInfo(1, ("10.0.0.2", 40001), (LOOPBACK, dst_port)))
+        try:
+            t.write(b"a request")
+            t.write_eof()
+            exc = await asyncio.wait_for(watch.lost, _PROBE_DEADLINE)
+        finally:
+            t.abort()
+            await up.close()
+    assert isinstance(exc, Exception), exc
+    assert "closed the stream before any authenticated data: wrong password or method?" in str(
+        exc)
+    assert "the server ended the stream at our EOF (it has no half-close)" in str(exc)
+    assert (watch.data, watch.eof) == (b"", False)

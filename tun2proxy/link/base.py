@@ -25,12 +25,15 @@ class Link(abc.ABC):
         checksum_ok: True when inbound packets were checksum-verified by the device, so the
             stack may skip verification.
         checksum_offload: True when the link completes outbound TCP/UDP checksums itself.
+        gso_max_size: the largest TCP payload of one outbound :class:`~tun2proxy.wire.GsoPacket`
+            the link accepts and segments (0: none; GSO needs ``checksum_offload``).
         name: a label for logs.
     """
 
     mtu: int = 1500
     checksum_ok: bool = False
     checksum_offload: bool = False
+    gso_max_size: int = 0
     name: str = "link"
 
     @abc.abstractmethod

@@ -84,6 +84,12 @@ def open_tun(
             ifr = struct.pack("16sH", name.encode(), flags)
             res = fcntl.ioctl(fd, TUNSETIFF, ifr)
             real = res[:_IFNAMSIZ].rstrip(b"\0").decode()
+            if not flags & IFF_VNET_HDR:
+                # A persistent device keeps the offloads its last reader asked for; a reader
+                # without the virtio header would get partial checksums and GSO packets.
+                from .vnet import set_offload
+
+                set_offload(fd, 0)
             if not existed:
                 cfg = config or InterfaceConfig()
                 configure_interface(real, cfg)
@@ -94,7 +100,7 @@ def open_tun(
             os.close(fd)
             raise
     os.set_blocking(fd, False)
-    log.debug("%s %s (mtu %d)", "created" if not existed else "attached to", real, mtu)
+    log.debug("opened %s device %s (mtu %d)", "a new" if not existed else "the existing", real, mtu)
     return TunDevice(fd=fd, name=real, mtu=mtu, created=not existed, netns=netns, flags=flags)
 
 

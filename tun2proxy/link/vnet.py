@@ -22,8 +22,9 @@ What it buys, per 64 KiB packet:
   all of them.
 * **outbound**: TCP and UDP packets go out ``NEEDS_CSUM`` with only the pseudo-header sum in
   the checksum field (the stack's ``checksum_offload``); the kernel completes it, or does not
-  need to at all for local delivery. A :class:`GsoPacket` (a TCP segment larger than the
-  path's MSS) is handed over with ``gso_type``/``gso_size`` for the kernel to cut.
+  need to at all for local delivery. A :class:`~tun2proxy.wire.GsoPacket` (a TCP segment
+  larger than the path's MSS) is handed over with ``gso_type``/``gso_size`` for the kernel to
+  cut.
 """
 
 from __future__ import annotations
@@ -34,15 +35,16 @@ import struct
 from collections.abc import Sequence
 
 from ..wire.checksum import ones_sum
+from ..wire.gso import GsoPacket
 from .fd import _FATAL, FdLink
 
 __all__ = [
+    "GSO_MAX_SIZE",
     "TUNSETOFFLOAD",
     "TUN_F_CSUM",
     "TUN_F_TSO4",
     "TUN_F_TSO6",
     "VNET_HDR_LEN",
-    "GsoPacket",
     "VnetLink",
     "set_offload",
 ]
@@ -70,18 +72,8 @@ _CSUM = {
     (40, 17): _HDR.pack(NEEDS_CSUM, GSO_NONE, 0, 0, 40, 6),
 }
 _MAX_GSO_PACKET = 65535 + 64
-
-
-class GsoPacket(bytearray):
-    """An outbound TCP packet larger than the path MTU, to be cut by the kernel into
-    segments of ``gso_size`` payload bytes (each with the same headers, sequence numbers
-    advanced, PSH/FIN only on the last)."""
-
-    __slots__ = ("gso_size",)
-
-    def __init__(self, data: bytes | bytearray = b"", gso_size: int = 0) -> None:
-        super().__init__(data)
-        self.gso_size = gso_size
+#: TCP payload of one outbound GSO packet, at most (65535 less IPv6 + TCP headers, rounded).
+GSO_MAX_SIZE = 65000
 
 
 def set_offload(fd: int, flags: int) -> bool:
@@ -147,12 +139,22 @@ class VnetLink(FdLink):
             set_offload(fd, TUN_F_CSUM)
         self.checksum_ok = True  # unmarked packets are verified here
         self.checksum_offload = True
+        # One GSO packet may carry up to this much TCP payload: the IP length fields (16
+        # bits) must still hold it with the largest headers.
+        self.gso_max_size = GSO_MAX_SIZE
         #: Inbound packets with a wrong checksum (dropped here).
         self.bad_checksums = 0
         #: Inbound GSO packets (larger than the MTU, cut by nobody: we take them whole).
         self.gso_in = 0
         #: Outbound GSO packets handed to the kernel to cut.
         self.gso_out = 0
+
+    def close(self) -> None:
+        """Clear the device's offloads (a persistent device keeps them for its next reader,
+        which may not speak the virtio header), then close as any fd link."""
+        if not self._closed and self._close_fd:
+            set_offload(self.fd, 0)
+        super().close()
 
     def _strip(self, batch: list[bytes]) -> list[bytes]:
         out = []

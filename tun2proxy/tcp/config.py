@@ -38,6 +38,9 @@ class TcpConfig:
         max_ooo_ranges: out-of-order ranges held per connection (R4).
         challenge_ack_rate: challenge ACKs per second per connection (RFC 5961 §7).
         min_mss: floor for the peer's MSS (tinier values are clamped up).
+        gso_max_size: the largest payload of one outbound packet when the device segments
+            (GSO; requires checksum offload): new data goes out in packets of up to this
+            many bytes, each cut by the device into MSS-sized segments. 0: off.
     """
 
     recv_buffer: int = 256 * 1024
@@ -61,6 +64,7 @@ class TcpConfig:
     max_ooo_ranges: int = 64
     challenge_ack_rate: int = 10
     min_mss: int = 88
+    gso_max_size: int = 0
 
     def __post_init__(self) -> None:
         if not 1024 <= self.recv_buffer <= (65535 << 14):

@@ -27,6 +27,7 @@ import struct
 
 from ..errors import FlowStateError
 from ..wire.checksum import finish
+from ..wire.gso import GsoPacket
 from ..wire.seq import SEQ_HALF, SEQ_MASK, SEQ_MOD
 from ..wire.tcp import ACK, FIN, IP4_TCP, IP6_TCP, PSH, RST, SYN, TcpSegment, build_options
 from .assembler import Assembler
@@ -1390,6 +1391,8 @@ class TcpConnection:
         window = -1  # computed when the first segment goes out (it moves RCV.ADV)
         # RFC 6691: options beyond the timestamps we budgeted for come out of the payload.
         mss = self.snd_mss - max(0, len(opts) - (12 if self.ts_ok else 0))
+        gso = self.c.gso_max_size
+        gso_limit = gso - gso % mss if gso > mss and self.offload else 0
         count = 0
         if self._force_rtx:
             self._force_rtx = False
@@ -1428,11 +1431,11 @@ class TcpConnection:
                     if self.rtx_deadline is None:
                         self.rtx_deadline = now + self.rtt.rto
                     continue
-            # 2. New data.
+            # 2. New data (with GSO: several segments' worth in one packet the device cuts).
             seq = self.snd_max
             if seq < data_end:
                 avail = data_end - seq
-                n = min(mss, avail, right - seq, budget)
+                n = min(gso_limit or mss, avail, right - seq, budget)
                 if n <= 0:
                     self._arm_persist(now)
                     break
@@ -1442,7 +1445,10 @@ class TcpConnection:
                 fin = self.fin_queued and end == data_end and right > end
                 if window < 0:
                     window = self._adv_field()
-                self._emit_range(out, seq, end + (1 if fin else 0), data_end, opts, window)
+                self._emit_range(
+                    out, seq, end + (1 if fin else 0), data_end, opts, window,
+                    mss if n > mss else 0,
+                )
                 if fin:
                     self.fin_sent = True
                     end += 1
@@ -1487,8 +1493,10 @@ class TcpConnection:
         data_end: int,
         opts: bytes,
         window: int,
+        gso_size: int = 0,
     ) -> None:
-        """Emit the segment covering sequence ``[start, end)`` (FIN included past data_end)."""
+        """Emit the segment covering sequence ``[start, end)`` (FIN included past data_end);
+        with ``gso_size`` as one GSO packet the device cuts into segments of that size."""
         pend = end if end <= data_end else data_end
         flags = ACK
         if end > data_end:
@@ -1497,7 +1505,9 @@ class TcpConnection:
             flags |= PSH
         base = self.sbuf_seq
         out.append(
-            self._build(flags, start, self.rcv_nxt, window, opts, start - base, pend - base)
+            self._build(
+                flags, start, self.rcv_nxt, window, opts, start - base, pend - base, gso_size
+            )
         )
 
     def _adv_field(self) -> int:
@@ -1549,14 +1559,16 @@ class TcpConnection:
         opts: bytes,
         pstart: int,
         pend: int,
+        gso_size: int = 0,
     ) -> bytearray:
-        """One IP packet from us to the peer; payload is ``sbuf[pstart:pend]``."""
+        """One IP packet from us to the peer; payload is ``sbuf[pstart:pend]`` (a
+        :class:`GsoPacket` of ``gso_size`` segments when that is given)."""
         olen = len(opts)
         plen = pend - pstart
         tcp_len = 20 + olen + plen
         if self.v4:
             total = 20 + tcp_len
-            buf = bytearray(total)
+            buf = GsoPacket(total, gso_size) if gso_size else bytearray(total)
             IP4_TCP.pack_into(
                 buf, 0, 0x45, 0, total, 0, 0x4000, 64, 6, finish(self._ip_sum + total),
                 self.local_addr, self.remote_addr, self.local_port, self.remote_port,
@@ -1566,7 +1578,7 @@ class TcpConnection:
             hdr_sum = 0  # a valid IPv4 header sums to zero
         else:
             total = 40 + tcp_len
-            buf = bytearray(total)
+            buf = GsoPacket(total, gso_size) if gso_size else bytearray(total)
             IP6_TCP.pack_into(
                 buf, 0, 0x60000000, tcp_len, 6, 64, self.local_addr, self.remote_addr,
                 self.local_port, self.remote_port, seq & SEQ_MASK, ack & SEQ_MASK,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..errors import MalformedPacket
 from .checksum import checksum, finish, ones_sum, pseudo_header_sum, update16, verify
+from .gso import GsoPacket
 from .icmp import (
     IcmpMessage,
     QuotedPacket,
@@ -62,6 +63,7 @@ __all__ = [
     "RST",
     "SYN",
     "URG",
+    "GsoPacket",
     "IcmpMessage",
     "IpPacket",
     "Ipv4Header",
