@@ -14,11 +14,15 @@ and measures, for three paths to the same servers in S:
     socks direct  app in R -> dante (through proxychains4) -> S   (no TUN)
     kernel        app in K -> kernel routing in R -> S            (no proxy, no TUN)
 
-one-flow throughput both ways and 8 flows (iperf3), sequential connection rate, and memory
-per held connection (1,000 connections). Medians of ``--runs`` runs. Not a test: timings are
-noisy on shared machines; read the ratios.
+one-flow throughput both ways and 8 flows (iperf3), sequential connection rate, sequential
+UDP round trips (64-byte datagrams; the SOCKS baseline uses dante's UDP ASSOCIATE), memory per
+held connection (1,000 connections), and one flow's throughput while 10,000 idle flows are
+held open (tun2proxy only: the cost of a poll must follow the active flows, not all flows).
+Medians of ``--runs`` runs. Not a test: timings are noisy on shared machines; read the ratios.
 
     sudo python benchmarks/e2e.py [--mtu 65535] [--runs 3] [--seconds 5] [--upstream dante]
+                                  [--metrics c2s,s2c,...] [--paths tun2proxy,socks,kernel]
+                                  [-- extra tun2proxy arguments, e.g. --offload off]
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -60,7 +65,7 @@ clientmethod: none
 user.privileged: root
 user.unprivileged: nobody
 client pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 }}
-socks pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 command: connect }}
+socks pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 command: connect udpassociate udpreply }}
 """
 
 
@@ -177,6 +182,40 @@ class Bench:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
         return float(res.stdout.strip().splitlines()[-1])
 
+    def udprtt(self, path: str) -> float:
+        via = ["127.0.0.1", str(DANTE_PORT)] if path == "socks" else []
+        prefix = ["ip", "netns", "exec", self.lab.R] if path == "socks" else self.prefix(path)
+        cmd = [*prefix, sys.executable, CLIENT, "udprtt", SERVER_V4, str(ECHO_PORT),
+               str(self.args.seconds), *via]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        if res.returncode != 0:
+            raise RuntimeError(f"udprtt failed on {path}: {res.stdout} {res.stderr}")
+        return float(res.stdout.strip().splitlines()[-1])
+
+    def with_idle_flows(self, count: int, fn: Callable[[], list[float]]) -> list[float]:
+        """Run ``fn`` in a fresh tun2proxy while ``count`` idle connections are held open."""
+        self.start_tun2proxy()
+        cmd = [*self.prefix("tun2proxy"), sys.executable, CLIENT, "hold", SERVER_V4,
+               str(ECHO_PORT), str(count)]
+        p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert p.stdout is not None
+            assert p.stdin is not None
+            line = p.stdout.readline().strip()
+            if line != "ready":
+                raise RuntimeError(f"hold client failed: {line!r}")
+            samples = fn()
+            p.stdin.close()
+            alive = p.stdout.readline().strip()
+            p.wait(120)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        if alive != f"alive {count}":
+            print(f"  warning: {alive} of {count} idle connections still echoed afterwards")
+        return samples
+
     def connrate_warmup(self, path: str) -> None:
         cmd = [*self.prefix(path), sys.executable, CLIENT, "connrate", SERVER_V4, str(ECHO_PORT),
                "0.3"]
@@ -223,7 +262,7 @@ def _fmt(v: float | None, unit: str) -> str:
         return "n/a"
     if unit == "Gbit/s":
         return f"{v:.2f} {unit}"
-    if unit == "conn/s":
+    if unit in ("conn/s", "rtt/s"):
         return f"{v:.0f} {unit}"
     return f"{v:.1f} {unit}"
 
@@ -234,13 +273,22 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}"
 
 
+METRICS = ("c2s", "s2c", "8c2s", "8s2c", "conn", "udp", "mem", "idle")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--mtu", type=int, default=65535, help="MTU of the TUN device (default 65535)")
     ap.add_argument("--runs", type=int, default=3, help="runs per figure; the median is shown")
     ap.add_argument("--seconds", type=float, default=5.0, help="length of one iperf3/rate run")
     ap.add_argument("--held", type=int, default=1000, help="connections held for the memory figure")
+    ap.add_argument("--idle", type=int, default=10000,
+                    help="idle connections held for the idle-flows figure (0: skip it)")
     ap.add_argument("--upstream", choices=("dante", "direct"), default="dante")
+    ap.add_argument("--metrics", default=",".join(METRICS),
+                    help=f"comma-separated subset of {','.join(METRICS)}")
+    ap.add_argument("--paths", default="tun2proxy,socks,kernel",
+                    help="comma-separated subset of tun2proxy,socks,kernel")
     ap.add_argument("extra", nargs="*", help="extra tun2proxy arguments (after --)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -248,19 +296,24 @@ def main() -> int:
     for tool in ("ip", "iperf3", "danted", "proxychains4"):
         if shutil.which(tool) is None:
             raise SystemExit(f"missing {tool}: run ./scripts/install-test-deps")
+    metrics = args.metrics.split(",")
+    paths = tuple(p for p in ("tun2proxy", "socks", "kernel") if p in args.paths.split(","))
     b = Bench(args)
-    paths = ("tun2proxy", "socks", "kernel")
     rows: list[tuple[str, str, dict[str, float | None]]] = []
+    t2p_rss = 0
     try:
         b.setup()
         tests = [
-            ("1 flow client->server", "Gbit/s", b.iperf),
-            ("1 flow server->client", "Gbit/s", lambda p: b.iperf(p, "-R")),
-            ("8 flows client->server", "Gbit/s", lambda p: b.iperf(p, "-P", "8")),
-            ("8 flows server->client", "Gbit/s", lambda p: b.iperf(p, "-P", "8", "-R")),
-            ("connection rate", "conn/s", b.connrate),
+            ("c2s", "1 flow client->server", "Gbit/s", b.iperf),
+            ("s2c", "1 flow server->client", "Gbit/s", lambda p: b.iperf(p, "-R")),
+            ("8c2s", "8 flows client->server", "Gbit/s", lambda p: b.iperf(p, "-P", "8")),
+            ("8s2c", "8 flows server->client", "Gbit/s", lambda p: b.iperf(p, "-P", "8", "-R")),
+            ("conn", "connection rate", "conn/s", b.connrate),
+            ("udp", "UDP round trips", "rtt/s", b.udprtt),
         ]
-        for name, unit, fn in tests:
+        for key, name, unit, fn in tests:
+            if key not in metrics:
+                continue
             vals: dict[str, float | None] = {}
             for p in paths:
                 samples = [fn(p) for _ in range(args.runs)]
@@ -268,24 +321,37 @@ def main() -> int:
                 print(f"  {name:26} {p:10} {', '.join(_fmt(s, unit) for s in samples)}",
                       flush=True)
             rows.append((name, unit, vals))
-        mem = {p: b.held_memory(p, args.held) for p in paths}
-        rows.append((f"memory, {args.held} held conns", "KiB/conn", mem))
-        assert b.t2p is not None
-        t2p_rss = _rss_kib(b.t2p.pid)
+        if "mem" in metrics:
+            mem = {p: b.held_memory(p, args.held) for p in paths}
+            rows.append((f"memory, {args.held} held conns", "KiB/conn", mem))
+        if "idle" in metrics and args.idle and "tun2proxy" in paths:
+            for flag, label, short in (([], "client->server", "c->s"),
+                                       (["-R"], "server->client", "s->c")):
+                samples = b.with_idle_flows(
+                    args.idle, lambda f=flag: [b.iperf("tun2proxy", *f) for _ in range(args.runs)]
+                )
+                print(f"  1 flow {label}, {args.idle} idle: "
+                      f"{', '.join(_fmt(s, 'Gbit/s') for s in samples)}", flush=True)
+                rows.append((f"1 flow {short}, {args.idle} idle", "Gbit/s",
+                             {"tun2proxy": statistics.median(samples)}))
+        if b.t2p is not None:
+            t2p_rss = _rss_kib(b.t2p.pid)
     finally:
         b.close()
     print()
     print(f"tun2proxy end-to-end benchmark: TUN MTU {args.mtu}, upstream {args.upstream} "
-          f"(SOCKS5 baseline: dante), medians of {args.runs} runs of {args.seconds:.0f}s")
+          f"(SOCKS5 baseline: dante), medians of {args.runs} runs of {args.seconds:.0f}s, "
+          f"tun2proxy arguments: {' '.join(args.extra) or '(defaults)'}")
     head = f"{'metric':28} {'tun2proxy':>14} {'socks direct':>14} {'kernel':>14} "
     head += f"{'vs socks':>9} {'vs kernel':>9}"
     print(head)
     print("-" * len(head))
     for name, unit, vals in rows:
         print(
-            f"{name:28} {_fmt(vals['tun2proxy'], unit):>14} {_fmt(vals['socks'], unit):>14} "
-            f"{_fmt(vals['kernel'], unit):>14} {_ratio(vals['tun2proxy'], vals['socks']):>9} "
-            f"{_ratio(vals['tun2proxy'], vals['kernel']):>9}"
+            f"{name:28} {_fmt(vals.get('tun2proxy'), unit):>14} "
+            f"{_fmt(vals.get('socks'), unit):>14} {_fmt(vals.get('kernel'), unit):>14} "
+            f"{_ratio(vals.get('tun2proxy'), vals.get('socks')):>9} "
+            f"{_ratio(vals.get('tun2proxy'), vals.get('kernel')):>9}"
         )
     print(f"(tun2proxy resident set at the end: {t2p_rss / 1024:.1f} MiB; memory rows are the "
           "growth of the relaying process's RSS per held connection; the SOCKS column is "
