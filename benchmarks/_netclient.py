@@ -19,6 +19,7 @@ import socket
 import struct
 import sys
 import time
+import typing
 
 
 def _family(host: str) -> int:
@@ -107,6 +108,8 @@ def udprtt(host: str, port: int, seconds: float, socks: tuple[str, int] | None) 
             lost += 1
             if lost > 10:
                 raise SystemExit(f"UDP echo lost {lost} times after {n} round trips") from None
+    if n == 0:
+        raise SystemExit("no UDP echo came back")
     print(f"{n / (time.perf_counter() - t0):.1f}", flush=True)
     if ctl is not None:
         ctl.close()
@@ -114,8 +117,7 @@ def udprtt(host: str, port: int, seconds: float, socks: tuple[str, int] | None) 
 
 class _UdpEcho(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = typing.cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.transport.sendto(data, addr)
