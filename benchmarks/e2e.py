@@ -117,7 +117,13 @@ class Bench:
         run("ip", "-n", lab.R, "link", "set", rk, "up")
         run("ip", "-n", K, "route", "add", "default", "via", "10.201.0.1")
         run("ip", "netns", "exec", lab.R, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        for ns in (lab.C, lab.R, K):  # sequential connects: TIME_WAIT must not run out ports
+            run("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1",
+                "net.ipv4.ip_local_port_range=1024 65000")
         run("ip", "-n", lab.S, "route", "add", "10.201.0.0/24", "via", ROUTER_V4)
+        if "--workers" in self.args.extra:  # one queue per worker: a multi-queue device
+            run("ip", "-n", lab.C, "tuntap", "del", "dev", TUN_NAME, "mode", "tun")
+            lab.make_tun(TUN_NAME, multi_queue=True)
         run("ip", "-n", lab.C, "link", "set", TUN_NAME, "mtu", str(self.args.mtu))
         lab.start("iperf3", lab.S, ["iperf3", "-s", "-B", SERVER_V4])
         lab.start("echo", lab.S, [sys.executable, CLIENT, "echo-server", SERVER_V4, str(ECHO_PORT)])
@@ -146,7 +152,8 @@ class Bench:
         self.t2p = lab.start(
             f"tun2proxy-{len(lab.procs)}", lab.R,
             [sys.executable, "-m", "tun2proxy", "--tun", TUN_NAME, "--tun-netns", lab.C,
-             "--proxy", upstream, "-v", "warn", "--max-sessions", "8192",
+             "--proxy", upstream, "-v", "warn",
+             "--max-sessions", str(max(8192, self.args.idle + self.args.held + 256)),
              *self.args.extra],
         )
         time.sleep(1.5)
@@ -327,9 +334,14 @@ def main() -> int:
         if "idle" in metrics and args.idle and "tun2proxy" in paths:
             for flag, label, short in (([], "client->server", "c->s"),
                                        (["-R"], "server->client", "s->c")):
-                samples = b.with_idle_flows(
-                    args.idle, lambda f=flag: [b.iperf("tun2proxy", *f) for _ in range(args.runs)]
-                )
+                try:
+                    samples = b.with_idle_flows(
+                        args.idle,
+                        lambda f=flag: [b.iperf("tun2proxy", *f) for _ in range(args.runs)],
+                    )
+                except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+                    print(f"  1 flow {label}, {args.idle} idle: failed: {e}", flush=True)
+                    continue
                 print(f"  1 flow {label}, {args.idle} idle: "
                       f"{', '.join(_fmt(s, 'Gbit/s') for s in samples)}", flush=True)
                 rows.append((f"1 flow {short}, {args.idle} idle", "Gbit/s",

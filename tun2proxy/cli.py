@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import os
@@ -29,8 +30,10 @@ from .stack.config import StackConfig
 from .tcp.config import TcpConfig
 
 if TYPE_CHECKING:
+    from .dns.pool import SlotDirectory
     from .routing.rules import Rule, Rules
     from .upstream.base import Upstream
+    from .workers import WorkerSet
 
 __all__ = ["DEFAULT_MTU", "Options", "build_parser", "main", "parse_args"]
 
@@ -227,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="TCP flows at most; further connections are refused (default 4096)",
     )
     p.add_argument(
+        "--workers", type=_positive(int), default=1, metavar="N",
+        help="processes, one per queue of a multi-queue TUN device (Linux; default 1). "
+        "Limits are divided among them; see docs/performance.md",
+    )
+    p.add_argument(
         "--max-pending", type=_positive(int), default=256, metavar="N",
         help="TCP handshakes waiting for an upstream connection at most (default 256); SYN "
         "floods beyond half of it make sources complete the handshake first",
@@ -346,6 +354,11 @@ def parse_args(argv: Sequence[str]) -> Options:
         parser.error("a command after '--' is only run with --unshare")
     if args.tun_fd is not None and args.tun_fd < 0:
         parser.error("--tun-fd must be a file descriptor number")
+    if args.workers > 1 and args.tun_fd is not None:
+        parser.error("--workers needs a TUN device it opens itself (--tun or --unshare), "
+                     "not --tun-fd")
+    if args.workers > 64:
+        parser.error("--workers must be at most 64")
     if args.framing != "none" and args.tun_fd is None:
         parser.error("--framing applies to --tun-fd only")
     if args.mtu is not None and not 576 <= args.mtu <= 65535:
@@ -432,7 +445,7 @@ def _rules(args: argparse.Namespace) -> Rules | None:
     return Rules(lines)
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, tag: str = "") -> None:
     logging.addLevelName(TRACE, "TRACE")
     levels = {
         "off": logging.CRITICAL + 10,
@@ -443,22 +456,30 @@ def _setup_logging(level: str) -> None:
         "trace": TRACE,
     }
     logging.basicConfig(
-        level=levels[level], stream=sys.stderr, format="tun2proxy: %(levelname)s %(message)s"
+        level=levels[level], stream=sys.stderr,
+        format=f"tun2proxy{tag}: %(levelname)s %(message)s", force=True,
     )
 
 
+def _share(total: int, workers: int) -> int:
+    """One worker's share of a limit (the shares add up to at least the limit)."""
+    return max(1, -(-total // workers))
+
+
 def _stack_config(
-    args: argparse.Namespace, mtu: int, offload: bool = False, gso: int = 0
+    args: argparse.Namespace, mtu: int, offload: bool = False, gso: int = 0, workers: int = 1
 ) -> StackConfig:
+    pending = _share(args.max_pending, workers)
+    memory = args.memory_limit
     return StackConfig(
         isn_secret=os.urandom(16),
         mtu=mtu,
         checksum_offload=offload,
-        max_flows=args.max_sessions,
-        max_pending=args.max_pending,
-        syn_flood_threshold=max(1, args.max_pending // 2),
-        memory_limit=args.memory_limit,
-        max_udp_sessions=args.max_udp_sessions,
+        max_flows=_share(args.max_sessions, workers),
+        max_pending=pending,
+        syn_flood_threshold=max(1, pending // 2),
+        memory_limit=None if memory is None else max(1 << 20, memory // workers),
+        max_udp_sessions=_share(args.max_udp_sessions, workers),
         udp_timeout=args.udp_timeout,
         dns_timeout=min(10.0, args.udp_timeout),
         icmp_echo=args.icmp,
@@ -469,10 +490,18 @@ def _stack_config(
     )
 
 
-def _open_link(opts: Options, child: PrivateNamespace | None) -> FdLink:
-    """Open the TUN device or fd (synchronously: netlink setup runs before the loop)."""
+def _open_links(opts: Options, child: PrivateNamespace | None) -> list[FdLink]:
+    """Open the TUN device or fd (synchronously: netlink setup runs before the loop); one
+    link per queue with --workers."""
     from .link.netconf import InterfaceConfig
-    from .link.tun_linux import IFF_NO_PI, IFF_TUN, IFF_VNET_HDR, open_tun, tun_link
+    from .link.tun_linux import (
+        IFF_MULTI_QUEUE,
+        IFF_NO_PI,
+        IFF_TUN,
+        IFF_VNET_HDR,
+        open_tun,
+        tun_link,
+    )
 
     args = opts.args
     mtu = args.mtu or DEFAULT_MTU
@@ -480,8 +509,8 @@ def _open_link(opts: Options, child: PrivateNamespace | None) -> FdLink:
         if args.framing == "vnet":
             from .link.vnet import VnetLink
 
-            return VnetLink(args.tun_fd, mtu, name=f"fd {args.tun_fd}")
-        return FdLink(args.tun_fd, mtu, framing=args.framing, name=f"fd {args.tun_fd}")
+            return [VnetLink(args.tun_fd, mtu, name=f"fd {args.tun_fd}")]
+        return [FdLink(args.tun_fd, mtu, framing=args.framing, name=f"fd {args.tun_fd}")]
     offload = args.offload == "on" or (args.offload == "auto" and not args.impair)
     netns = child.netns if child is not None else args.tun_netns
     cfg = InterfaceConfig(
@@ -491,20 +520,48 @@ def _open_link(opts: Options, child: PrivateNamespace | None) -> FdLink:
         loopback_up=child is not None,
     )
     flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
-    dev = open_tun(args.tun or "tun0", netns=netns, config=cfg, flags=flags)
+    if args.workers > 1:
+        flags |= IFF_MULTI_QUEUE
+    try:
+        dev = open_tun(args.tun or "tun0", netns=netns, config=cfg, flags=flags)
+    except OSError as e:
+        if args.workers > 1 and e.errno == errno.EINVAL:
+            raise OSError(
+                f"{args.tun or 'tun0'}: cannot open a queue ({e.strerror}); with --workers the "
+                "device must be multi-queue (ip tuntap add ... multi_queue) or not exist yet"
+            ) from None
+        raise
     if not dev.created and args.mtu and args.mtu != dev.mtu:
         log.warning("%s exists with MTU %d; --mtu %d ignored", dev.name, dev.mtu, args.mtu)
-    link = tun_link(dev)
+    links = [tun_link(dev)]
+    try:
+        for _ in range(args.workers - 1):
+            links.append(tun_link(open_tun(dev.name, netns=netns, flags=flags)))
+    except OSError:
+        for link in links:
+            os.close(link.fd)
+        raise
+    link = links[0]
     offloads = "csum+tso" if getattr(link, "tso", False) else "csum" if offload else "none"
+    queues = f", {args.workers} queues" if args.workers > 1 else ""
     log.info(
-        "%s %s (mtu %d, offload %s%s)", "created" if dev.created else "attached to", dev.name,
-        dev.mtu, offloads, f", netns {args.tun_netns}" if args.tun_netns else "",
+        "%s %s (mtu %d, offload %s%s%s)", "created" if dev.created else "attached to",
+        dev.name, dev.mtu, offloads, queues,
+        f", netns {args.tun_netns}" if args.tun_netns else "",
     )
-    return link
+    return links
 
 
-async def _serve(opts: Options, link: Link, child: PrivateNamespace | None) -> int:
-    """Run the driver until a signal, a link failure or the child's exit."""
+async def _serve(
+    opts: Options,
+    link: Link,
+    child: PrivateNamespace | None,
+    worker: tuple[int, int] = (0, 1),
+    directory: SlotDirectory | None = None,
+    workers: WorkerSet | None = None,
+) -> int:
+    """Run the driver until a signal, a link failure or the child's exit (one worker's
+    driver with --workers; ``workers`` is given to the main process, which watches them)."""
     from .driver.loop import Driver, DriverConfig
 
     args = opts.args
@@ -521,7 +578,7 @@ async def _serve(opts: Options, link: Link, child: PrivateNamespace | None) -> i
         log.error("%s", e)
         return 1
     stack = Driver.make_stack(
-        _stack_config(args, link.mtu, link.checksum_offload, link.gso_max_size)
+        _stack_config(args, link.mtu, link.checksum_offload, link.gso_max_size, worker[1])
     )
     driver = Driver(
         stack, link, upstream,
@@ -529,9 +586,11 @@ async def _serve(opts: Options, link: Link, child: PrivateNamespace | None) -> i
             connect_timeout=args.connect_timeout, udp=args.udp, dns=args.dns,
             dns_addr=args.dns_addr, virtual_dns_pool=args.virtual_dns_pool,
             virtual_dns_pool6=args.virtual_dns_pool6, sniff=args.sniff,
+            worker=worker, dns_directory=directory,
         ),
     )
-    log.info("upstream %s", upstream.describe())
+    if worker[0] == 0:
+        log.info("upstream %s", upstream.describe())
     exit_code = 0
     signals = (signal.SIGINT, signal.SIGTERM)
 
@@ -550,8 +609,26 @@ async def _serve(opts: Options, link: Link, child: PrivateNamespace | None) -> i
         import json
 
         log.info("stats %s", json.dumps(driver.stats(), sort_keys=True, default=str))
+        if workers is not None:
+            workers.signal_all(signal.SIGUSR1)
 
     loop.add_signal_handler(signal.SIGUSR1, on_usr1)
+    watched: list[int] = []
+    if workers is not None:
+        for index, wpid in workers.pids.items():
+            wfd = os.pidfd_open(wpid)
+            watched.append(wfd)
+
+            def on_worker_exit(wfd: int = wfd, index: int = index, wpid: int = wpid) -> None:
+                loop.remove_reader(wfd)
+                code = workers.reap(wpid)
+                if not driver.stopping:  # a crash, not our own shutdown
+                    log.error(
+                        "worker %d exited (status %s): its flows are gone; the kernel spreads "
+                        "new ones over the remaining queues", index, code,
+                    )
+
+            loop.add_reader(wfd, on_worker_exit)
     pidfd = -1
     if child is not None:
         pidfd = os.pidfd_open(child.pid)
@@ -577,6 +654,19 @@ async def _serve(opts: Options, link: Link, child: PrivateNamespace | None) -> i
             with contextlib.suppress(OSError, ValueError):
                 loop.remove_reader(pidfd)
             os.close(pidfd)
+        for wfd in watched:
+            with contextlib.suppress(OSError, ValueError):
+                loop.remove_reader(wfd)
+            os.close(wfd)
+        if worker[1] > 1:
+            st = driver.stats()
+            log.info(
+                "worker %d of %d done: %s TCP flows, %s upstream failures", worker[0],
+                worker[1], st.get("flows_opened"), st.get("flows_failed"),
+            )
+        if workers is not None and workers.pids:
+            if workers.stop() and exit_code == 0 and child is None:
+                exit_code = 1
     if child is None and driver.link_error is not None:
         return 1
     return exit_code
@@ -657,7 +747,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("--unshare: cannot create a network namespace: %s (run as root)", e)
             return 1
     try:
-        link = _open_link(opts, child)
+        links = _open_links(opts, child)
     except (OSError, ValueError, RuntimeError) as e:
         if child is not None:
             child.abandon()
@@ -665,7 +755,33 @@ def main(argv: Sequence[str] | None = None) -> int:
                 os.waitpid(child.pid, 0)
         log.error("cannot open the TUN device: %s", e)
         return 1
+    n = len(links)
+    workers: WorkerSet | None = None
+    directory: SlotDirectory | None = None
+    if n > 1:
+        from .workers import WorkerSet
+
+        if opts.args.dns == "virtual":
+            from .dns.pool import FakeIpPool
+            from .driver.shared import SharedSlotDirectory
+
+            pool = FakeIpPool(opts.args.virtual_dns_pool, opts.args.virtual_dns_pool6
+                              or "fd27:4a46:c40a::/64", capacity=1)
+            directory = SharedSlotDirectory(pool.slots)
+        workers = WorkerSet()
+        fds = [link.fd for link in links]
+        for i in range(1, n):
+            def run(i: int = i) -> int:
+                _setup_logging(opts.args.verbosity, f"[{i}]")
+                return asyncio.run(_serve(opts, links[i], None, (i, n), directory))
+
+            workers.fork(i, run, [fd for j, fd in enumerate(fds) if j != i])
+        for fd in fds[1:]:
+            os.close(fd)  # the workers' queues are theirs alone
+        _setup_logging(opts.args.verbosity, "[0]")
     try:
-        return asyncio.run(_serve(opts, link, child))
+        return asyncio.run(_serve(opts, links[0], child, (0, n), directory, workers))
     except KeyboardInterrupt:
+        if workers is not None:
+            workers.stop()
         return 130

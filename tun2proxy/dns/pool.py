@@ -41,6 +41,14 @@ longer needed by that flow; it matters for new flows and for UDP datagrams, whic
 resolved one by one. When :meth:`~FakeIpPool.name_of` returns ``None`` for an address in
 the pool, the host must reject the flow, never dial the fake address itself.
 
+Several processes (``--workers``). Each worker's pool takes only the slots of its own
+*partition* (slot ``i`` belongs to worker ``i mod n``), so no two workers ever hand out one
+address, and publishes what it maps in a :class:`SlotDirectory` all workers share. A flow
+may land in another worker than the DNS query that made its address (the kernel spreads
+flows over the queues by their addresses and ports); that worker finds the name in the
+directory and records its uses there, and the owner counts those uses before it expires a
+mapping. Two workers asked for the same name give two different addresses, both valid.
+
 Names are normalised by :func:`normalize_name`: lower case, without the trailing dot,
 non-ASCII labels converted to ASCII with the standard library's IDNA 2003 codec, and then
 restricted to letters, digits, ``-`` and ``_`` with RFC 1035 lengths. The restriction is a
@@ -54,6 +62,7 @@ import ipaddress
 import re
 from collections import OrderedDict
 from collections.abc import Iterable
+from typing import Protocol
 
 from ..errors import ConfigError
 
@@ -62,6 +71,7 @@ __all__ = [
     "DEFAULT_V6_POOL",
     "Address",
     "FakeIpPool",
+    "SlotDirectory",
     "normalize_name",
 ]
 
@@ -103,6 +113,26 @@ def normalize_name(name: str) -> str:
     return name
 
 
+class SlotDirectory(Protocol):
+    """Mappings shared by the pools of several workers, by slot (see the module docstring).
+
+    The pool only calls it; an implementation may live in shared memory. Every method is
+    O(1) and must tolerate a slot being rewritten concurrently (a lookup then misses).
+    """
+
+    def publish(self, slot: int, name: str, now: float) -> None:
+        """``slot`` now maps ``name`` (called by the slot's owner)."""
+
+    def withdraw(self, slot: int) -> None:
+        """``slot`` maps nothing any more (called by the slot's owner)."""
+
+    def lookup(self, slot: int) -> tuple[str, float] | None:
+        """The name ``slot`` maps and its last use, or None."""
+
+    def touch(self, slot: int, now: float) -> None:
+        """A use of ``slot`` at ``now`` by a worker that does not own it."""
+
+
 class _Mapping:
     """One live mapping: the name and when it was last assigned or touched."""
 
@@ -123,6 +153,11 @@ class FakeIpPool:
             addresses of the smaller range (see the module docstring). Read it back from
             :attr:`capacity`.
         ttl: seconds without use after which :meth:`expire` removes a mapping.
+        partition: ``(index, count)``: this pool takes only slots ``s`` with
+            ``s % count == index`` (one pool per worker process); capacity is clamped to
+            the partition's share of the range.
+        directory: where the pools of all partitions publish their mappings and look up
+            each other's (needed whenever ``count`` > 1).
         reserved: addresses inside the ranges that are never handed out (for example a DNS
             server address the host placed inside the pool). Reserving an address of one
             family also withholds its slot's address in the other family.
@@ -136,7 +171,10 @@ class FakeIpPool:
         "_by_name",
         "_capacity",
         "_cursor",
+        "_directory",
         "_entries",
+        "_part",
+        "_parts",
         "_reserved",
         "_space",
         "_stats",
@@ -155,6 +193,8 @@ class FakeIpPool:
         capacity: int = 65536,
         ttl: float = 60.0,
         reserved: Iterable[Address] = (),
+        partition: tuple[int, int] = (0, 1),
+        directory: SlotDirectory | None = None,
     ) -> None:
         try:
             self._v4 = ipaddress.IPv4Network(v4, strict=False)
@@ -168,6 +208,13 @@ class FakeIpPool:
             raise ConfigError("virtual DNS capacity must be a positive integer")
         if not ttl > 0:
             raise ConfigError("virtual DNS ttl must be positive")
+        part, parts = partition
+        if not 0 <= part < parts:
+            raise ConfigError(f"virtual DNS partition {part} of {parts} is out of range")
+        if parts > 1 and directory is None:
+            raise ConfigError("a partitioned virtual DNS pool needs a shared directory")
+        self._part, self._parts = part, parts
+        self._directory = directory
         self._v4_base = int(self._v4.network_address)
         self._v6_base = int(self._v6.network_address)
         self._space = min(self._v4.num_addresses, self._v6.num_addresses) - 2
@@ -176,14 +223,15 @@ class FakeIpPool:
         self._reserved: frozenset[int] = frozenset(
             s for s in (self._slot_of(a) for a in reserved) if s is not None
         )
-        free = self._space - len(self._reserved)
+        own = (self._space - part + parts - 1) // parts
+        free = own - sum(1 for r in self._reserved if r % parts == part)
         if free < 1:
             raise ConfigError("virtual DNS pool: every address is reserved")
         self._capacity = min(capacity, max(1, free - free // 4))
         self._ttl = float(ttl)
         self._entries: OrderedDict[int, _Mapping] = OrderedDict()  # slot -> mapping, LRU first
         self._by_name: dict[str, int] = {}
-        self._cursor = 0
+        self._cursor = part
         self._stats = {"assigned": 0, "hits": 0, "evicted": 0, "expired": 0}
 
     # -- properties -----------------------------------------------------------------------
@@ -197,6 +245,11 @@ class FakeIpPool:
     def v6_network(self) -> ipaddress.IPv6Network:
         """The IPv6 range."""
         return self._v6
+
+    @property
+    def slots(self) -> int:
+        """Usable addresses per family (slot numbers run from 0 to ``slots - 1``)."""
+        return self._space
 
     @property
     def capacity(self) -> int:
@@ -233,14 +286,19 @@ class FakeIpPool:
             self._entries.move_to_end(slot)
             self._stats["hits"] += 1
             return self._addresses(slot)
+        directory = self._directory
         if len(self._entries) >= self._capacity:
-            _, old = self._entries.popitem(last=False)
+            old_slot, old = self._entries.popitem(last=False)
             del self._by_name[old.name]
             self._stats["expired" if now - old.last_used >= self._ttl else "evicted"] += 1
+            if directory is not None:
+                directory.withdraw(old_slot)
         slot = self._take_slot()
         self._entries[slot] = _Mapping(key, now)
         self._by_name[key] = slot
         self._stats["assigned"] += 1
+        if directory is not None:
+            directory.publish(slot, key, now)
         return self._addresses(slot)
 
     def name_of(self, addr: Address) -> str | None:
@@ -252,7 +310,12 @@ class FakeIpPool:
         if slot is None:
             return None
         entry = self._entries.get(slot)
-        return None if entry is None else entry.name
+        if entry is not None:
+            return entry.name
+        if self._directory is not None and slot % self._parts != self._part:
+            found = self._directory.lookup(slot)
+            return None if found is None else found[0]
+        return None
 
     def touch(self, addr: Address, now: float) -> bool:
         """Record a use of ``addr`` at ``now``; ``True`` if it is mapped.
@@ -264,6 +327,12 @@ class FakeIpPool:
             return False
         entry = self._entries.get(slot)
         if entry is None:
+            directory = self._directory
+            if directory is not None and slot % self._parts != self._part:
+                if directory.lookup(slot) is None:
+                    return False
+                directory.touch(slot, now)  # the owner sees it before it expires the slot
+                return True
             return False
         entry.last_used = now
         self._entries.move_to_end(slot)
@@ -289,10 +358,18 @@ class FakeIpPool:
         """
         removed = 0
         entries = self._entries
+        directory = self._directory
         while entries:
             slot, entry = next(iter(entries.items()))
             if now - entry.last_used < self._ttl:
                 break
+            if directory is not None:
+                found = directory.lookup(slot)
+                if found is not None and now - found[1] < self._ttl:
+                    entry.last_used = found[1]  # another worker used it: keep it
+                    entries.move_to_end(slot)
+                    continue
+                directory.withdraw(slot)
             del entries[slot]
             del self._by_name[entry.name]
             removed += 1
@@ -314,11 +391,12 @@ class FakeIpPool:
         cursor = self._cursor
         entries = self._entries
         reserved = self._reserved
+        step, first = self._parts, self._part
         while cursor in entries or cursor in reserved:
-            cursor += 1
-            if cursor == space:
-                cursor = 0
-        self._cursor = cursor + 1 if cursor + 1 < space else 0
+            cursor += step
+            if cursor >= space:
+                cursor = first
+        self._cursor = cursor + step if cursor + step < space else first
         return cursor
 
     def _slot_of(self, addr: Address) -> int | None:

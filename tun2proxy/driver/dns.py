@@ -22,7 +22,7 @@ from ..proxy.address import Address
 from ..upstream.base import FlowInfo
 
 if TYPE_CHECKING:
-    from ..dns.pool import FakeIpPool
+    from ..dns.pool import FakeIpPool, SlotDirectory
     from ..dns.virtual import VirtualDns
     from ..stack.events import UdpDatagram
     from .loop import Driver
@@ -81,6 +81,9 @@ class DnsHandler:
         dns_addr: Address,
         pool_v4: str = "198.18.0.0/15",
         pool_v6: str | None = None,
+        *,
+        partition: tuple[int, int] = (0, 1),
+        directory: SlotDirectory | None = None,
     ) -> None:
         if mode not in DNS_MODES:
             raise ConfigError(f"dns mode must be one of {', '.join(DNS_MODES)}")
@@ -100,7 +103,9 @@ class DnsHandler:
             from ..dns.pool import DEFAULT_V6_POOL, FakeIpPool
             from ..dns.virtual import VirtualDns
 
-            self.pool = FakeIpPool(pool_v4, pool_v6 or DEFAULT_V6_POOL)
+            self.pool = FakeIpPool(
+                pool_v4, pool_v6 or DEFAULT_V6_POOL, partition=partition, directory=directory
+            )
             self.vdns = VirtualDns(self.pool)
         elif mode == "over-tcp":
             from ..dns import tcp_framing  # noqa: F401 - fail early if missing

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from ..dns.pool import SlotDirectory
 from ..errors import ConfigError, FlowStateError, UpstreamError
 from ..link.base import Link
 from ..proxy.address import Address
@@ -78,6 +79,9 @@ class DriverConfig:
             when no name is known: the handshake is completed first, the upstream is dialled
             once the name is found or ``sniff_timeout`` has passed (bounded by
             ``sniff_bytes``), and a failed dial then resets the app's connection.
+        worker: ``(index, count)`` of this driver among the worker processes of
+            ``--workers`` (its share of the virtual DNS addresses).
+        dns_directory: the virtual DNS directory the workers share (needed with count > 1).
     """
 
     connect_timeout: float = 10.0
@@ -91,6 +95,8 @@ class DriverConfig:
     sniff: bool = False
     sniff_timeout: float = 0.3
     sniff_bytes: int = 16384 + 512
+    worker: tuple[int, int] = (0, 1)
+    dns_directory: SlotDirectory | None = None
 
     def __post_init__(self) -> None:
         if self.udp not in UDP_POLICIES:
@@ -152,7 +158,8 @@ class Driver:
         )
         c = self.config
         self.dns = DnsHandler(
-            self, c.dns, Address.from_host(*c.dns_addr), c.virtual_dns_pool, c.virtual_dns_pool6
+            self, c.dns, Address.from_host(*c.dns_addr), c.virtual_dns_pool, c.virtual_dns_pool6,
+            partition=c.worker, directory=c.dns_directory,
         )
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -605,6 +612,11 @@ class Driver:
             s["upstream"] = router_stats()
         s["dns"] = self.dns.stats()
         return s
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called (no new flows are taken)."""
+        return self._stopping
 
     @property
     def on_error(self) -> Callable[[BaseException], None]:

@@ -133,10 +133,11 @@ class Lab:
         self.server_if = sr
         self.make_tun(TUN_NAME)
 
-    def make_tun(self, name: str, mtu: int = 65535) -> None:
+    def make_tun(self, name: str, mtu: int = 65535, *, multi_queue: bool = False) -> None:
         """A persistent TUN in C, addressed, up, and the default route (v4 and v6)."""
         C = self.C
-        run("ip", "-n", C, "tuntap", "add", "dev", name, "mode", "tun")
+        mq = ["multi_queue"] if multi_queue else []
+        run("ip", "-n", C, "tuntap", "add", "dev", name, "mode", "tun", *mq)
         run("ip", "-n", C, "addr", "add", TUN_V4, "dev", name)
         run("ip", "-n", C, "addr", "add", TUN_V6, "dev", name, "nodad")
         run("ip", "-n", C, "link", "set", name, "up", "mtu", str(mtu))

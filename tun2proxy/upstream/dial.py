@@ -162,6 +162,19 @@ async def _attempt(
         forget_endpoint(key)
 
 
+def _literal(host: str, port: int) -> list[Any] | None:
+    """``getaddrinfo``'s answer for an IP address literal, without asyncio's thread-pool hop
+    (a proxy given by address is dialled once per flow)."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        addr = (host, port) if family == socket.AF_INET else (host, port, 0, 0)
+        return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", addr)]
+    return None
+
+
 def _interleave(infos: list[Any]) -> list[Any]:
     """RFC 8305 §4: alternate address families, starting with the first one returned."""
     first = [i for i in infos if i[0] == infos[0][0]]
@@ -186,7 +199,7 @@ async def connect_tcp(
     """
     loop = asyncio.get_running_loop()
     ob = outbound if outbound is not None else _default
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    infos = _literal(host, port) or await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     if not infos:
         raise OSError(f"cannot resolve {host}")
     infos = _interleave(infos)
