@@ -523,7 +523,14 @@ def _open_links(opts: Options, child: PrivateNamespace | None) -> list[FdLink]:
     if args.workers > 1:
         flags |= IFF_MULTI_QUEUE
     try:
-        dev = open_tun(args.tun or "tun0", netns=netns, config=cfg, flags=flags)
+        try:
+            dev = open_tun(args.tun or "tun0", netns=netns, config=cfg, flags=flags)
+        except OSError as e:
+            if e.errno != errno.EINVAL or flags & IFF_MULTI_QUEUE:
+                raise
+            # An existing multi-queue device: one worker attaches as its single queue.
+            dev = open_tun(args.tun or "tun0", netns=netns, config=cfg,
+                           flags=flags | IFF_MULTI_QUEUE)
     except OSError as e:
         if args.workers > 1 and e.errno == errno.EINVAL:
             raise OSError(

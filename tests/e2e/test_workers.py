@@ -141,3 +141,19 @@ def test_workers_refuse_an_inherited_fd() -> None:
     )
     assert res.returncode == 2
     assert "--workers needs a TUN device it opens itself" in res.stderr
+
+
+@pytest.mark.usefixtures("dante")
+def test_one_worker_attaches_to_an_existing_multi_queue_device(lab: Lab) -> None:
+    run("ip", "-n", lab.C, "tuntap", "add", "dev", "t2pmq1", "mode", "tun", "multi_queue")
+    try:
+        p = lab.start("tun2proxy-mq1", lab.R, [
+            sys.executable, "-m", "tun2proxy", "--tun", "t2pmq1", "--tun-netns", lab.C,
+            "--proxy", f"socks5://127.0.0.1:{DANTE_PORT}", "-v", "debug",
+        ])
+        assert wait_for(lambda: "attached to t2pmq1" in p.output() or not p.alive(), 15)
+        assert p.alive(), p.output()
+        p.popen.send_signal(signal.SIGTERM)
+        assert p.popen.wait(20) == 0, p.output()
+    finally:
+        run("ip", "-n", lab.C, "link", "del", "t2pmq1", check=False)
