@@ -149,9 +149,14 @@ class Bench:
             "dante": f"socks5://127.0.0.1:{DANTE_PORT}",
             "direct": "direct://",
         }[self.args.upstream]
+        n = len(lab.procs)
+        prof = []
+        if self.args.profile:  # cProfile writes when tun2proxy exits (SIGTERM: a clean stop)
+            Path(self.args.profile).mkdir(parents=True, exist_ok=True)
+            prof = ["-m", "cProfile", "-o", str(Path(self.args.profile) / f"tun2proxy-{n}.prof")]
         self.t2p = lab.start(
-            f"tun2proxy-{len(lab.procs)}", lab.R,
-            [sys.executable, "-m", "tun2proxy", "--tun", TUN_NAME, "--tun-netns", lab.C,
+            f"tun2proxy-{n}", lab.R,
+            [sys.executable, *prof, "-m", "tun2proxy", "--tun", TUN_NAME, "--tun-netns", lab.C,
              "--proxy", upstream, "-v", "warn",
              "--max-sessions", str(max(8192, self.args.idle + self.args.held + 256)),
              *self.args.extra],
@@ -176,12 +181,20 @@ class Bench:
     def iperf(self, path: str, *extra: str) -> float:
         cmd = [*self.prefix(path), "iperf3", "-c", SERVER_V4, "-t", str(self.args.seconds), "-J",
                *extra]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-        try:
-            data = json.loads(res.stdout)
-            return float(data["end"]["sum_received"]["bits_per_second"]) / 1e9
-        except (ValueError, KeyError) as e:
-            raise RuntimeError(f"iperf3 failed on {path}: {res.stdout[-500:]} {res.stderr}") from e
+        for attempt in range(2):
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+            data: object = None
+            try:
+                data = json.loads(res.stdout)
+                return float(data["end"]["sum_received"]["bits_per_second"]) / 1e9  # type: ignore[index]
+            except (ValueError, KeyError, TypeError):
+                err = data.get("error") if isinstance(data, dict) else None
+                print(f"  iperf3 failed on {path} (attempt {attempt + 1}): "
+                      f"{err or res.stdout[-300:]} {res.stderr[-300:]}", flush=True)
+                if path == "tun2proxy" and self.t2p is not None:
+                    print("  tun2proxy log tail:", self.t2p.output()[-800:], flush=True)
+                time.sleep(1.0)
+        raise RuntimeError(f"iperf3 failed twice on {path}")
 
     def connrate(self, path: str) -> float:
         cmd = [*self.prefix(path), sys.executable, CLIENT, "connrate", SERVER_V4, str(ECHO_PORT),
@@ -292,6 +305,9 @@ def main() -> int:
     ap.add_argument("--idle", type=int, default=10000,
                     help="idle connections held for the idle-flows figure (0: skip it)")
     ap.add_argument("--upstream", choices=("dante", "direct"), default="dante")
+    ap.add_argument("--profile", metavar="DIR",
+                    help="run tun2proxy under cProfile; one .prof file per tun2proxy process "
+                    "(read with: python -m pstats FILE)")
     ap.add_argument("--metrics", default=",".join(METRICS),
                     help=f"comma-separated subset of {','.join(METRICS)}")
     ap.add_argument("--paths", default="tun2proxy,socks,kernel",
