@@ -1,6 +1,8 @@
 """Helper run inside a namespace by benchmarks/e2e.py (not a benchmark by itself).
 
-    python _netclient.py connrate HOST PORT SECONDS   -> prints connections per second
+    python _netclient.py connrate HOST PORT SECONDS [SOCKS_HOST SOCKS_PORT]
+                                                      -> prints connections per second
+                                                         (optionally each through SOCKS5)
     python _netclient.py hold HOST PORT N             -> opens N connections, prints "ready",
                                                          holds them until stdin closes,
                                                          then checks each still echoes
@@ -26,14 +28,34 @@ def _family(host: str) -> int:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def connrate(host: str, port: int, seconds: float) -> None:
+def _socks5_connect(proxy: tuple[str, int], host: str, port: int) -> socket.socket:
+    """A SOCKS5 CONNECT (RFC 1928), greeting and request sent at once (dante accepts that)."""
+    s = socket.create_connection(proxy, timeout=10)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.sendall(b"\x05\x01\x00\x05\x01\x00\x01" + socket.inet_aton(host)
+              + struct.pack("!H", port))
+    rep = b""
+    while len(rep) < 12:
+        chunk = s.recv(12 - len(rep))
+        if not chunk:
+            raise SystemExit("SOCKS5 proxy closed the connection")
+        rep += chunk
+    if rep[:2] != b"\x05\x00" or rep[3] != 0:
+        raise SystemExit(f"SOCKS5 CONNECT refused: {rep!r}")
+    return s
+
+
+def connrate(host: str, port: int, seconds: float, socks: tuple[str, int] | None = None) -> None:
     n = 0
     t0 = time.perf_counter()
     end = t0 + seconds
     while time.perf_counter() < end:
-        s = socket.socket(_family(host), socket.SOCK_STREAM)
-        s.settimeout(10)
-        s.connect((host, port))
+        if socks is not None:
+            s = _socks5_connect(socks, host, port)
+        else:
+            s = socket.socket(_family(host), socket.SOCK_STREAM)
+            s.settimeout(10)
+            s.connect((host, port))
         s.sendall(b"x")
         if s.recv(1) != b"x":
             raise SystemExit("bad echo")
@@ -144,7 +166,8 @@ async def echo_server(host: str, port: int) -> None:
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "connrate":
-        connrate(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+        via = (sys.argv[5], int(sys.argv[6])) if len(sys.argv) > 6 else None
+        connrate(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), via)
     elif cmd == "hold":
         hold(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     elif cmd == "udprtt":

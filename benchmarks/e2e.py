@@ -197,8 +197,12 @@ class Bench:
         raise RuntimeError(f"iperf3 failed twice on {path}")
 
     def connrate(self, path: str) -> float:
-        cmd = [*self.prefix(path), sys.executable, CLIENT, "connrate", SERVER_V4, str(ECHO_PORT),
-               str(self.args.seconds)]
+        # The SOCKS baseline speaks SOCKS5 itself (one round trip, as tun2proxy's own dial
+        # does not need proxychains' preloading either).
+        via = ["127.0.0.1", str(DANTE_PORT)] if path == "socks" else []
+        prefix = ["ip", "netns", "exec", self.lab.R] if path == "socks" else self.prefix(path)
+        cmd = [*prefix, sys.executable, CLIENT, "connrate", SERVER_V4, str(ECHO_PORT),
+               str(self.args.seconds), *via]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
         return float(res.stdout.strip().splitlines()[-1])
 

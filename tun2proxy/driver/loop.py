@@ -434,7 +434,9 @@ class Driver:
             return
         except ValueError:
             return  # a reply of the other IP version: cannot be shown to this app socket
-        self.schedule_pump()
+        # Out at once rather than on the next loop iteration: a datagram waits for nothing
+        # that could join it.
+        self._pump()
 
     def udp_lost(self, relay: UdpRelay, exc: BaseException | None) -> None:
         """The relay's channel died: end the session (the next datagram builds a new one)."""

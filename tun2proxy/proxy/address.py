@@ -5,6 +5,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -42,10 +43,7 @@ class Address:
     @property
     def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         """The address as an IP object, or None for a domain name."""
-        try:
-            return ipaddress.ip_address(self.host)
-        except ValueError:
-            return None
+        return _ip_of(self.host)
 
     @property
     def is_domain(self) -> bool:
@@ -57,3 +55,13 @@ class Address:
         if ip is not None and ip.version == 6:
             return f"[{self.host}]:{self.port}"
         return f"{self.host}:{self.port}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``host`` parsed as an IP address (None for a name); cached: the same few addresses
+    are parsed for every datagram of a UDP session."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None

@@ -318,7 +318,7 @@ def decode_udp_datagram(data: bytes | bytearray | memoryview) -> tuple[Address, 
         end = 10
         if n < end:
             raise MalformedPacket("socks5-udp-truncated")
-        host = str(ipaddress.IPv4Address(bytes(mv[4:8])))
+        host = "%d.%d.%d.%d" % (mv[4], mv[5], mv[6], mv[7])  # noqa: UP031 - fastest here
     elif atyp == _ATYP_IPV6:
         end = 22
         if n < end:

@@ -14,6 +14,7 @@ sessions, bytes per flow); all timers live in one heap with lazy deletion.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import ipaddress
@@ -945,6 +946,7 @@ class NetStack:
         return [(fid, "tcp", c.state) for fid, c in self._flows.items()]
 
 
+@functools.lru_cache(maxsize=4096)
 def _pack_address(host: str) -> bytes:
     return ipaddress.ip_address(host).packed
 
