@@ -17,3 +17,23 @@ def test_tcp_state_diagram_is_current() -> None:
         check=False,
     )
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_every_cli_flag_is_in_the_readme() -> None:
+    from tun2proxy.cli import build_parser
+
+    readme = (ROOT / "README.md").read_text()
+    flags = [
+        opt for action in build_parser()._actions for opt in action.option_strings
+        if opt.startswith("--") and opt not in ("--help", "--version")
+    ]
+    missing = [f for f in flags if f"`{f}" not in readme and f"{f} " not in readme]
+    assert not missing, f"flags not documented in README.md: {missing}"
+
+
+def test_relative_links_in_the_docs_resolve() -> None:
+    import re
+
+    for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.name}: broken link {target}"

@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -230,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="TCP flows at most; further connections are refused (default 4096)",
     )
     p.add_argument(
+        "--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+        help="event loop: uvloop when installed (pip install 'tun2proxy[fast]'), else "
+        "asyncio's own (default auto)",
+    )
+    p.add_argument(
         "--workers", type=_positive(int), default=1, metavar="N",
         help="processes, one per queue of a multi-queue TUN device (Linux; default 1). "
         "Limits are divided among them; see docs/performance.md",
@@ -397,6 +402,11 @@ def parse_args(argv: Sequence[str]) -> Options:
             args.impairment = Impairment.parse(args.impair)
         except ConfigError as e:
             parser.error(f"--impair: {e}")
+    if args.loop == "uvloop":
+        import importlib.util
+
+        if importlib.util.find_spec("uvloop") is None:
+            parser.error("--loop uvloop needs uvloop: pip install 'tun2proxy[fast]'")
     if args.dns != "direct":
         import importlib.util
 
@@ -737,6 +747,28 @@ def _raise_fd_limit(flows: int) -> None:
         )
 
 
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop --loop asks for: None for asyncio's own; uvloop's when chosen (or, with
+    ``auto``, when it is installed)."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return None
+    return uvloop.new_event_loop
+
+
+def _run(opts: Options, coro: Coroutine[object, object, int]) -> int:
+    """Run ``coro`` on the chosen event loop."""
+    factory = _loop_factory(opts.args.loop)
+    log.debug("event loop: %s", "asyncio" if factory is None else "uvloop")
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m tun2proxy`` and the ``tun2proxy`` script."""
     opts = parse_args(sys.argv[1:] if argv is None else argv)
@@ -780,14 +812,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i in range(1, n):
             def run(i: int = i) -> int:
                 _setup_logging(opts.args.verbosity, f"[{i}]")
-                return asyncio.run(_serve(opts, links[i], None, (i, n), directory))
+                return _run(opts, _serve(opts, links[i], None, (i, n), directory))
 
             workers.fork(i, run, [fd for j, fd in enumerate(fds) if j != i])
         for fd in fds[1:]:
             os.close(fd)  # the workers' queues are theirs alone
         _setup_logging(opts.args.verbosity, "[0]")
     try:
-        return asyncio.run(_serve(opts, links[0], child, (0, n), directory, workers))
+        return _run(opts, _serve(opts, links[0], child, (0, n), directory, workers))
     except KeyboardInterrupt:
         if workers is not None:
             workers.stop()

@@ -178,6 +178,8 @@ Tun2Proxy = Callable[..., Proc]
 #: Offloads (IFF_VNET_HDR) for the tun2proxy under test: ``on`` by default; CI runs the
 #: end-to-end suite a second time with ``T2P_TEST_OFFLOAD=off`` (scripts/test).
 OFFLOAD = os.environ.get("T2P_TEST_OFFLOAD", "on")
+#: The event loop tun2proxy runs on: asyncio's own by default; CI's second pass uses uvloop.
+LOOP = os.environ.get("T2P_TEST_LOOP", "asyncio")
 
 
 @pytest.fixture
@@ -189,16 +191,19 @@ def tun2proxy(lab: Lab) -> Iterator[Tun2Proxy]:
         offload = [] if "--impair" in extra else ["--offload", OFFLOAD]
         argv = [
             sys.executable, "-m", "tun2proxy", "--tun", TUN_NAME, "--tun-netns", lab.C,
-            "--proxy", proxy, "-v", "debug", *offload, *extra,
+            "--proxy", proxy, "-v", "debug", "--loop", LOOP, *offload, *extra,
         ]
         p = lab.start(f"{name}-{len(lab.procs)}", lab.R, argv)
         started.append(p)
         # the CLI's own line, which names the offload mode, comes after the link's line
-        assert wait_for(lambda: " offload " in p.output() or not p.alive()), p.output()
+        assert wait_for(
+            lambda: (" offload " in p.output() and "event loop:" in p.output()) or not p.alive()
+        ), p.output()
         assert p.alive(), p.output()
         if offload:  # the mode asked for is the mode in use
             want = "offload none" if OFFLOAD == "off" else "offload csum"
             assert want in p.output(), p.output()
+        assert f"event loop: {LOOP}" in p.output(), p.output()
         return p
 
     yield start
