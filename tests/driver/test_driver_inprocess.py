@@ -360,3 +360,63 @@ async def test_sniffed_flow_whose_dial_fails_is_reset() -> None:
         await host.wait(app, lambda a: a.closed, timeout=5)
         assert app.close_reason in ("reset", "refused")
         assert driver.flows_failed == 1
+
+
+async def test_upstream_gone_at_write_eof_resets_the_app_and_others_go_on() -> None:
+    import errno
+
+    class EofFailsUpstream(LoopbackUpstream):
+        async def open_tcp(
+            self, dst: Address, protocol: asyncio.Protocol, flow: FlowInfo
+        ) -> asyncio.Transport:
+            t = await super().open_tcp(dst, protocol, flow)
+            if dst.port == 81:
+                def write_eof() -> None:
+                    raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+
+                t.write_eof = write_eof  # type: ignore[method-assign]
+            return t
+
+    async with server(_echo) as port, running(EofFailsUpstream({80: port, 81: port})) as (
+        host, driver,
+    ):
+        bad = host.connect("192.0.2.1", 81)
+        good = host.connect("192.0.2.1", 80)
+        await host.send_all(bad, b"bye")
+        await host.wait(bad, lambda a: bytes(a.received) == b"bye")
+        host.shutdown(bad)  # the app's FIN: write_eof upstream raises
+        await host.wait(bad, lambda a: a.closed, timeout=5)
+        assert bad.close_reason == "reset"
+        # The loop went on: the other flow still carries data both ways.
+        await host.send_all(good, b"still here")
+        await host.wait(good, lambda a: bytes(a.received) == b"still here")
+        assert driver.stats()["relays"] == 1
+
+
+async def test_an_event_handler_that_raises_resets_only_its_flow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tun2proxy.driver.relay import TcpRelay
+
+    async with server(_echo) as port, running(LoopbackUpstream({80: port})) as (host, driver):
+        bad = host.connect("192.0.2.1", 80)
+        await host.wait(bad, lambda a: a.conn.state.name == "ESTABLISHED")
+        (target,) = driver._relays  # the only flow so far
+        good = host.connect("192.0.2.1", 80)
+        await host.wait(good, lambda a: a.conn.state.name == "ESTABLISHED")
+        original = TcpRelay.on_readable
+
+        def on_readable(self: TcpRelay) -> None:
+            if self.flow_id == target:
+                raise RuntimeError("a bug in one flow's handling")
+            original(self)
+
+        monkeypatch.setattr(TcpRelay, "on_readable", on_readable)
+        await host.send_all(bad, b"ping")
+        await host.send_all(good, b"ping")
+        await host.wait(bad, lambda a: a.closed, timeout=5)
+        assert bad.close_reason == "reset"
+        await host.wait(good, lambda a: bytes(a.received) == b"ping")
+        assert not good.closed
+        drops = driver.stats()["drops"]
+        assert isinstance(drops, dict) and drops.get("driver-handler-error") == 1, drops

@@ -272,7 +272,10 @@ class Driver:
         for _ in range(16):
             evs = stack.events()
             for ev in evs:
-                self._handle(ev)
+                try:
+                    self._handle(ev)
+                except Exception as e:  # a bug in one flow's handling must not stall all
+                    self._handler_failed(ev, e)
             now = loop.time()
             out = stack.poll(now)
             if out:
@@ -280,6 +283,24 @@ class Driver:
             if not stack.busy():
                 break
         self._arm_timer()
+
+    def _handler_failed(self, ev: object, exc: Exception) -> None:
+        """An event handler raised: reset that flow, log once per kind, keep going."""
+        fid = getattr(ev, "flow_id", None)
+        self.stack.stats_counters.drop("driver-handler-error")
+        self._limited.log(
+            logging.ERROR, f"handler:{type(ev).__name__}",
+            "internal error handling %s for flow %s: %r (the flow is reset; please report)",
+            type(ev).__name__, fid, exc,
+        )
+        log.debug("handler error", exc_info=exc)
+        if fid is not None and fid in self.stack:
+            with contextlib.suppress(FlowStateError, ValueError):
+                self.stack.abort(fid)
+        relay = self._relays.pop(fid, None) if fid is not None else None
+        if relay is not None and relay.transport is not None:
+            relay.closed = True
+            relay.transport.abort()
 
     def _arm_timer(self) -> None:
         loop = self._loop

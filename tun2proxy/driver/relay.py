@@ -202,7 +202,14 @@ class TcpRelay(asyncio.Protocol):
             return  # more app bytes first (the transport was paused)
         self.eof_written = True
         if t.can_write_eof():
-            t.write_eof()
+            try:
+                t.write_eof()
+            except OSError as e:
+                # The upstream was reset before the transport noticed (shutdown() says
+                # ENOTCONN): the stream is broken, so the app gets a reset, as for any
+                # upstream error.
+                t.abort()
+                self.connection_lost(e)
         else:
             t.close()
 
