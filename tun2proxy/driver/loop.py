@@ -532,9 +532,8 @@ class Driver:
         transport: asyncio.Transport | None = None
         reason: str | None = None
         try:
-            transport = await asyncio.wait_for(
-                self.upstream.open_tcp(dst, relay, flow), self.config.connect_timeout
-            )
+            async with asyncio.timeout(self.config.connect_timeout):  # no extra task
+                transport = await self.upstream.open_tcp(dst, relay, flow)
         except asyncio.CancelledError:
             self._connecting.pop(fid, None)
             raise
@@ -581,7 +580,9 @@ class Driver:
             self._relays[fid] = relay
             relay.on_accepted()
             log.debug("flow %d: %s -> %s via %s", fid, ev.src, dst, self.upstream.name)
-        self.schedule_pump()
+        # The SYN-ACK (or the refusal) leaves now, not on the next loop iteration: it is on
+        # every connection's critical path.
+        self._pump()
 
     async def _sniff(self, fid: int) -> str | None:
         """Wait (boundedly) for the app's first bytes and read a host name from them."""
