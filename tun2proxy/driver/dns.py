@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ..errors import ConfigError, UpstreamError
 from ..proxy.address import Address
@@ -50,9 +50,9 @@ class _DnsOverTcp(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         from ..dns.tcp_framing import frame
 
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(frame(self.query))
+        # Not isinstance: uvloop's transports are not asyncio.Transport subclasses.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(frame(self.query))
 
     def data_received(self, data: bytes) -> None:
         msgs = self.reader.feed(data)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ..errors import FlowStateError
 
@@ -65,8 +65,8 @@ class TcpRelay(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """The upstream stream is ready (after any proxy handshake)."""
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # Not isinstance: uvloop's transports are not asyncio.Transport subclasses.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         """Bytes from the upstream: into the flow's send buffer, or stash and pause."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import cast
 
 from ..errors import UpstreamError
 from ..proxy.base import Established, Failed, Handshake
@@ -31,11 +32,11 @@ class _HandshakeProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # Not isinstance: uvloop's transports are not asyncio.Transport subclasses.
+        self.transport = cast(asyncio.Transport, transport)
         out = self.hs.bytes_to_send()
         if out:
-            transport.write(out)
+            self.transport.write(out)
         self._advance()
 
     def data_received(self, data: bytes) -> None:

@@ -39,7 +39,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from ..errors import ConfigError, FlowStateError, UpstreamError
 from ..proxy.address import Address
@@ -146,8 +146,8 @@ class _Lower(asyncio.Protocol):
         self.outer = outer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.outer._inner = transport
+        # Not isinstance: uvloop's transports are not asyncio.Transport subclasses.
+        self.outer._inner = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.outer._on_data(data)
