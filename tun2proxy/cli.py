@@ -245,8 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
         "floods beyond half of it make sources complete the handshake first",
     )
     p.add_argument(
-        "--tcp-buffer", type=_size, default=2 * 1024 * 1024, metavar="SIZE",
-        help="bytes buffered per TCP flow in each direction (default 2M, allocated only while "
+        "--tcp-buffer", type=_size, default=1024 * 1024, metavar="SIZE",
+        help="bytes buffered per TCP flow in each direction (default 1M, allocated only while "
         "data flows); the window advertised to apps is what is free of it",
     )
     p.add_argument(
