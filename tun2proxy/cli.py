@@ -770,8 +770,29 @@ def _run(opts: Options, coro: Coroutine[object, object, int]) -> int:
         return runner.run(coro)
 
 
+class _StopEarly(Exception):
+    """SIGTERM arrived before the event loop took over the signals."""
+
+
+def _stop_early(signum: int, frame: object) -> None:
+    raise _StopEarly
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m tun2proxy`` and the ``tun2proxy`` script."""
+    try:
+        return _main(argv)
+    except _StopEarly:
+        # Still starting up (the loop installs its own handlers): nothing to close but what
+        # the interpreter closes on exit, which removes a device we created with its fd.
+        return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    # A SIGTERM during start-up is a clean stop, not death by signal (exit 0, as later).
+    previous = signal.signal(signal.SIGTERM, _stop_early)
+    if previous not in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, previous)  # an embedding program's handler stays
     opts = parse_args(sys.argv[1:] if argv is None else argv)
     _setup_logging(opts.args.verbosity)
     _raise_fd_limit(opts.args.max_sessions)

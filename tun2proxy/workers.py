@@ -61,6 +61,8 @@ class WorkerSet:
         if pid == 0:  # the worker
             code = 1
             try:
+                # Until the worker's loop takes the signals over, SIGTERM is a clean exit.
+                signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
                 set_parent_death_signal()
                 for fd in close_fds:
                     with contextlib.suppress(OSError):
