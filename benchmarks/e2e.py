@@ -36,7 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -216,19 +216,21 @@ class Bench:
             raise RuntimeError(f"udprtt failed on {path}: {res.stdout} {res.stderr}")
         return float(res.stdout.strip().splitlines()[-1])
 
-    def with_idle_flows(self, count: int, fn: Callable[[], list[float]]) -> list[float]:
-        """Run ``fn`` in a fresh tun2proxy while ``count`` idle connections are held open."""
-        self.start_tun2proxy()
-        cmd = [*self.prefix("tun2proxy"), sys.executable, CLIENT, "hold", SERVER_V4,
-               str(ECHO_PORT), str(count)]
+    @contextlib.contextmanager
+    def holding(self, path: str, count: int) -> Iterator[None]:
+        """``count`` connections held open through ``path`` while the block runs; afterwards
+        each must still echo (a warning says how many did not)."""
+        cmd = [*self.prefix(path), sys.executable, CLIENT, "hold", SERVER_V4, str(ECHO_PORT),
+               str(count)]
         p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        alive = ""
         try:
             assert p.stdout is not None
             assert p.stdin is not None
             line = p.stdout.readline().strip()
             if line != "ready":
-                raise RuntimeError(f"hold client failed: {line!r}")
-            samples = fn()
+                raise RuntimeError(f"hold client failed on {path}: {line!r}")
+            yield
             p.stdin.close()
             alive = p.stdout.readline().strip()
             p.wait(120)
@@ -237,8 +239,14 @@ class Bench:
                 p.kill()
                 p.wait()
         if alive != f"alive {count}":
-            print(f"  warning: {alive} of {count} idle connections still echoed afterwards")
-        return samples
+            print(f"  warning: {path}: {alive or 'none'} of {count} held connections still "
+                  "echoed afterwards")
+
+    def with_idle_flows(self, count: int, fn: Callable[[], list[float]]) -> list[float]:
+        """Run ``fn`` in a fresh tun2proxy while ``count`` idle connections are held open."""
+        self.start_tun2proxy()
+        with self.holding("tun2proxy", count):
+            return fn()
 
     def connrate_warmup(self, path: str) -> None:
         cmd = [*self.prefix(path), sys.executable, CLIENT, "connrate", SERVER_V4, str(ECHO_PORT),
@@ -258,26 +266,9 @@ class Bench:
         assert proc is not None
         measure = _rss_kib if path == "tun2proxy" else _tree_rss_kib
         before = measure(proc.pid)
-        cmd = [*self.prefix(path), sys.executable, CLIENT, "hold", SERVER_V4, str(ECHO_PORT),
-               str(count)]
-        p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        try:
-            assert p.stdout is not None
-            assert p.stdin is not None
-            line = p.stdout.readline().strip()
-            if line != "ready":
-                raise RuntimeError(f"hold client failed on {path}: {line!r}")
+        with self.holding(path, count):
             time.sleep(1.0)
             after = measure(proc.pid)
-            p.stdin.close()
-            alive = p.stdout.readline().strip()
-            p.wait(60)
-        finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        if alive != f"alive {count}":
-            print(f"  warning: {path}: {alive} of {count} held connections still echoed")
         return (after - before) / count
 
 

@@ -6,8 +6,10 @@ Without root, /dev/net/tun or the tools, these tests skip with the reason — ex
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import socket
 import sys
 from collections.abc import Callable, Iterator
@@ -253,3 +255,12 @@ __all__ = [
     "server_addr",
     "shutil",
 ]
+
+
+def stats(p: Proc) -> dict[str, object]:
+    """tun2proxy's counters: SIGUSR1, then the JSON line it logs."""
+    before = p.output().count("stats {")
+    os.kill(p.pid, signal.SIGUSR1)
+    assert wait_for(lambda: p.output().count("stats {") > before, timeout=5), p.output()[-2000:]
+    line = [ln for ln in p.output().splitlines() if "stats {" in ln][-1]
+    return json.loads(line.split("stats ", 1)[1])  # type: ignore[no-any-return]

@@ -6,29 +6,19 @@ packets and no GSO packet is seen."""
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import signal
 from collections.abc import Iterator
 
 import pytest
 
-from tun2proxy.testing.netlab import TUN_NAME, Lab, Proc, run, wait_for
+from tun2proxy.testing.netlab import TUN_NAME, Lab, run
 
-from .conftest import DANTE_PORT, OFFLOAD, Tun2Proxy, connect
+from .conftest import DANTE_PORT, OFFLOAD, Tun2Proxy, connect, stats
 from .servers import payload
 
 pytestmark = pytest.mark.timeout(180)
 
 MiB = 1 << 20
 
-
-def _stats(p: Proc) -> dict[str, object]:
-    before = p.output().count("stats {")
-    os.kill(p.pid, signal.SIGUSR1)
-    assert wait_for(lambda: p.output().count("stats {") > before, timeout=5)
-    line = [ln for ln in p.output().splitlines() if "stats {" in ln][-1]
-    return json.loads(line.split("stats ", 1)[1])  # type: ignore[no-any-return]
 
 
 @pytest.fixture
@@ -64,7 +54,7 @@ def test_16mib_each_way_at_mtu_1500_with_segmentation_offload(
     s.sendall(data)
     assert _recv_all(s).decode().split() == [hashlib.sha256(data).hexdigest(), str(size)]
     s.close()
-    link = _stats(p)["link"]
+    link = stats(p)["link"]
     assert isinstance(link, dict)
     if OFFLOAD == "off":
         assert "gso_in" not in link  # a plain TUN link

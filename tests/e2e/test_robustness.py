@@ -6,10 +6,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import random
 import re
-import signal
 import socket
 import subprocess
 import threading
@@ -19,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tun2proxy.testing.netlab import SERVER_V4, Lab, Proc, run, wait_for
+from tun2proxy.testing.netlab import SERVER_V4, Lab, run
 
-from .conftest import DANTE_PORT, STREAM_PORT, Tun2Proxy, connect
+from .conftest import DANTE_PORT, STREAM_PORT, Tun2Proxy, connect, stats
 from .servers import AsyncEchoServer, FaultyServer, payload
 
 pytestmark = pytest.mark.timeout(300)
@@ -41,13 +39,6 @@ def _rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))  # type: ignore[union-attr]
 
-
-def _stats(p: Proc) -> dict[str, object]:
-    before = p.output().count("stats {")
-    os.kill(p.pid, signal.SIGUSR1)
-    assert wait_for(lambda: p.output().count("stats {") > before, timeout=5)
-    line = [ln for ln in p.output().splitlines() if "stats {" in ln][-1]
-    return json.loads(line.split("stats ", 1)[1])  # type: ignore[no-any-return]
 
 
 IMPAIRMENTS = {
@@ -80,7 +71,7 @@ def test_32mib_each_way_over_an_impaired_link(
     reply = _recv_all(s).decode().split()
     s.close()
     assert reply == [hashlib.sha256(data).hexdigest(), str(size)]
-    link = _stats(p)["link"]
+    link = stats(p)["link"]
     assert isinstance(link, dict)
     if "loss" in IMPAIRMENTS[name]:
         assert link["impair_in_lost"] > 0 and link["impair_out_lost"] > 0  # it really was lossy
@@ -88,7 +79,7 @@ def test_32mib_each_way_over_an_impaired_link(
         # Every bit of an IPv4 packet is covered by the header or the TCP checksum, so each
         # corrupted packet that reached the stack was dropped (IPv6 has uncovered header bits:
         # traffic class, flow label, hop limit). The streams above are intact (SHA-256).
-        drops = _stats(p)["drops"]
+        drops = stats(p)["drops"]
         assert isinstance(drops, dict)
         assert sum(drops.values()) >= link["impair_in_corrupted"]
 
@@ -134,7 +125,7 @@ def test_syn_flood_of_100k_spoofed_syns(lab: Lab, tun2proxy: Tun2Proxy) -> None:
     t.join(120)
     raw.close()
     assert done.is_set()
-    st = _stats(p)
+    st = stats(p)
     assert ok >= 99, f"only {ok} of 100 real connections succeeded during the flood"
     assert st["syn_flood_episodes"] >= 1  # type: ignore[operator]
     # It was a real flood: thousands of SYNs reached the stack (the TUN's queue drops what it
@@ -177,7 +168,7 @@ def test_5000_idle_connections(lab: Lab, tun2proxy: Tun2Proxy, echo_farm: int) -
         per_flow = (_rss_kib(p.pid) - rss0) / 5000
         print(f"\nresident memory per idle flow (tun2proxy, direct upstream): {per_flow:.2f} KiB")
         assert per_flow <= 12.0
-        st = _stats(p)
+        st = stats(p)
         assert st["tcp_flows"] >= 5000  # type: ignore[operator]
         assert st["tcp_buffered_bytes"] == 0  # idle flows hold no buffers
         time.sleep(2.0)  # idle for a while, then every one still answers
@@ -278,7 +269,7 @@ def test_iperf3_10_flows_memory_stays_within_budget(
           f"MiB, peak {peak / 1024:.1f} MiB, budget {budget_mib} MiB")
     assert gbps > 0.05  # traffic really flowed
     assert peak <= baseline + budget_mib * 1024, (baseline, peak)
-    st = _stats(p)
+    st = stats(p)
     assert st["memory_estimate"] <= budget_mib * MiB  # type: ignore[operator]
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 
 from tun2proxy.testing.netlab import SERVER_V4, SERVER_V6, Lab, Proc, wait_for
 
-from .conftest import DANTE_PORT, MICROSOCKS_PORT, UDP_PORT, Tun2Proxy
+from .conftest import DANTE_PORT, MICROSOCKS_PORT, UDP_PORT, Tun2Proxy, stats
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -28,13 +27,6 @@ def _udp(lab: Lab, family: int) -> socket.socket:
     s.settimeout(3)
     return s
 
-
-def _stats(p: Proc) -> dict[str, object]:
-    before = p.output().count("stats {")
-    os.kill(p.pid, signal.SIGUSR1)
-    assert wait_for(lambda: p.output().count("stats {") > before, timeout=5), p.output()[-2000:]
-    line = [ln for ln in p.output().splitlines() if "stats {" in ln][-1]
-    return json.loads(line.split("stats ", 1)[1])  # type: ignore[no-any-return]
 
 
 @pytest.mark.usefixtures("dante")
@@ -67,7 +59,7 @@ def test_udp_echo_through_dante(
         s.send(msg)
         assert s.recv(65535) == msg, size
     s.close()
-    st = _stats(p)
+    st = stats(p)
     assert st["drops"].get("udp-too-big", 0) == 0  # type: ignore[attr-defined]
 
 
@@ -97,7 +89,7 @@ def test_one_socket_three_servers_one_association(
     for addr, data in replies.items():
         assert data == f"{addr}/2".encode()
     s.close()
-    st = _stats(p)
+    st = stats(p)
     assert st["udp_sessions_opened"] == 1  # endpoint-independent: one session, one association
 
 
@@ -145,7 +137,7 @@ def test_5000_udp_sources_cap_and_expiry(
     for t in socks:
         t.close()
     time.sleep(0.5)
-    st = _stats(p)
+    st = stats(p)
     assert st["udp_sessions"] <= 1000  # type: ignore[operator]
     # UDP may be dropped when the app outpaces us (the kernel's TUN queue overflows); every
     # datagram that reached us opened a session, and the rest are in the device's counter.
@@ -157,7 +149,7 @@ def test_5000_udp_sources_cap_and_expiry(
     grew = _rss(p.pid) - rss0
     assert grew < 64 * 1024, f"RSS grew by {grew} KiB"
     # Idle sessions expire on time (3 s, plus the driver's wake-up).
-    assert wait_for(lambda: _stats(p)["udp_sessions"] == 0, timeout=8)
+    assert wait_for(lambda: stats(p)["udp_sessions"] == 0, timeout=8)
 
 
 def _tun_tx_dropped(lab: Lab) -> int:
