@@ -158,6 +158,9 @@ class Bench:
             f"tun2proxy-{n}", lab.R,
             [sys.executable, *prof, "-m", "tun2proxy", "--tun", TUN_NAME, "--tun-netns", lab.C,
              "--proxy", upstream, "-v", "warn",
+             # asyncio's loop unless asked otherwise: the figures must not depend on whether
+             # uvloop happens to be installed (--loop auto would pick it)
+             *([] if "--loop" in self.args.extra else ["--loop", "asyncio"]),
              "--max-sessions", str(max(8192, self.args.idle + self.args.held + 256)),
              *self.args.extra],
         )
