@@ -420,3 +420,38 @@ async def test_an_event_handler_that_raises_resets_only_its_flow(
         assert not good.closed
         drops = driver.stats()["drops"]
         assert isinstance(drops, dict) and drops.get("driver-handler-error") == 1, drops
+
+
+async def test_an_upstream_answering_synchronously_inside_the_pump_loses_nothing() -> None:
+    # A channel that replies from inside send(): udp_reply runs while the driver's pump is
+    # handling the datagram event. Every datagram must still get its echo, in order.
+    from tun2proxy.testing import udp_packet
+    from tun2proxy.upstream.base import DatagramReceiver, UdpChannel
+
+    class Mirror(UdpChannel):
+        def __init__(self, receiver: DatagramReceiver) -> None:
+            self.receiver = receiver
+
+        def send(self, payload: bytes, dst: Address) -> None:
+            self.receiver.datagram_received(b"echo:" + payload, dst)
+
+        def close(self) -> None:
+            pass
+
+    class MirrorUpstream(LoopbackUpstream):
+        async def open_udp(self, flow: FlowInfo, receiver: DatagramReceiver) -> UdpChannel:
+            return Mirror(receiver)
+
+    async with running(MirrorUpstream({})) as (host, _):
+        sent = [f"d{i}".encode() for i in range(20)]
+        host.link.feed([udp_packet("10.0.0.2", "192.0.2.1", 5353, 9999, sent[0])])
+        await asyncio.sleep(0.05)  # the session opens with the first datagram
+        host.link.feed([udp_packet("10.0.0.2", "192.0.2.1", 5353, 9999, d) for d in sent[1:]])
+        udp: list[bytes] = []
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            udp = [p for p in host.other_packets if parse_ip(p).protocol == 17]
+            if len(udp) >= len(sent):
+                break
+        got = [bytes(p[parse_ip(p).offset + 8 : parse_ip(p).end]) for p in udp]
+        assert got == [b"echo:" + d for d in sent]

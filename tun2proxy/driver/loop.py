@@ -164,6 +164,7 @@ class Driver:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._pump_scheduled = False
+        self._pumping = False
         self._stopping = False
         self._done: asyncio.Future[None] | None = None
         self._limited = RateLimitedLog(log)
@@ -264,24 +265,33 @@ class Driver:
             self._loop.call_soon(self._pump)
 
     def _pump(self) -> None:
+        if self._pumping:
+            # Called from inside a handler (an upstream that answers synchronously): the
+            # running pump would have its events taken from under it; run once more after.
+            self.schedule_pump()
+            return
         self._pump_scheduled = False
         loop = self._loop
         if loop is None:
             return
         stack = self.stack
-        for _ in range(16):
-            evs = stack.events()
-            for ev in evs:
-                try:
-                    self._handle(ev)
-                except Exception as e:  # a bug in one flow's handling must not stall all
-                    self._handler_failed(ev, e)
-            now = loop.time()
-            out = stack.poll(now)
-            if out:
-                self.link.write_batch(out)
-            if not stack.busy():
-                break
+        self._pumping = True
+        try:
+            for _ in range(16):
+                evs = stack.events()
+                for ev in evs:
+                    try:
+                        self._handle(ev)
+                    except Exception as e:  # a bug in one flow's handling must not stall all
+                        self._handler_failed(ev, e)
+                now = loop.time()
+                out = stack.poll(now)
+                if out:
+                    self.link.write_batch(out)
+                if not stack.busy():
+                    break
+        finally:
+            self._pumping = False
         self._arm_timer()
 
     def _handler_failed(self, ev: object, exc: Exception) -> None:
