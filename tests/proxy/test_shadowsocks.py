@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-import tun2proxy.proxy.shadowsocks as ss
+import tun2proxy.proxy.shadowsocks.aead as ss_aead
+import tun2proxy.proxy.shadowsocks.replay as ss_replay
 from tun2proxy.errors import ConfigError, FlowStateError, UpstreamError
 from tun2proxy.proxy.address import Address
 from tun2proxy.proxy.shadowsocks import (
@@ -61,7 +62,7 @@ SIZES = {"aes-128-gcm": 16, "aes-256-gcm": 32, "chacha20-ietf-poly1305": 32}
 def fresh_salt_filter(monkeypatch: pytest.MonkeyPatch) -> SaltFilter:
     """Each test gets its own process-wide filter, so tests do not see each other's salts."""
     f = SaltFilter()
-    monkeypatch.setattr(ss, "default_salt_filter", f)
+    monkeypatch.setattr(ss_replay, "default_salt_filter", f)
     return f
 
 
@@ -221,7 +222,7 @@ def test_error_type() -> None:
 
 
 def test_missing_cryptography_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ss, "_crypto_cache", [])
+    monkeypatch.setattr(ss_aead, "_crypto_cache", [])
     monkeypatch.setitem(sys.modules, "cryptography.hazmat.primitives.ciphers.aead", None)
     with pytest.raises(ConfigError, match=r"tun2proxy\[shadowsocks\]"):
         AeadTcpSession("aes-128-gcm", "pw", DOMAIN, os.urandom)
@@ -494,7 +495,7 @@ def test_salt_filter_is_bounded() -> None:
 
 def test_default_filter_can_be_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
     mine = SaltFilter(capacity=10)
-    monkeypatch.setattr(ss, "default_salt_filter", mine)
+    monkeypatch.setattr(ss_replay, "default_salt_filter", mine)
     enc = AeadStreamEncryptor("aes-128-gcm", bytes(16), os.urandom)
     assert enc.salt in mine
     own = SaltFilter()

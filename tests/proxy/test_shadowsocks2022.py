@@ -28,18 +28,21 @@ import blake3 as blake3_mod
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-import tun2proxy.proxy.shadowsocks2022 as ss22
+import tun2proxy.proxy.shadowsocks.aead as ss_aead
+import tun2proxy.proxy.shadowsocks.aead2022 as ss22
+import tun2proxy.proxy.shadowsocks.keys as ss_keys
 from tun2proxy.errors import ConfigError, FlowStateError
 from tun2proxy.proxy.address import Address
-from tun2proxy.proxy.shadowsocks import ShadowsocksError, encode_address
-from tun2proxy.proxy.shadowsocks2022 import (
+from tun2proxy.proxy.shadowsocks import (
     MAX_PADDING,
     MAX_PAYLOAD_2022,
     METHODS_2022,
     ReplayWindow,
+    ShadowsocksError,
     Ss2022TcpSession,
     Ss2022UdpClient,
     decode_psk,
+    encode_address,
     session_subkey,
 )
 
@@ -292,7 +295,7 @@ B3_CONTEXT = "BLAKE3 2019-12-27 16:29:52 test vectors context"
 
 
 def test_blake3_derive_key_official_vectors() -> None:
-    derive = ss22._blake3_derive_key
+    derive = ss_keys.blake3_derive_key
     assert derive(B3_CONTEXT, b"", 32).hex() == (
         "2cc39783c223154fea8dfb7c1b1660f2ac2dcbd1c1de8277b0b0dd39b7e50d7d"
     )
@@ -313,14 +316,14 @@ def test_hchacha20_draft_vector() -> None:
     key = bytes(range(32))
     nonce = bytes.fromhex("000000090000004a0000000031415927")
     want = "82413b4227b27bfed30e42508a877d73a0f9e4d58a74a853c12ec41326d3ecdc"
-    assert ss22._hchacha20(key, nonce).hex() == want
+    assert ss_aead.hchacha20(key, nonce).hex() == want
     assert ref_hchacha20(key, nonce).hex() == want
 
 
 @settings(max_examples=25)
 @given(key=st.binary(min_size=32, max_size=32), nonce=st.binary(min_size=16, max_size=16))
 def test_hchacha20_matches_the_reference(key: bytes, nonce: bytes) -> None:
-    assert ss22._hchacha20(key, nonce) == ref_hchacha20(key, nonce)
+    assert ss_aead.hchacha20(key, nonce) == ref_hchacha20(key, nonce)
 
 
 def test_xchacha20_poly1305_draft_vector() -> None:
@@ -338,10 +341,10 @@ def test_xchacha20_poly1305_draft_vector() -> None:
         "21f9664c97637da9768812f615c68b13b52e"
         "c0875924c1c7987947deafd8780acf49"
     )
-    assert ss22._xchacha_seal(key, nonce, plaintext, aad) == sealed
-    assert ss22._xchacha_open(key, nonce, sealed, aad) == plaintext
+    assert ss_aead.xchacha_seal(key, nonce, plaintext, aad) == sealed
+    assert ss_aead.xchacha_open(key, nonce, sealed, aad) == plaintext
     with pytest.raises(ShadowsocksError):
-        ss22._xchacha_open(key, nonce, sealed[:-1] + b"\x00", aad)
+        ss_aead.xchacha_open(key, nonce, sealed[:-1] + b"\x00", aad)
 
 
 # -- PSK ---------------------------------------------------------------------------------------

@@ -403,7 +403,7 @@ def _ss_session(method: str, dst: Address) -> _Codec:
     pytest.importorskip("cryptography")
     if method.startswith("2022-"):
         pytest.importorskip("blake3")
-        from tun2proxy.proxy.shadowsocks2022 import Ss2022TcpSession
+        from tun2proxy.proxy.shadowsocks import Ss2022TcpSession
 
         return Ss2022TcpSession(method, _secret(method), dst, os.urandom, time.time)
     from tun2proxy.proxy.shadowsocks import AeadTcpSession, password_to_key

@@ -36,6 +36,7 @@ import tun2proxy.upstream.shadowsocks as ss_upstream
 from tun2proxy.errors import ConfigError, UpstreamError
 from tun2proxy.proxy.address import Address
 from tun2proxy.proxy.shadowsocks import (
+    METHODS_2022,
     AeadStreamDecryptor,
     AeadStreamEncryptor,
     SaltFilter,
@@ -46,7 +47,6 @@ from tun2proxy.proxy.shadowsocks import (
     encrypt_packet,
     password_to_key,
 )
-from tun2proxy.proxy.shadowsocks2022 import METHODS_2022
 from tun2proxy.upstream import upstream_from_url
 from tun2proxy.upstream.base import FlowInfo
 from tun2proxy.upstream.shadowsocks import (

@@ -32,9 +32,8 @@ import base64
 import re
 from typing import Final
 
-from ..errors import FlowStateError
-from .address import Address
-from .base import NEED_DATA, Established, Failed, HandshakeEvent
+from .address import Address, domain_bytes
+from .base import HandshakeBase
 
 __all__ = ["HttpConnectHandshake"]
 
@@ -47,16 +46,11 @@ _PREFIX: Final = b"HTTP/"
 
 _STATUS: Final = 0  # waiting for the status line
 _HEADERS: Final = 1  # reading header lines
-_DONE: Final = 2  # Established or Failed
 
 
 def _host_text(host: str) -> str:
     """The ASCII form of a domain name (IDNA for others); ValueError if unusable in a URI."""
-    try:
-        host.encode("ascii")
-        name = host
-    except UnicodeEncodeError:
-        name = host.encode("idna").decode("ascii")  # UnicodeError is a ValueError
+    name = domain_bytes(host).decode("ascii")
     if not _REG_NAME.fullmatch(name):
         raise ValueError(f"host name {host!r} cannot be sent in an HTTP CONNECT request")
     return name
@@ -73,14 +67,11 @@ def _classify(code: int) -> str:
     return "error"
 
 
-class HttpConnectHandshake:
+class HttpConnectHandshake(HandshakeBase):
     """The client side of one HTTP CONNECT request through a proxy (RFC 9110 §9.3.6)."""
 
     __slots__ = (
-        "_buf",
-        "_event",
         "_max",
-        "_out",
         "_pos",
         "_state",
         "_used",
@@ -91,6 +82,8 @@ class HttpConnectHandshake:
         "reason_phrase",
         "status_code",
     )
+
+    _name = "HTTP CONNECT"
 
     def __init__(
         self,
@@ -137,12 +130,10 @@ class HttpConnectHandshake:
         #: The final response's headers as (name, value) pairs, in order, names as received.
         self.headers: list[tuple[str, str]] = []
         self._max = max_header_bytes
-        self._out = bytearray(request)
-        self._buf = bytearray()
         self._pos = 0  # start of the next unparsed line in _buf
         self._used = 0  # header bytes of 1xx responses already consumed
         self._state = _STATUS
-        self._event: HandshakeEvent = NEED_DATA
+        super().__init__(request)
 
     def header(self, name: str) -> str | None:
         """The first value of response header ``name`` (case-insensitive), or None."""
@@ -152,43 +143,14 @@ class HttpConnectHandshake:
                 return v
         return None
 
-    def bytes_to_send(self) -> bytes:
-        """Return (and forget) the bytes that must be written to the proxy now."""
-        out = bytes(self._out)
-        self._out.clear()
-        return out
-
-    def receive_data(self, data: bytes) -> None:
-        """Feed bytes read from the proxy; ``b""`` means it closed the connection.
-
-        Raises:
-            FlowStateError: non-empty data after :class:`Established` — those bytes belong to
-                the tunnel, not to the handshake. (After :class:`Failed` data is ignored.)
-        """
-        if self._state == _DONE:
-            if data and isinstance(self._event, Established):
-                raise FlowStateError("HTTP CONNECT already established; data is tunnel data")
-            return
-        if not data:
-            code = self.status_code
-            if self._state == _HEADERS and code is not None and code >= 300:
-                self._fail_status(code)
-            else:
-                self._fail("protocol", "server closed during handshake")
-            return
-        self._buf += data
-        self._advance()
-
-    def next_event(self) -> HandshakeEvent:
-        """What happened: :data:`NEED_DATA`, :class:`Established` or :class:`Failed`."""
-        return self._event
-
     # -- internals -------------------------------------------------------------------------
 
-    def _fail(self, reason: str, message: str, code: int | None = None) -> None:
-        self._event = Failed(reason, message, code)
-        self._state = _DONE
-        self._buf.clear()
+    def _closed(self) -> None:
+        code = self.status_code
+        if self._state == _HEADERS and code is not None and code >= 300:
+            self._fail_status(code)
+        else:
+            super()._closed()
 
     def _fail_status(self, code: int) -> None:
         text = f"{code} {self.reason_phrase}".rstrip()
@@ -256,9 +218,7 @@ class HttpConnectHandshake:
                 if final < 200 or final >= 300:
                     self._fail_status(final)
                     return
-                self._event = Established(trailing=bytes(buf[end:]), bound=None)
-                self._state = _DONE
-                buf.clear()
+                self._establish(end, None)
                 return
 
     def _too_big(self) -> None:

@@ -24,9 +24,8 @@ import ipaddress
 import struct
 from typing import Final
 
-from ..errors import FlowStateError
-from .address import Address
-from .base import NEED_DATA, Established, Failed, HandshakeEvent
+from .address import Address, domain_bytes
+from .base import HandshakeBase
 
 __all__ = ["Socks4Handshake"]
 
@@ -47,18 +46,12 @@ _FAILURES: Final[dict[int, tuple[str, str]]] = {
 }
 
 
-def _host_bytes(host: str) -> bytes:
-    """The wire form of a domain name: ASCII as is, otherwise IDNA (ValueError if invalid)."""
-    try:
-        return host.encode("ascii")
-    except UnicodeEncodeError:
-        return host.encode("idna")  # UnicodeError is a ValueError
-
-
-class Socks4Handshake:
+class Socks4Handshake(HandshakeBase):
     """The client side of one SOCKS4 or SOCKS4a CONNECT negotiation."""
 
-    __slots__ = ("_buf", "_event", "_out", "_state_done", "dst", "reply_code", "socks4a")
+    __slots__ = ("dst", "reply_code", "socks4a")
+
+    _name = "SOCKS4 handshake"
 
     def __init__(self, dst: Address, *, user_id: str = "", allow_domain: bool = True) -> None:
         uid = user_id.encode("utf-8")
@@ -77,7 +70,7 @@ class Socks4Handshake:
         else:
             if not allow_domain:
                 raise ValueError(f"SOCKS4 needs an IPv4 destination, got the name {dst.host!r}")
-            name = _host_bytes(dst.host)
+            name = domain_bytes(dst.host)
             if b"\x00" in name or not 1 <= len(name) <= _MAX_FIELD:
                 raise ValueError(f"unusable SOCKS4a host name {dst.host!r}")
             req = (
@@ -91,33 +84,10 @@ class Socks4Handshake:
         self.socks4a = socks4a
         #: The reply's CD code, once it has arrived (for logging).
         self.reply_code: int | None = None
-        self._out = bytearray(req)
-        self._buf = bytearray()
-        self._event: HandshakeEvent = NEED_DATA
-        self._state_done = False
+        super().__init__(req)
 
-    def bytes_to_send(self) -> bytes:
-        """Return (and forget) the bytes that must be written to the proxy now."""
-        out = bytes(self._out)
-        self._out.clear()
-        return out
-
-    def receive_data(self, data: bytes) -> None:
-        """Feed bytes read from the proxy; ``b""`` means it closed the connection.
-
-        Raises:
-            FlowStateError: non-empty data after :class:`Established` — those bytes belong to
-                the tunnel, not to the handshake. (After :class:`Failed` data is ignored.)
-        """
-        if self._state_done:
-            if data and isinstance(self._event, Established):
-                raise FlowStateError("SOCKS4 handshake already established; data is tunnel data")
-            return
-        if not data:
-            self._fail("protocol", "server closed during handshake")
-            return
+    def _advance(self) -> None:
         buf = self._buf
-        buf += data
         n = len(buf)
         vn = buf[0]
         if vn != 0 and vn != _VERSION:
@@ -134,17 +104,4 @@ class Socks4Handshake:
         if n < _REPLY_LEN:
             return
         _, _, port, raw = _REPLY.unpack_from(buf)
-        bound = Address(str(ipaddress.IPv4Address(raw)), port)
-        self._event = Established(trailing=bytes(buf[_REPLY_LEN:]), bound=bound)
-        self._state_done = True
-        buf.clear()
-
-    def next_event(self) -> HandshakeEvent:
-        """What happened: :data:`NEED_DATA`, :class:`Established` or :class:`Failed`."""
-        return self._event
-
-    def _fail(self, reason: str, message: str, code: int | None = None) -> None:
-        self._event = Failed(reason, message, code)
-        self._state_done = True
-        self._buf.clear()
-
+        self._establish(_REPLY_LEN, Address(str(ipaddress.IPv4Address(raw)), port))

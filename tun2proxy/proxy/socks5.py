@@ -31,13 +31,16 @@ means "the proxy's own address", which the caller substitutes.
 
 from __future__ import annotations
 
-import ipaddress
-import struct
 from typing import Final
 
-from ..errors import FlowStateError, MalformedPacket
-from .address import Address
-from .base import NEED_DATA, Established, Failed, HandshakeEvent
+from ..errors import MalformedPacket
+from .address import (
+    SOCKS_ADDRESS_TRUNCATED,
+    Address,
+    decode_socks_address,
+    encode_socks_address,
+)
+from .base import HandshakeBase
 
 __all__ = [
     "CONNECT",
@@ -62,12 +65,6 @@ USERPASS: Final = 0x02
 #: METHOD reply: none of the offered methods is acceptable (RFC 1928 §3).
 NO_ACCEPTABLE_METHODS: Final = 0xFF
 
-_ATYP_IPV4: Final = 1
-_ATYP_DOMAIN: Final = 3
-_ATYP_IPV6: Final = 4
-
-_PORT = struct.Struct("!H")
-
 #: REP code -> (UpstreamError reason, RFC 1928 §6 meaning).
 _REPLIES: Final[dict[int, tuple[str, str]]] = {
     1: ("error", "general SOCKS server failure"),
@@ -82,33 +79,10 @@ _REPLIES: Final[dict[int, tuple[str, str]]] = {
 
 _COMMAND_NAMES: Final = {CONNECT: "CONNECT", UDP_ASSOCIATE: "UDP ASSOCIATE"}
 
-# Handshake states.
+# Handshake states (the end is HandshakeBase's).
 _METHOD: Final = 0  # waiting for the method selection (VER METHOD)
 _AUTH: Final = 1  # waiting for the RFC 1929 status (VER STATUS)
 _REPLY: Final = 2  # waiting for the reply to our request
-_DONE: Final = 3  # Established or Failed
-
-
-def _host_bytes(host: str) -> bytes:
-    """The wire form of a domain name: ASCII as is, otherwise IDNA (ValueError if invalid)."""
-    try:
-        return host.encode("ascii")
-    except UnicodeEncodeError:
-        return host.encode("idna")  # UnicodeError is a ValueError
-
-
-def _encode_address(addr: Address) -> bytes:
-    """ATYP, ADDR and PORT for ``addr`` (RFC 1928 §5); ValueError for names over 255 bytes."""
-    ip = addr.ip
-    port = _PORT.pack(addr.port)
-    if ip is None:
-        name = _host_bytes(addr.host)
-        if not 1 <= len(name) <= 255:
-            raise ValueError(f"domain name {addr.host!r} is {len(name)} bytes; SOCKS5 allows 1-255")
-        return bytes((_ATYP_DOMAIN, len(name))) + name + port
-    if ip.version == 4:
-        return bytes((_ATYP_IPV4,)) + ip.packed + port
-    return bytes((_ATYP_IPV6,)) + ip.packed + port
 
 
 def _encode_userpass(username: str, password: str) -> bytes:
@@ -122,15 +96,12 @@ def _encode_userpass(username: str, password: str) -> bytes:
     return bytes((1, len(user))) + user + bytes((len(pwd),)) + pwd
 
 
-class Socks5Handshake:
+class Socks5Handshake(HandshakeBase):
     """The client side of one SOCKS5 CONNECT or UDP ASSOCIATE negotiation (RFC 1928/1929)."""
 
     __slots__ = (
         "_auth_msg",
-        "_buf",
-        "_event",
         "_methods",
-        "_out",
         "_request",
         "_state",
         "command",
@@ -138,6 +109,8 @@ class Socks5Handshake:
         "method",
         "reply_code",
     )
+
+    _name = "SOCKS5 handshake"
 
     def __init__(
         self, dst: Address, *, auth: tuple[str, str] | None = None, command: int = CONNECT
@@ -152,48 +125,13 @@ class Socks5Handshake:
         self.method: int | None = None
         #: The reply's REP code, once it has arrived (for logging).
         self.reply_code: int | None = None
-        self._request = bytes((_VERSION, command, 0)) + _encode_address(dst)
+        self._request = bytes((_VERSION, command, 0)) + encode_socks_address(dst)
         self._auth_msg = _encode_userpass(*auth) if auth is not None else b""
         self._methods = bytes((NO_AUTH, USERPASS)) if auth is not None else bytes((NO_AUTH,))
-        self._out = bytearray((_VERSION, len(self._methods)))
-        self._out += self._methods
-        self._buf = bytearray()
+        super().__init__(bytes((_VERSION, len(self._methods))) + self._methods)
         self._state = _METHOD
-        self._event: HandshakeEvent = NEED_DATA
-
-    def bytes_to_send(self) -> bytes:
-        """Return (and forget) the bytes that must be written to the proxy now."""
-        out = bytes(self._out)
-        self._out.clear()
-        return out
-
-    def receive_data(self, data: bytes) -> None:
-        """Feed bytes read from the proxy; ``b""`` means it closed the connection.
-
-        Raises:
-            FlowStateError: non-empty data after :class:`Established` — those bytes belong to
-                the tunnel, not to the handshake. (After :class:`Failed` data is ignored.)
-        """
-        if self._state == _DONE:
-            if data and isinstance(self._event, Established):
-                raise FlowStateError("SOCKS5 handshake already established; data is tunnel data")
-            return
-        if not data:
-            self._fail("protocol", "server closed during handshake")
-            return
-        self._buf += data
-        self._advance()
-
-    def next_event(self) -> HandshakeEvent:
-        """What happened: :data:`NEED_DATA`, :class:`Established` or :class:`Failed`."""
-        return self._event
 
     # -- internals -------------------------------------------------------------------------
-
-    def _fail(self, reason: str, message: str, code: int | None = None) -> None:
-        self._event = Failed(reason, message, code)
-        self._state = _DONE
-        self._buf.clear()
 
     def _what(self) -> str:
         return f"{_COMMAND_NAMES[self.command]} {self.dst}"
@@ -241,7 +179,7 @@ class Socks5Handshake:
                 del buf[:2]
                 self._out += self._request
                 self._state = _REPLY
-            elif state == _REPLY:
+            else:  # _REPLY
                 if n >= 1 and buf[0] != _VERSION:
                     self._fail("protocol", f"bad reply version {buf[0]:#04x}")
                     return
@@ -253,47 +191,20 @@ class Socks5Handshake:
                     reason, meaning = _REPLIES.get(rep, ("error", "unknown reply code"))
                     self._fail(reason, f"reply {rep:#04x} ({meaning}) to {self._what()}", rep)
                     return
-                if n < 4:
+                try:
+                    # BND.ADDR:BND.PORT; None for an empty or unusable domain name.
+                    bound, end = decode_socks_address(buf, 3)
+                except MalformedPacket as e:
+                    if e.reason != SOCKS_ADDRESS_TRUNCATED:
+                        self._fail("protocol", f"reply has unknown address type {buf[3]:#04x}")
                     return
-                atyp = buf[3]
-                if atyp == _ATYP_IPV4:
-                    end = 10
-                elif atyp == _ATYP_IPV6:
-                    end = 22
-                elif atyp == _ATYP_DOMAIN:
-                    if n < 5:
-                        return
-                    end = 7 + buf[4]
-                else:
-                    self._fail("protocol", f"reply has unknown address type {atyp:#04x}")
-                    return
-                if n < end:
-                    return
-                port: int = _PORT.unpack_from(buf, end - 2)[0]
-                bound = _bound_address(atyp, bytes(buf[4 : end - 2]), port)
-                self._event = Established(trailing=bytes(buf[end:]), bound=bound)
-                self._state = _DONE
-                buf.clear()
+                self._establish(end, bound)
                 return
-            else:  # pragma: no cover - _DONE never reaches _advance
-                return
-
-
-def _bound_address(atyp: int, raw: bytes, port: int) -> Address | None:
-    """BND.ADDR:BND.PORT from a reply; None for an empty or unusable domain name."""
-    if atyp == _ATYP_IPV4:
-        return Address(str(ipaddress.IPv4Address(raw)), port)
-    if atyp == _ATYP_IPV6:
-        return Address(str(ipaddress.IPv6Address(raw)), port)
-    try:
-        return Address.from_host(raw[1:].decode("utf-8"), port)
-    except ValueError:  # empty, or not UTF-8 (UnicodeDecodeError is a ValueError)
-        return None
 
 
 def encode_udp_datagram(dst: Address, payload: bytes) -> bytes:
     """One UDP ASSOCIATE datagram for ``dst``: RSV=0, FRAG=0, address, then ``payload`` (§7)."""
-    return b"\x00\x00\x00" + _encode_address(dst) + payload
+    return b"\x00\x00\x00" + encode_socks_address(dst) + payload
 
 
 def decode_udp_datagram(data: bytes | bytearray | memoryview) -> tuple[Address, memoryview]:
@@ -306,36 +217,17 @@ def decode_udp_datagram(data: bytes | bytearray | memoryview) -> tuple[Address, 
             ``socks5-udp-domain`` (empty or non-UTF-8 domain name). The caller drops it.
     """
     mv = memoryview(data)
-    n = len(mv)
-    if n < 4:
+    if len(mv) < 4:
         raise MalformedPacket("socks5-udp-truncated")
     if mv[0] != 0 or mv[1] != 0:
         raise MalformedPacket("socks5-udp-rsv")
     if mv[2] != 0:
         raise MalformedPacket("socks5-udp-fragmented")
-    atyp = mv[3]
-    if atyp == _ATYP_IPV4:
-        end = 10
-        if n < end:
-            raise MalformedPacket("socks5-udp-truncated")
-        host = "%d.%d.%d.%d" % (mv[4], mv[5], mv[6], mv[7])  # noqa: UP031 - fastest here
-    elif atyp == _ATYP_IPV6:
-        end = 22
-        if n < end:
-            raise MalformedPacket("socks5-udp-truncated")
-        host = str(ipaddress.IPv6Address(bytes(mv[4:20])))
-    elif atyp == _ATYP_DOMAIN:
-        if n < 5:
-            raise MalformedPacket("socks5-udp-truncated")
-        end = 7 + mv[4]
-        if n < end:
-            raise MalformedPacket("socks5-udp-truncated")
-        port: int = _PORT.unpack_from(mv, end - 2)[0]
-        try:
-            addr = Address.from_host(bytes(mv[5 : end - 2]).decode("utf-8"), port)
-        except ValueError:
-            raise MalformedPacket("socks5-udp-domain") from None
-        return addr, mv[end:]
-    else:
-        raise MalformedPacket("socks5-udp-atyp")
-    return Address(host, _PORT.unpack_from(mv, end - 2)[0]), mv[end:]
+    try:
+        addr, end = decode_socks_address(mv, 3)
+    except MalformedPacket as e:
+        truncated = e.reason == SOCKS_ADDRESS_TRUNCATED
+        raise MalformedPacket("socks5-udp-truncated" if truncated else "socks5-udp-atyp") from None
+    if addr is None:
+        raise MalformedPacket("socks5-udp-domain")
+    return addr, mv[end:]

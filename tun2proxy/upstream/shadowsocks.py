@@ -1,8 +1,7 @@
 """The ``ss://`` upstream: Shadowsocks AEAD-2017 and 2022 over TCP and UDP (I/O layer).
 
-The sans-I/O codecs of :mod:`tun2proxy.proxy.shadowsocks` and
-:mod:`tun2proxy.proxy.shadowsocks2022` get a socket here. Randomness comes from
-:func:`os.urandom`, the 2022 timestamps from :func:`time.time`.
+The sans-I/O codecs of :mod:`tun2proxy.proxy.shadowsocks` (AEAD-2017 and 2022) get a socket
+here. Randomness comes from :func:`os.urandom`, the 2022 timestamps from :func:`time.time`.
 
 TCP: after connecting to the server, the relay is handed a :class:`ShadowsocksTransport`, a
 layered :class:`asyncio.Transport` that encrypts what the relay writes, decrypts what the
@@ -25,7 +24,7 @@ server sends, and passes flow control (pause/resume reading, write buffer size a
 
 UDP: one UDP socket "connected" to the server per channel (the kernel drops datagrams from
 anyone else), packets built with ``encrypt_packet``/``decrypt_packet`` (AEAD-2017) or a
-:class:`~tun2proxy.proxy.shadowsocks2022.Ss2022UdpClient` (2022). Datagrams that fail
+:class:`~tun2proxy.proxy.shadowsocks.Ss2022UdpClient` (2022). Datagrams that fail
 authentication are dropped and counted.
 """
 
@@ -45,15 +44,18 @@ from ..errors import ConfigError, FlowStateError, UpstreamError
 from ..proxy.address import Address
 from ..proxy.shadowsocks import (
     AEAD_METHODS,
+    METHODS_2022,
     AeadTcpSession,
     ShadowsocksError,
+    Ss2022TcpSession,
+    Ss2022UdpClient,
     decode_address,
+    decode_psk,
     decrypt_packet,
     encode_address,
     encrypt_packet,
     password_to_key,
 )
-from ..proxy.shadowsocks2022 import METHODS_2022, Ss2022TcpSession, Ss2022UdpClient, decode_psk
 from .base import DatagramReceiver, FlowInfo, UdpChannel, Upstream, upstream_error_from_os
 from .dial import connect_tcp, forget_endpoint, remember_endpoint, udp_socket
 
