@@ -34,6 +34,7 @@ pytest.importorskip("blake3")
 
 import tun2proxy.upstream.shadowsocks as ss_upstream
 from tun2proxy.errors import ConfigError, UpstreamError
+from tun2proxy.logutil import RateLimitedLog
 from tun2proxy.proxy.address import Address
 from tun2proxy.proxy.shadowsocks import (
     METHODS_2022,
@@ -77,7 +78,7 @@ def _secret(method: str) -> str:
 @pytest.fixture(autouse=True)
 def _fresh_rate_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts with no warning logged yet (the limiter is per process)."""
-    monkeypatch.setattr(ss_upstream, "_limited", ss_upstream._RateLimitedWarning(10.0))
+    monkeypatch.setattr(ss_upstream, "_limited", RateLimitedLog(ss_upstream.log, 10.0))
 
 
 def _unavailable(reason: str) -> None:

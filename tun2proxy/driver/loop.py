@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from ..dns.pool import SlotDirectory
 from ..errors import ConfigError, FlowStateError, UpstreamError
 from ..link.base import Link
+from ..logutil import RateLimitedLog
 from ..proxy.address import Address
 from ..routing.sniff import sniff_host
 from ..stack.config import StackConfig
@@ -103,31 +104,6 @@ class DriverConfig:
             raise ConfigError(f"udp must be one of {', '.join(UDP_POLICIES)}")
         if self.dns not in DNS_MODES:
             raise ConfigError(f"dns must be one of {', '.join(DNS_MODES)}")
-
-
-class RateLimitedLog:
-    """One log line per key per interval; repeats are counted and summarised later."""
-
-    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
-        self.logger = logger
-        self.interval = interval
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def log(self, level: int, key: str, msg: str, *args: object) -> None:
-        """Log ``msg`` unless ``key`` was logged within the interval."""
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return
-        n = self._suppressed.pop(key, 0)
-        self._last[key] = now
-        if len(self._last) > 1024:
-            self._last.clear()
-        if n:
-            msg += f" (and {n} more like it in the last {self.interval:.0f}s)"
-        self.logger.log(level, msg, *args)
 
 
 class Driver:

@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol, cast
 
 from ..errors import ConfigError, FlowStateError, UpstreamError
+from ..logutil import RateLimitedLog
 from ..proxy.address import Address
 from ..proxy.shadowsocks import (
     AEAD_METHODS,
@@ -81,31 +82,7 @@ _LOG_INTERVAL = 10.0
 _WRONG_KEY_HINT = "wrong password or method?"
 
 
-class _RateLimitedWarning:
-    """One warning per key per interval; repeats are counted and summarised in the next."""
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def warn(self, key: str, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return
-        if len(self._last) > 256:
-            self._last.clear()
-            self._suppressed.clear()
-        self._last[key] = now
-        n = self._suppressed.pop(key, 0)
-        if n:
-            msg += f" (and {n} more like it in the last {self.interval:.0f}s)"
-        log.warning(msg, *args)
-
-
-_limited = _RateLimitedWarning(_LOG_INTERVAL)
+_limited = RateLimitedLog(log, _LOG_INTERVAL, max_keys=256)
 
 
 def _canonical(method: str) -> str:
@@ -309,7 +286,7 @@ class ShadowsocksTransport(asyncio.Transport):
     def _report(self, exc: Exception) -> None:
         if self._on_auth_failure is not None:
             self._on_auth_failure()
-        _limited.warn(
+        _limited.warning(
             f"{self._what}:{type(exc).__name__}:{_WRONG_KEY_HINT in str(exc)}",
             "flow to %s reset: %s", self._dst, exc,
         )
