@@ -31,11 +31,9 @@ authentication are dropped and counted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import logging
 import os
-import socket
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, cast
@@ -58,7 +56,8 @@ from ..proxy.shadowsocks import (
     password_to_key,
 )
 from .base import DatagramReceiver, FlowInfo, UdpChannel, Upstream, upstream_error_from_os
-from .dial import connect_tcp, forget_endpoint, remember_endpoint, udp_socket
+from .datagram import DatagramChannel
+from .dial import connect_tcp
 
 __all__ = [
     "FIRST_WRITE_DELAY",
@@ -77,7 +76,6 @@ FIRST_WRITE_DELAY = 0.02
 
 _ALIASES = {"chacha20-poly1305": "chacha20-ietf-poly1305"}
 _INSTALL_HINT = "pip install 'tun2proxy[shadowsocks]'"
-_MAX_UDP = 65507  # the largest UDP payload over IPv4
 _LOG_INTERVAL = 10.0
 _WRONG_KEY_HINT = "wrong password or method?"
 
@@ -420,24 +418,7 @@ class _AeadUdpCodec:
         return addr, plain[used:]
 
 
-class _UdpProtocol(asyncio.DatagramProtocol):
-    """The socket's protocol: every datagram goes to the channel."""
-
-    def __init__(self, channel: ShadowsocksUdpChannel) -> None:
-        self.channel = channel
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.channel._on_datagram(data)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable from the server: one lost datagram, not the end of the channel.
-        log.debug("shadowsocks udp error: %s", exc)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.channel._lost(exc)
-
-
-class ShadowsocksUdpChannel(UdpChannel):
+class ShadowsocksUdpChannel(DatagramChannel):
     """One UDP session through a Shadowsocks server: every datagram encrypted with the target
     address inside, sent from one socket connected to the server; replies that fail
     authentication are dropped and counted in ``dropped_auth``."""
@@ -446,18 +427,14 @@ class ShadowsocksUdpChannel(UdpChannel):
         self, codec: _UdpCodec, receiver: DatagramReceiver,
         upstream: ShadowsocksUpstream | None = None,
     ) -> None:
+        super().__init__(receiver)
         self.codec = codec
-        self.receiver = receiver
         self.upstream = upstream
-        self.transport: asyncio.DatagramTransport | None = None
         #: Replies dropped because they failed authentication or validation.
         self.dropped_auth = 0
-        #: Datagrams not sent because, encrypted, they exceed a UDP datagram.
-        self.dropped_too_big = 0
-        self._closed = False
-        self._endpoint: tuple[str, int] | None = None
 
-    def _on_datagram(self, data: bytes) -> None:
+    def datagram_from_socket(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        """A packet from the server: decrypted for the receiver, or dropped and counted."""
         try:
             src, payload = self.codec.decrypt(data)
         except ShadowsocksError as e:
@@ -468,36 +445,16 @@ class ShadowsocksUdpChannel(UdpChannel):
             return
         self.receiver.datagram_received(payload, src)
 
-    def _lost(self, exc: BaseException | None) -> None:
-        forget_endpoint(self._endpoint)
-        self._endpoint = None
-        if not self._closed:
-            self._closed = True
-            self.receiver.channel_lost(exc)
-
     def send(self, payload: bytes, dst: Address) -> None:
         """Encrypt and send one datagram for ``dst`` (too big once encrypted: dropped, counted)."""
-        t = self.transport
-        if t is None or self._closed:
+        if self.transport is None or self._closed:
             return
         try:
             data = self.codec.encrypt(dst, payload)
         except (ShadowsocksError, ValueError) as e:
             log.debug("shadowsocks udp: cannot send to %s: %s", dst, e)
             return
-        if len(data) > _MAX_UDP:
-            self.dropped_too_big += 1
-            return
-        with contextlib.suppress(OSError):
-            t.sendto(data)
-
-    def close(self) -> None:
-        """Close the socket."""
-        self._closed = True
-        forget_endpoint(self._endpoint)
-        self._endpoint = None
-        if self.transport is not None:
-            self.transport.close()
+        self.send_wrapped(data)
 
 
 # -- the upstream ------------------------------------------------------------------------------
@@ -588,24 +545,7 @@ class ShadowsocksUpstream(Upstream):
         else:
             codec = _AeadUdpCodec(self.method, self._key)
         ch = ShadowsocksUdpChannel(codec, receiver, self)
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
-            if not infos:
-                raise OSError(f"cannot resolve {self.host}")
-            remote = (str(infos[0][4][0]), int(infos[0][4][1]))
-            sock = udp_socket(infos[0][0], remote=remote)
-        except OSError as e:
-            raise upstream_error_from_os(e, f"{self._what} (UDP)") from None
-        try:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(ch), sock=sock
-            )
-        except OSError as e:
-            sock.close()
-            raise upstream_error_from_os(e, f"{self._what} (UDP)") from None
-        ch.transport = transport
-        ch._endpoint = remember_endpoint(sock)
+        await ch.attach_connected(self.host, self.port, f"{self._what} (UDP)")
         return ch
 
     def describe(self) -> str:

@@ -11,76 +11,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any
 
 from ..errors import MalformedPacket, UpstreamError
 from ..proxy.address import Address
 from ..proxy.socks5 import UDP_ASSOCIATE, Socks5Handshake, decode_udp_datagram, encode_udp_datagram
-from .base import DatagramReceiver, UdpChannel, upstream_error_from_os
-from .dial import Outbound, forget_endpoint, remember_endpoint, udp_socket
+from .base import DatagramReceiver, upstream_error_from_os
+from .datagram import DatagramChannel
+from .dial import Outbound, udp_socket
 from .handshake import open_via_handshake
 
 __all__ = ["DirectUdpChannel", "Socks5UdpChannel", "open_direct_udp", "open_socks5_udp"]
 
-log = logging.getLogger(__name__)
-
 _MAX_PENDING = 64
-_MAX_UDP = 65507  # the largest UDP payload over IPv4
 _NAME_TTL = 60.0
 _NAME_CACHE = 256
 
 
-class _DatagramProtocol(asyncio.DatagramProtocol):
-    def __init__(
-        self,
-        on_datagram: Callable[[bytes, tuple[Any, ...]], None],
-        on_lost: Callable[[BaseException | None], None],
-    ) -> None:
-        self.on_datagram = on_datagram
-        self.on_lost = on_lost
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.on_datagram(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors for one destination must not end a session that talks to many.
-        log.debug("udp error: %s", exc)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.on_lost(exc)
-
-
-class DirectUdpChannel(UdpChannel):
+class DirectUdpChannel(DatagramChannel):
     """An unconnected UDP socket sending to any destination; names resolved and cached."""
 
     def __init__(self, family: int, receiver: DatagramReceiver) -> None:
+        super().__init__(receiver)
         self.family = family
-        self.receiver = receiver
-        self.transport: asyncio.DatagramTransport | None = None
         self._names: OrderedDict[str, tuple[str, float]] = OrderedDict()  # name -> ip, expiry
         self._reverse: dict[tuple[str, int], Address] = {}  # (ip, port) -> name address
         self._pending: list[tuple[bytes, Address]] = []
         self._resolving: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._closed = False
-        self._endpoint: tuple[str, int] | None = None
 
-    def _on_datagram(self, data: bytes, addr: tuple[Any, ...]) -> None:
+    def datagram_from_socket(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        """A reply from ``addr``: reported under the name the app sent to, when there was one."""
         host, port = str(addr[0]), int(addr[1])
         src = self._reverse.get((host, port)) or Address(host, port)
         self.receiver.datagram_received(data, src)
-
-    def _on_lost(self, exc: BaseException | None) -> None:
-        forget_endpoint(self._endpoint)
-        self._endpoint = None
-        if not self._closed:
-            self._closed = True
-            self.receiver.channel_lost(exc)
 
     def send(self, payload: bytes, dst: Address) -> None:
         """Send to ``dst``; a name is resolved first (datagrams wait, bounded)."""
@@ -123,34 +90,17 @@ class DirectUdpChannel(UdpChannel):
         for payload, dst in pending:
             self.send(payload, dst)
 
-    def close(self) -> None:
-        """Close the socket."""
-        self._closed = True
-        forget_endpoint(self._endpoint)
-        self._endpoint = None
-        if self.transport is not None:
-            self.transport.close()
-
 
 async def open_direct_udp(
     family: int, receiver: DatagramReceiver, *, outbound: Outbound | None = None
 ) -> DirectUdpChannel:
     """A :class:`DirectUdpChannel` bound to an ephemeral port of ``family``."""
-    loop = asyncio.get_running_loop()
     ch = DirectUdpChannel(family, receiver)
     try:
         sock = udp_socket(family, outbound)
     except OSError as e:
         raise upstream_error_from_os(e, "direct UDP socket") from None
-    try:
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _DatagramProtocol(ch._on_datagram, ch._on_lost), sock=sock
-        )
-    except OSError as e:
-        sock.close()
-        raise upstream_error_from_os(e, "direct UDP socket") from None
-    ch.transport = transport
-    ch._endpoint = remember_endpoint(sock)
+    await ch.attach(sock, "direct UDP socket")
     return ch
 
 
@@ -167,25 +117,24 @@ class _ControlProtocol(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.channel._lost(exc or ConnectionError("SOCKS5 control connection closed"))
+        self.channel.lost(exc or ConnectionError("SOCKS5 control connection closed"))
 
 
-class Socks5UdpChannel(UdpChannel):
+class Socks5UdpChannel(DatagramChannel):
     """A SOCKS5 UDP association (RFC 1928 §7): datagrams wrapped with the SOCKS5 UDP header
     and sent to the relay the proxy named; the association lives as long as its TCP control
     connection."""
 
     def __init__(self, receiver: DatagramReceiver) -> None:
-        self.receiver = receiver
+        super().__init__(receiver)
         self.control: asyncio.Transport | None = None
-        self.transport: asyncio.DatagramTransport | None = None
+        #: Replies dropped because they were fragments (RFC 1928 §7: not reassembled).
         self.dropped_fragments = 0
+        #: Replies dropped because their header was malformed.
         self.dropped_malformed = 0
-        self.dropped_too_big = 0
-        self._closed = False
-        self._endpoint: tuple[str, int] | None = None
 
-    def _on_datagram(self, data: bytes, addr: tuple[Any, ...]) -> None:
+    def datagram_from_socket(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        """A datagram from the relay: unwrapped, or dropped and counted."""
         try:
             src, payload = decode_udp_datagram(data)
         except MalformedPacket as e:
@@ -196,30 +145,15 @@ class Socks5UdpChannel(UdpChannel):
             return
         self.receiver.datagram_received(bytes(payload), src)
 
-    def _lost(self, exc: BaseException | None) -> None:
-        if self._closed:
-            return
-        self.close()
-        self.receiver.channel_lost(exc)
-
     def send(self, payload: bytes, dst: Address) -> None:
         """Wrap and send one datagram to the relay (too big once wrapped: dropped, counted)."""
         if self._closed or self.transport is None:
             return
-        data = encode_udp_datagram(dst, payload)
-        if len(data) > _MAX_UDP:
-            self.dropped_too_big += 1
-            return
-        with contextlib.suppress(OSError):
-            self.transport.sendto(data)
+        self.send_wrapped(encode_udp_datagram(dst, payload))
 
     def close(self) -> None:
         """Close the relay socket and the control connection."""
-        self._closed = True
-        forget_endpoint(self._endpoint)
-        self._endpoint = None
-        if self.transport is not None:
-            self.transport.close()
+        super().close()
         if self.control is not None:
             self.control.close()
 
@@ -234,7 +168,6 @@ async def open_socks5_udp(
         UpstreamError: the proxy refused (``unsupported`` for REP 7, as microsocks and others
             without UDP answer).
     """
-    loop = asyncio.get_running_loop()
     ch = Socks5UdpChannel(receiver)
     hs = Socks5Handshake(Address("0.0.0.0", 0), auth=auth, command=UDP_ASSOCIATE)
     control = await open_via_handshake(
@@ -260,22 +193,10 @@ async def open_socks5_udp(
     # Talk to the relay from a socket "connected" to it: datagrams from anyone else are
     # dropped by the kernel (RFC 1928 §7: accept only from the relay).
     try:
-        infos = await loop.getaddrinfo(relay_host, relay_port, type=socket.SOCK_DGRAM)
-        if not infos:
-            raise OSError(f"cannot resolve {relay_host}")
-        remote = (str(infos[0][4][0]), int(infos[0][4][1]))
-        sock = udp_socket(infos[0][0], outbound, remote=remote)
-    except OSError as e:
-        control.close()
-        raise upstream_error_from_os(e, f"SOCKS5 UDP relay {relay_host}:{relay_port}") from None
-    try:
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _DatagramProtocol(ch._on_datagram, ch._lost), sock=sock
+        await ch.attach_connected(
+            relay_host, relay_port, f"SOCKS5 UDP relay {relay_host}:{relay_port}", outbound
         )
-    except OSError as e:
-        sock.close()
+    except UpstreamError:
         control.close()
-        raise upstream_error_from_os(e, f"SOCKS5 UDP relay {relay_host}:{relay_port}") from None
-    ch._endpoint = remember_endpoint(sock)
-    ch.transport = transport
+        raise
     return ch
