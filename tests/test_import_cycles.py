@@ -3,9 +3,10 @@
 The walk is over the source (``ast``), not over what Python happens to execute, so it sees
 imports under ``if TYPE_CHECKING:`` and inside functions too: a cycle hidden behind either is
 still a cycle between the modules (issue 10). An edge ``a -> b`` means module ``a`` names
-module ``b`` in an import statement; ``from .pkg import name`` is an edge to ``pkg`` and, when
-``name`` is a submodule, to ``pkg.name`` as well. The implicit import of a module's parent
-packages is not an edge (a package importing its own submodules is not a cycle).
+module ``b`` in an import statement: ``from .pkg import name`` is an edge to ``pkg.name`` when
+that is a submodule, else to ``pkg`` (whose namespace ``name`` comes from). The implicit
+import of a module's parent packages is not an edge (a package importing its own submodules,
+and they importing each other, is not a cycle).
 """
 
 from __future__ import annotations
@@ -52,12 +53,12 @@ def import_graph(root: pathlib.Path = ROOT) -> dict[str, set[str]]:
                 edges.update(a.name for a in node.names if a.name in modules)
             elif isinstance(node, ast.ImportFrom):
                 base = _resolve(name, is_package, node.level, node.module)
-                if base in modules:
-                    edges.add(base)
                 for alias in node.names:
                     sub = f"{base}.{alias.name}"
                     if sub in modules:
-                        edges.add(sub)
+                        edges.add(sub)  # a submodule: the package's own names are not used
+                    elif base in modules:
+                        edges.add(base)
         edges.discard(name)
         graph[name] = edges
     return graph
@@ -132,19 +133,19 @@ def test_the_walk_sees_type_checking_and_function_level_imports(tmp_path: pathli
     files = {
         "__init__.py": "from .a import A\n",
         "a.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .b import B\n",
-        "b.py": "from .a import A\n",
+        "b.py": "from .a import A\nfrom . import sub\n",
         "c.py": "def f():\n    from .sub import d\n",
         "sub/__init__.py": "",
         "sub/d.py": "import pkg.c\n",
-        "e.py": "from .sub.d import x\nfrom .. import elsewhere\n",
+        "e.py": "from .sub.d import x\nfrom .. import elsewhere\nfrom . import A, c\n",
     }
     for name, text in files.items():
         (pkg / name).write_text(text)
     graph = import_graph(pkg)
     assert graph["pkg.a"] == {"pkg.b"}
-    assert graph["pkg.b"] == {"pkg.a"}
-    assert graph["pkg.c"] == {"pkg.sub", "pkg.sub.d"}
-    assert graph["pkg.e"] == {"pkg.sub.d"}
+    assert graph["pkg.b"] == {"pkg.a", "pkg.sub"}
+    assert graph["pkg.c"] == {"pkg.sub.d"}
+    assert graph["pkg.e"] == {"pkg", "pkg.c", "pkg.sub.d"}
     assert find_cycles(graph) == [["pkg.a", "pkg.b"], ["pkg.c", "pkg.sub.d"]]
     assert _a_cycle(graph, ["pkg.a", "pkg.b"]) == ["pkg.a", "pkg.b", "pkg.a"]
 

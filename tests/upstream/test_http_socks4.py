@@ -37,8 +37,8 @@ from tun2proxy.errors import ConfigError, UpstreamError
 from tun2proxy.proxy.address import Address
 from tun2proxy.upstream import FlowInfo, Upstream, upstream_from_url
 from tun2proxy.upstream.http import HttpConnectUpstream
-from tun2proxy.upstream.registry import redact_url
 from tun2proxy.upstream.socks4 import Socks4Upstream
+from tun2proxy.upstream.url import redact_url
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import urllib.parse
 
+from ..errors import ConfigError
 from ..proxy.address import Address
 from .base import DatagramReceiver, FlowInfo, UdpChannel, Upstream, upstream_error_from_os
 from .dial import Outbound, connect_tcp
+from .udp import open_direct_udp
 
-__all__ = ["DirectUpstream"]
+__all__ = ["DirectUpstream", "from_url"]
 
 
 class DirectUpstream(Upstream):
@@ -52,8 +55,6 @@ class DirectUpstream(Upstream):
 
     async def open_udp(self, flow: FlowInfo, receiver: DatagramReceiver) -> UdpChannel:
         """An unconnected UDP socket of the app's address family."""
-        from .udp import open_direct_udp
-
         family = socket.AF_INET6 if ":" in flow.src[0] else socket.AF_INET
         return await open_direct_udp(family, receiver, outbound=self._outbound())
 
@@ -67,3 +68,14 @@ class DirectUpstream(Upstream):
         if self.bind:
             extra.append(f"bind={self.bind}")
         return "direct" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def from_url(u: urllib.parse.SplitResult, raw: str) -> DirectUpstream:
+    """Build the upstream of ``direct://`` (or ``none://``): no host, no path.
+
+    Raises:
+        ConfigError: the URL names a host or a path.
+    """
+    if u.netloc or u.path not in ("", "/"):
+        raise ConfigError(f"proxy URL {raw!r}: direct:// takes no host or path")
+    return DirectUpstream()

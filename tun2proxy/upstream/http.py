@@ -14,7 +14,7 @@ from ..proxy.address import Address
 from ..proxy.http_connect import HttpConnectHandshake
 from .base import FlowInfo, Upstream
 from .handshake import open_via_handshake
-from .registry import _credentials, parse_host_port
+from .url import credentials, parse_host_port
 
 __all__ = ["DEFAULT_PORT", "HttpConnectUpstream", "from_url"]
 
@@ -80,7 +80,7 @@ def from_url(u: urllib.parse.SplitResult, raw: str) -> HttpConnectUpstream:
             f"proxy URL {raw!r}: https:// (TLS to the proxy) is not supported; use http://"
         )
     host, port = parse_host_port(u, raw, DEFAULT_PORT)
-    auth = _credentials(u, raw)
+    auth = credentials(u, raw)
     if auth is not None and ":" in auth[0]:
         raise ConfigError(f"proxy URL {raw!r}: an HTTP Basic auth user name cannot contain ':'")
     return HttpConnectUpstream(host, port, auth=auth)

@@ -3,106 +3,39 @@
 Supported: ``direct://``, ``reject://``, ``socks5://[user:pass@]host[:port]`` (also
 ``socks5h://``; the default port is 1080), ``socks4://[userid@]host[:port]`` and
 ``socks4a://...`` (port 1080), ``http://[user:pass@]host[:port]`` (HTTP CONNECT, port 8080;
-``https://`` is refused). Credentials may be percent-encoded. Every malformed URL raises
-:class:`~tun2proxy.errors.ConfigError` naming the part that is wrong.
+``https://`` is refused), ``ss://...`` (Shadowsocks, see :mod:`.ss_url`). Credentials may be
+percent-encoded. Every malformed URL raises :class:`~tun2proxy.errors.ConfigError` naming the
+part that is wrong, never showing a password.
+
+The registry only picks the scheme: each scheme module parses its own URL (``from_url``),
+with the helpers of :mod:`.url`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import urllib.parse
 from collections.abc import Callable
 
 from ..errors import ConfigError
+from . import direct, http, reject, socks4, socks5, ss_url
 from .base import Upstream
+from .url import redact_url
 
-__all__ = ["SCHEMES", "parse_host_port", "upstream_from_url"]
+__all__ = ["SCHEMES", "upstream_from_url"]
 
-
-def _direct(u: urllib.parse.SplitResult, raw: str) -> Upstream:
-    from .direct import DirectUpstream
-
-    if u.netloc or u.path not in ("", "/"):
-        raise ConfigError(f"proxy URL {raw!r}: direct:// takes no host or path")
-    return DirectUpstream()
-
-
-def _reject(u: urllib.parse.SplitResult, raw: str) -> Upstream:
-    from .reject import RejectUpstream
-
-    return RejectUpstream()
-
-
-def _socks5(u: urllib.parse.SplitResult, raw: str) -> Upstream:
-    from .socks5 import Socks5Upstream
-
-    host, port = parse_host_port(u, raw, 1080)
-    return Socks5Upstream(host, port, auth=_credentials(u, raw))
-
-
-def _http(u: urllib.parse.SplitResult, raw: str) -> Upstream:
-    from .http import from_url
-
-    return from_url(u, raw)
-
-
-def _socks4(u: urllib.parse.SplitResult, raw: str) -> Upstream:
-    from .socks4 import from_url
-
-    return from_url(u, raw)
-
-
-def _ss(u: urllib.parse.SplitResult, raw: str) -> Upstream:
-    from .ss_url import from_url
-
-    return from_url(u, raw)
-
-
-#: URL scheme -> builder.
+#: URL scheme -> the scheme module's ``from_url(split_url, raw_url)``.
 SCHEMES: dict[str, Callable[[urllib.parse.SplitResult, str], Upstream]] = {
-    "direct": _direct,
-    "none": _direct,
-    "reject": _reject,
-    "socks5": _socks5,
-    "socks5h": _socks5,
-    "ss": _ss,
-    "socks4": _socks4,
-    "socks4a": _socks4,
-    "http": _http,
-    "https": _http,  # refused with a message saying TLS to the proxy is not supported
+    "direct": direct.from_url,
+    "none": direct.from_url,
+    "reject": reject.from_url,
+    "socks5": socks5.from_url,
+    "socks5h": socks5.from_url,
+    "ss": ss_url.from_url,
+    "socks4": socks4.from_url,
+    "socks4a": socks4.from_url,
+    "http": http.from_url,
+    "https": http.from_url,  # refused with a message saying TLS to the proxy is not supported
 }
-
-
-def _credentials(u: urllib.parse.SplitResult, raw: str) -> tuple[str, str] | None:
-    if u.username is None and u.password is None:
-        return None
-    user = urllib.parse.unquote(u.username or "")
-    password = urllib.parse.unquote(u.password or "")
-    if not user:
-        raise ConfigError(f"proxy URL {raw!r}: empty user name before '@'")
-    if len(user.encode()) > 255 or len(password.encode()) > 255:
-        raise ConfigError(f"proxy URL {raw!r}: user name and password are limited to 255 bytes")
-    return user, password
-
-
-def parse_host_port(u: urllib.parse.SplitResult, raw: str, default_port: int) -> tuple[str, int]:
-    """Host and port of a URL, validated; IPv6 literals come without brackets."""
-    try:
-        host = u.hostname
-        port = u.port
-    except ValueError as e:
-        raise ConfigError(f"proxy URL {raw!r}: bad port ({e})") from None
-    if not host:
-        raise ConfigError(f"proxy URL {raw!r}: missing host")
-    if u.path not in ("", "/"):
-        raise ConfigError(f"proxy URL {raw!r}: unexpected path {u.path!r}")
-    if "[" not in u.netloc:
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            if not all(part and len(part) < 64 for part in host.rstrip(".").split(".")):
-                raise ConfigError(f"proxy URL {raw!r}: bad host name {host!r}") from None
-    return host, port if port is not None else default_port
 
 
 def upstream_from_url(url: str) -> Upstream:
@@ -119,18 +52,6 @@ def upstream_from_url(url: str) -> Upstream:
         if shown != raw:  # never echo a password into a terminal or a log
             raise ConfigError(str(e).replace(repr(raw), repr(shown)).replace(raw, shown)) from None
         raise
-
-
-def redact_url(raw: str) -> str:
-    """``raw`` with the password of its user-info part replaced by ``***``."""
-    head, sep, rest = raw.partition("://")
-    if not sep:
-        return raw
-    at = rest.rfind("@", 0, len(rest.split("/", 1)[0]) if "/" in rest else len(rest))
-    if at < 0:
-        return raw
-    user, colon, _password = rest[:at].partition(":")
-    return f"{head}://{user}{':***' if colon else ''}{rest[at:]}"
 
 
 def _build(raw: str) -> Upstream:

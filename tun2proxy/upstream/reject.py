@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 
 from ..errors import UpstreamError
 from ..proxy.address import Address
 from .base import DatagramReceiver, FlowInfo, UdpChannel, Upstream
 
-__all__ = ["RejectUpstream"]
+__all__ = ["RejectUpstream", "from_url"]
 
 
 class RejectUpstream(Upstream):
@@ -28,3 +29,8 @@ class RejectUpstream(Upstream):
     async def open_udp(self, flow: FlowInfo, receiver: DatagramReceiver) -> UdpChannel:
         """Always raise :class:`UpstreamError`."""
         raise UpstreamError("rejected by policy", self.reason)
+
+
+def from_url(u: urllib.parse.SplitResult, raw: str) -> RejectUpstream:
+    """Build the upstream of ``reject://`` (anything after the scheme is ignored)."""
+    return RejectUpstream()

@@ -16,7 +16,7 @@ from ..proxy.address import Address
 from ..proxy.socks4 import Socks4Handshake
 from .base import FlowInfo, Upstream
 from .handshake import open_via_handshake
-from .registry import parse_host_port
+from .url import parse_host_port
 
 __all__ = ["DEFAULT_PORT", "Socks4Upstream", "from_url"]
 

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 
 from ..errors import UpstreamError
 from ..proxy.address import Address
 from ..proxy.socks5 import Socks5Handshake
 from .base import DatagramReceiver, FlowInfo, UdpChannel, Upstream
 from .handshake import open_via_handshake
+from .udp import open_socks5_udp
+from .url import credentials, parse_host_port
+
+__all__ = ["DEFAULT_PORT", "UDP_UNSUPPORTED_BACKOFF", "Socks5Upstream", "from_url"]
 
 #: After a proxy said it cannot do UDP, do not ask again for this long (tun2proxy#171).
 UDP_UNSUPPORTED_BACKOFF = 60.0
-
-__all__ = ["Socks5Upstream"]
+#: The port of ``socks5://host`` without one.
+DEFAULT_PORT = 1080
 
 
 class Socks5Upstream(Upstream):
@@ -42,8 +47,6 @@ class Socks5Upstream(Upstream):
 
     async def open_udp(self, flow: FlowInfo, receiver: DatagramReceiver) -> UdpChannel:
         """UDP ASSOCIATE through the proxy (remembered for a while if the proxy refuses)."""
-        from .udp import open_socks5_udp
-
         if time.monotonic() < self._udp_unsupported_until:
             raise UpstreamError("SOCKS5 proxy does not support UDP ASSOCIATE", "unsupported")
         try:
@@ -57,3 +60,14 @@ class Socks5Upstream(Upstream):
         """``socks5://host:port`` (credentials hidden)."""
         user = "user:***@" if self.auth else ""
         return f"socks5://{user}{Address(self.host, self.port)}"
+
+
+def from_url(u: urllib.parse.SplitResult, raw: str) -> Socks5Upstream:
+    """Build the upstream of ``socks5://[user:pass@]host[:port]`` (or ``socks5h://``; port
+    1080 by default).
+
+    Raises:
+        ConfigError: a malformed URL.
+    """
+    host, port = parse_host_port(u, raw, DEFAULT_PORT)
+    return Socks5Upstream(host, port, auth=credentials(u, raw))

@@ -24,8 +24,8 @@ import re
 import urllib.parse
 
 from ..errors import ConfigError
-from .registry import parse_host_port
 from .shadowsocks import METHODS, ShadowsocksUpstream
+from .url import parse_host_port
 
 __all__ = ["from_url"]
 
