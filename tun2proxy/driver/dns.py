@@ -15,17 +15,16 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
-from ..errors import ConfigError, UpstreamError
+from ..dns.pool import DEFAULT_V6_POOL, FakeIpPool, SlotDirectory
+from ..dns.tcp_framing import TcpDnsReader, frame
+from ..dns.virtual import VirtualDns
+from ..errors import ConfigError, FlowStateError, UpstreamError
 from ..proxy.address import Address
+from ..stack.events import UdpDatagram
 from ..upstream.base import FlowInfo
-
-if TYPE_CHECKING:
-    from ..dns.pool import FakeIpPool, SlotDirectory
-    from ..dns.virtual import VirtualDns
-    from ..stack.events import UdpDatagram
-    from .loop import Driver
+from .host import RelayHost
 
 __all__ = ["DNS_MODES", "DnsHandler"]
 
@@ -40,16 +39,12 @@ class _DnsOverTcp(asyncio.Protocol):
     """One query over one TCP connection (RFC 7766 framing), answer to a future."""
 
     def __init__(self, query: bytes, done: asyncio.Future[bytes]) -> None:
-        from ..dns.tcp_framing import TcpDnsReader
-
         self.query = query
         self.done = done
         self.reader = TcpDnsReader()
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        from ..dns.tcp_framing import frame
-
         # Not isinstance: uvloop's transports are not asyncio.Transport subclasses.
         self.transport = cast(asyncio.Transport, transport)
         self.transport.write(frame(self.query))
@@ -76,7 +71,7 @@ class DnsHandler:
 
     def __init__(
         self,
-        driver: Driver,
+        driver: RelayHost,
         mode: str,
         dns_addr: Address,
         pool_v4: str = "198.18.0.0/15",
@@ -100,15 +95,10 @@ class DnsHandler:
         self.failed = 0
         self._last_expire = 0.0
         if mode == "virtual":
-            from ..dns.pool import DEFAULT_V6_POOL, FakeIpPool
-            from ..dns.virtual import VirtualDns
-
             self.pool = FakeIpPool(
                 pool_v4, pool_v6 or DEFAULT_V6_POOL, partition=partition, directory=directory
             )
             self.vdns = VirtualDns(self.pool)
-        elif mode == "over-tcp":
-            from ..dns import tcp_framing  # noqa: F401 - fail early if missing
 
     # ------------------------------------------------------------------ UDP queries
 
@@ -133,8 +123,6 @@ class DnsHandler:
         return True
 
     def _reply(self, ev: UdpDatagram, response: bytes) -> None:
-        from ..errors import FlowStateError
-
         try:
             self.driver.stack.udp_send(ev.flow_id, response, ev.dst)
         except (FlowStateError, ValueError):
@@ -155,7 +143,7 @@ class DnsHandler:
             answer = await asyncio.wait_for(self.query_over_tcp(ev), _FORWARD_TIMEOUT)
         except (UpstreamError, TimeoutError, OSError) as e:
             self.failed += 1
-            self.driver._limited.log(
+            self.driver.limited_log.log(
                 logging.WARNING, "dns-forward", "DNS over TCP to %s failed: %s", self.dns_addr,
                 e or "timeout",
             )
@@ -184,13 +172,9 @@ class DnsHandler:
             transport.close()
 
     def _servfail(self, ev: UdpDatagram) -> None:
-        from ..dns.virtual import VirtualDns
-
         vdns = self.vdns
         if vdns is None:
             # over-tcp mode has no VirtualDns for message helpers: build one lazily.
-            from ..dns.pool import FakeIpPool
-
             vdns = VirtualDns(FakeIpPool(capacity=16))
         resp = vdns.servfail(ev.payload)
         if resp is not None:

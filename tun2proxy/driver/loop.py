@@ -632,3 +632,8 @@ class Driver:
     def on_error(self) -> Callable[[BaseException], None]:
         """The link-error callback (for links constructed outside :meth:`run`)."""
         return self._on_link_error
+
+    @property
+    def limited_log(self) -> RateLimitedLog:
+        """The rate-limited logger the driver shares with its relays and DNS handler."""
+        return self._limited

@@ -19,12 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from ..errors import FlowStateError
-
-if TYPE_CHECKING:
-    from .loop import Driver
+from .host import RelayHost
 
 __all__ = ["TcpRelay"]
 
@@ -48,7 +46,7 @@ class TcpRelay(asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, driver: Driver, flow_id: int) -> None:
+    def __init__(self, driver: RelayHost, flow_id: int) -> None:
         self.driver = driver
         self.flow_id = flow_id
         self.transport: asyncio.Transport | None = None

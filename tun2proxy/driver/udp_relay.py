@@ -9,18 +9,27 @@ straight through, and each reply becomes ``NetStack.udp_send``.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..proxy.address import Address
 from ..upstream.base import UdpChannel
 
-if TYPE_CHECKING:
-    from .loop import Driver
-
-__all__ = ["MAX_PENDING_BYTES", "MAX_PENDING_DATAGRAMS", "UdpRelay"]
+__all__ = ["MAX_PENDING_BYTES", "MAX_PENDING_DATAGRAMS", "UdpHost", "UdpRelay"]
 
 MAX_PENDING_DATAGRAMS = 32
 MAX_PENDING_BYTES = 256 * 1024
+
+
+class UdpHost(Protocol):
+    """What a :class:`UdpRelay` needs of the driver that owns it: where replies go."""
+
+    def udp_reply(self, relay: UdpRelay, payload: bytes, src: Address) -> None:
+        """A datagram from upstream for the app."""
+        ...
+
+    def udp_lost(self, relay: UdpRelay, exc: BaseException | None) -> None:
+        """The relay's channel died: end the session."""
+        ...
 
 
 class UdpRelay:
@@ -38,7 +47,7 @@ class UdpRelay:
         "v6",
     )
 
-    def __init__(self, driver: Driver, flow_id: int, v6: bool) -> None:
+    def __init__(self, driver: UdpHost, flow_id: int, v6: bool) -> None:
         self.driver = driver
         self.flow_id = flow_id
         self.v6 = v6
