@@ -704,8 +704,8 @@ async def _build_upstream(args: argparse.Namespace) -> Upstream:
     servers = [u for u in (main, *extra.values()) if isinstance(getattr(u, "host", None), str)]
     if not (args.rule_set or args.bypass or extra or servers):
         return main  # type: ignore[no-any-return]
-    from .routing.router import RoutingUpstream, resolve_proxy_addresses
     from .routing.rules import Rules
+    from .upstream.router import RoutingUpstream, resolve_proxy_addresses
 
     addresses: list[str] = []
     for u in servers:

@@ -13,11 +13,11 @@ import pytest
 
 from tun2proxy.errors import ConfigError, UpstreamError
 from tun2proxy.proxy.address import Address
-from tun2proxy.routing import router as router_mod
-from tun2proxy.routing.router import Decision, RoutingUpstream, resolve_proxy_addresses
 from tun2proxy.routing.rules import Rules
+from tun2proxy.upstream import router as router_mod
 from tun2proxy.upstream.base import DatagramReceiver, FlowInfo, UdpChannel, Upstream
 from tun2proxy.upstream.direct import DirectUpstream
+from tun2proxy.upstream.router import Decision, RoutingUpstream, resolve_proxy_addresses
 
 pytestmark = pytest.mark.timeout(30)
 

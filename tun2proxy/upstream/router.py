@@ -35,9 +35,9 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError, UpstreamError
 from ..proxy.address import Address
-from ..upstream.base import DatagramReceiver, FlowInfo, UdpChannel, Upstream
-from ..upstream.direct import DirectUpstream
-from .rules import IPAddress, NetworkSet, Rule, Rules, parse_network
+from ..routing.rules import IPAddress, NetworkSet, Rule, Rules, parse_network
+from .base import DatagramReceiver, FlowInfo, UdpChannel, Upstream
+from .direct import DirectUpstream
 
 __all__ = [
     "MAX_PENDING_DATAGRAMS",
@@ -47,7 +47,9 @@ __all__ = [
     "resolve_proxy_addresses",
 ]
 
-log = logging.getLogger(__name__)
+#: Routing decisions log under the feature's name (as before the router moved here from
+#: ``tun2proxy.routing``), so ``tun2proxy.routing`` selects them in a logging configuration.
+log = logging.getLogger("tun2proxy.routing.router")
 
 #: Datagrams held per target while its UDP channel opens; later ones are dropped.
 MAX_PENDING_DATAGRAMS = 32
