@@ -73,24 +73,21 @@ _METHODS_2022: Final[dict[str, Method]] = {
 }
 
 
+def _lookup(table: dict[str, Method], name: str, what: str, known: tuple[str, ...]) -> Method:
+    m = table.get(name.strip().lower())
+    if m is None:
+        raise ConfigError(f"unknown {what} method {name!r}; use one of {', '.join(known)}")
+    return m
+
+
 def method_2017(name: str) -> Method:
     """The AEAD-2017 method called ``name``; ConfigError if unknown."""
-    m = _METHODS_2017.get(name.strip().lower())
-    if m is None:
-        raise ConfigError(
-            f"unknown Shadowsocks AEAD method {name!r}; use one of {', '.join(AEAD_METHODS)}"
-        )
-    return m
+    return _lookup(_METHODS_2017, name, "Shadowsocks AEAD", AEAD_METHODS)
 
 
 def method_2022(name: str) -> Method:
     """The Shadowsocks 2022 method called ``name``; ConfigError if unknown."""
-    m = _METHODS_2022.get(name.strip().lower())
-    if m is None:
-        raise ConfigError(
-            f"unknown Shadowsocks 2022 method {name!r}; use one of {', '.join(METHODS_2022)}"
-        )
-    return m
+    return _lookup(_METHODS_2022, name, "Shadowsocks 2022", METHODS_2022)
 
 
 # -- AEAD-2017 ---------------------------------------------------------------------------------
