@@ -2,13 +2,24 @@
 
 Pure: no I/O. Each handshake is fed the upstream's bytes in any split and reports
 ``NEED_DATA``, ``Established(trailing, bound)`` or ``Failed(reason, message)``; bytes that
-followed the reply are never lost (see :mod:`tun2proxy.proxy.base`).
+followed the reply are never lost (see :mod:`tun2proxy.proxy.base`, whose
+:class:`~tun2proxy.proxy.base.HandshakeBase` they share). :mod:`tun2proxy.proxy.address` is
+the one SOCKS address codec; the Shadowsocks codecs are the :mod:`tun2proxy.proxy.shadowsocks`
+package.
 """
 
 from __future__ import annotations
 
-from .address import Address
-from .base import NEED_DATA, Established, Failed, Handshake, HandshakeEvent, NeedData
+from .address import Address, decode_socks_address, encode_socks_address
+from .base import (
+    NEED_DATA,
+    Established,
+    Failed,
+    Handshake,
+    HandshakeBase,
+    HandshakeEvent,
+    NeedData,
+)
 from .http_connect import HttpConnectHandshake
 from .socks4 import Socks4Handshake
 from .socks5 import Socks5Handshake, decode_udp_datagram, encode_udp_datagram
@@ -19,11 +30,14 @@ __all__ = [
     "Established",
     "Failed",
     "Handshake",
+    "HandshakeBase",
     "HandshakeEvent",
     "HttpConnectHandshake",
     "NeedData",
     "Socks4Handshake",
     "Socks5Handshake",
+    "decode_socks_address",
     "decode_udp_datagram",
+    "encode_socks_address",
     "encode_udp_datagram",
 ]
