@@ -22,7 +22,7 @@ from ..errors import MalformedPacket, UpstreamError
 from ..proxy.address import Address
 from ..proxy.socks5 import UDP_ASSOCIATE, Socks5Handshake, decode_udp_datagram, encode_udp_datagram
 from .base import DatagramReceiver, UdpChannel, upstream_error_from_os
-from .dial import Outbound, forget_endpoint, remember_endpoint, udp_socket
+from .dial import Outbound, forget_endpoint, local_destination, remember_endpoint, udp_socket
 from .handshake import open_via_handshake
 
 __all__ = ["DirectUdpChannel", "Socks5UdpChannel", "open_direct_udp", "open_socks5_udp"]
@@ -33,6 +33,8 @@ _MAX_PENDING = 64
 _MAX_UDP = 65507  # the largest UDP payload over IPv4
 _NAME_TTL = 60.0
 _NAME_CACHE = 256
+_REFUSAL_LOG_INTERVAL = 10.0
+_refusal_logged = [float("-inf")]  # when a refused datagram was last logged
 
 
 class _DatagramProtocol(asyncio.DatagramProtocol):
@@ -58,9 +60,14 @@ class _DatagramProtocol(asyncio.DatagramProtocol):
 class DirectUdpChannel(UdpChannel):
     """An unconnected UDP socket sending to any destination; names resolved and cached."""
 
-    def __init__(self, family: int, receiver: DatagramReceiver) -> None:
+    def __init__(
+        self, family: int, receiver: DatagramReceiver, *, refuse_local: bool = True
+    ) -> None:
         self.family = family
         self.receiver = receiver
+        #: Drop datagrams to this host's own addresses (loopback...): see :mod:`.direct`.
+        self.refuse_local = refuse_local
+        self.refused = 0
         self.transport: asyncio.DatagramTransport | None = None
         self._names: OrderedDict[str, tuple[str, float]] = OrderedDict()  # name -> ip, expiry
         self._reverse: dict[tuple[str, int], Address] = {}  # (ip, port) -> name address
@@ -88,14 +95,16 @@ class DirectUdpChannel(UdpChannel):
         if t is None or self._closed:
             return
         if not dst.is_domain:
-            with contextlib.suppress(OSError):
-                t.sendto(payload, (dst.host, dst.port))
+            if not self._refused(dst.host, dst):
+                with contextlib.suppress(OSError):
+                    t.sendto(payload, (dst.host, dst.port))
             return
         hit = self._names.get(dst.host)
         if hit is not None and hit[1] > time.monotonic():
-            self._reverse[(hit[0], dst.port)] = dst
-            with contextlib.suppress(OSError):
-                t.sendto(payload, (hit[0], dst.port))
+            if not self._refused(hit[0], dst):
+                self._reverse[(hit[0], dst.port)] = dst
+                with contextlib.suppress(OSError):
+                    t.sendto(payload, (hit[0], dst.port))
             return
         if len(self._pending) < _MAX_PENDING:
             self._pending.append((payload, dst))
@@ -104,6 +113,20 @@ class DirectUdpChannel(UdpChannel):
             task = asyncio.get_running_loop().create_task(self._resolve(dst.host))
             self._tasks.add(task)  # the loop keeps only a weak reference
             task.add_done_callback(self._tasks.discard)
+
+    def _refused(self, ip: str, dst: Address) -> bool:
+        """Whether a datagram to ``ip`` (``dst`` resolved) is dropped: it is this host."""
+        if not self.refuse_local:
+            return False
+        why = local_destination(ip)
+        if why:
+            self.refused += 1
+            now = time.monotonic()
+            if now - _refusal_logged[0] >= _REFUSAL_LOG_INTERVAL:  # one line per interval
+                _refusal_logged[0] = now
+                log.warning("UDP to %s dropped: %s is a %s address, which the tunnel may not "
+                            "reach", dst, ip, why)
+        return bool(why)
 
     async def _resolve(self, name: str) -> None:
         loop = asyncio.get_running_loop()
@@ -133,11 +156,16 @@ class DirectUdpChannel(UdpChannel):
 
 
 async def open_direct_udp(
-    family: int, receiver: DatagramReceiver, *, outbound: Outbound | None = None
+    family: int,
+    receiver: DatagramReceiver,
+    *,
+    outbound: Outbound | None = None,
+    refuse_local: bool = True,
 ) -> DirectUdpChannel:
-    """A :class:`DirectUdpChannel` bound to an ephemeral port of ``family``."""
+    """A :class:`DirectUdpChannel` bound to an ephemeral port of ``family``; with
+    ``refuse_local`` it drops datagrams to this host's own addresses."""
     loop = asyncio.get_running_loop()
-    ch = DirectUdpChannel(family, receiver)
+    ch = DirectUdpChannel(family, receiver, refuse_local=refuse_local)
     try:
         sock = udp_socket(family, outbound)
     except OSError as e:
