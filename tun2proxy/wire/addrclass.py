@@ -43,8 +43,11 @@ the flow to its own loopback or network (RFC 6052 §3.1 forbids the well-known p
 non-global IPv4 addresses anyway). The local-use prefix ``64:ff9b:1::/48`` may embed the IPv4
 address in any RFC 6052 §2.2 layout of length 48 to 96; every layout whose reserved octet
 ("u", bits 64-71) and suffix are zero is checked, and the address is refused if any of them
-embeds a special IPv4 address. A network-specific prefix chosen by an operator cannot be
-recognised from the address alone; its translator must refuse special IPv4 addresses itself.
+embeds a special IPv4 address. The /96 reading always applies, so the /48 and /56 layouts,
+whose last 32 bits are zero, read as ``0.0.0.0`` and are refused: only /64 and /96 layouts
+of the local-use prefix carry flows (the /96 one is what deployments use). A
+network-specific prefix chosen by an operator cannot be recognised from the address alone;
+its translator must refuse special IPv4 addresses itself.
 """
 
 from __future__ import annotations
@@ -112,9 +115,6 @@ def _embedded(form: str, v4: bytes) -> str:
 
 def _nat64_local(a: bytes) -> str:
     """``64:ff9b:1::/48`` (RFC 8215): every plausible RFC 6052 layout from /48 to /96."""
-    worst = _embedded("nat64", a[12:16])  # /96: the last 32 bits
-    if worst:
-        return worst
     if a[8] == 0:  # the "u" octet of the shorter layouts must be zero
         for v4, suffix in (
             (a[6:8] + a[9:11], a[11:16]),  # /48
@@ -125,7 +125,7 @@ def _nat64_local(a: bytes) -> str:
                 c = _embedded("nat64", v4)
                 if c:
                     return c
-    return ""
+    return _embedded("nat64", a[12:16])  # /96: the last 32 bits (0.0.0.0 for a /48 or /56)
 
 
 def classify6(a: bytes) -> str:
