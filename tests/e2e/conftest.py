@@ -105,15 +105,17 @@ socks pass {{ from: 0.0.0.0/0 to: .test log: connect }}
 
 @pytest.fixture(scope="session")
 def dnsmasq(lab: Lab) -> Proc:
-    """A real DNS server in S (name.test -> the server's addresses, plus a TXT record); R's
-    processes (dante, tun2proxy's direct upstream) resolve through it."""
+    """A real DNS server in S (name.test -> the server's addresses, plus a TXT record;
+    loopback.test -> 127.0.0.1 and ::1, for test_hostile_addresses.py); R's processes (dante,
+    tun2proxy's direct upstream) resolve through it."""
     p = lab.start(
         "dnsmasq", lab.S,
         ["dnsmasq", "--no-daemon", "--log-facility=-", "--log-queries", "--pid-file=",
          f"--listen-address={SERVER_V4}", f"--listen-address={SERVER_V6}", "--bind-interfaces",
          "--port=53", "--no-resolv", "--no-hosts",
          f"--address=/name.test/{SERVER_V4}", f"--address=/name.test/{SERVER_V6}",
-         "--txt-record=name.test,hello-from-dnsmasq"],
+         "--txt-record=name.test,hello-from-dnsmasq",
+         "--address=/loopback.test/127.0.0.1", "--address=/loopback.test/::1"],
     )
     assert wait_for(lambda: "started" in p.output() or not p.alive()), p.output()
     assert p.alive(), p.output()

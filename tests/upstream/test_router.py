@@ -383,8 +383,11 @@ async def test_real_direct_delegate_connects() -> None:
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
+    # The only server this test may reach is on loopback, which an application's flow may
+    # not reach by default (test_builtin_direct_refuses_loopback_proxy_address below).
     router = RoutingUpstream(
-        {"proxy": FakeUpstream("proxy")}, Rules(), proxy_addresses=["127.0.0.1"]
+        {"proxy": FakeUpstream("proxy"), "direct": DirectUpstream(allow_local=True)}, Rules(),
+        proxy_addresses=["127.0.0.1"],
     )
     async with server:
         transport = await router.open_tcp(
@@ -393,6 +396,30 @@ async def test_real_direct_delegate_connects() -> None:
         transport.write(b"hello")
         assert await asyncio.wait_for(got, 5) == b"hello"
         transport.close()
+
+
+async def test_builtin_direct_refuses_loopback_proxy_address() -> None:
+    """A proxy on loopback is dialled by tun2proxy itself, but an application's flow to that
+    address (sent direct as a proxy address) must not reach the host's loopback."""
+    accepted: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    router = RoutingUpstream(
+        {"proxy": FakeUpstream("proxy")}, Rules(), proxy_addresses=["127.0.0.1"]
+    )
+    async with server:
+        for host in ("127.0.0.1", "::ffff:127.0.0.1"):
+            with pytest.raises(UpstreamError) as e:
+                await router.open_tcp(Address(host, port), asyncio.Protocol(), flow(host, port))
+            assert e.value.reason == "denied"
+            assert "loopback" in str(e.value)
+        await asyncio.sleep(0)
+    assert accepted == []
 
 
 # ------------------------------------------------------------------------------ resolving

@@ -39,7 +39,9 @@ class StackConfig:
         verify_checksums: verify IPv4, TCP, UDP and ICMP checksums of inbound packets.
         checksum_offload: leave outbound TCP/UDP checksums for the device to complete (only
             for links that declare it, e.g. Linux TUN with ``IFF_VNET_HDR``).
-        allow_link_local: accept flows to IPv6 link-local (fe80::/10) destinations.
+        allow_link_local: accept flows to scoped destinations: link-local (169.254.0.0/16,
+            fe80::/10, also IPv4-mapped) and deprecated site-local (fec0::/10); see
+            :mod:`tun2proxy.wire.addrclass`.
         accept_policy: ``decide`` (the default: a SYN is a request the host answers after
             dialling — the app never sees a connection that failed upstream) or
             ``immediate`` (the handshake completes first and ``TcpConnectRequest`` follows

@@ -32,6 +32,7 @@ from ..tcp.connection import (
 )
 from ..tcp.state import CLOSED, LISTEN, TIME_WAIT, State
 from ..udp.session import UdpSession
+from ..wire.addrclass import bad_destination, bad_source
 from ..wire.checksum import finish, ones_sum
 from ..wire.icmp import (
     ICMP6_ECHO_REQUEST,
@@ -74,9 +75,6 @@ __all__ = ["REJECT_REASONS", "NetStack"]
 #: How :meth:`NetStack.tcp_reject` can answer a refused SYN.
 REJECT_REASONS = ("reset", "net", "host", "port", "admin")
 
-_ZERO16 = bytes(16)
-_LOOP16 = bytes(15) + b"\x01"
-_V4MAPPED = bytes(10) + b"\xff\xff"
 _RST_BUDGET = 200  # RSTs to unknown flows per second (RFC 9293 §3.10.7.1; no amplification)
 #: Estimated bytes of Python objects per TCP flow in the stack (connection, key, timers),
 #: beside its buffers: an idle established flow measured about 2.2 KB with tracemalloc
@@ -84,22 +82,16 @@ _RST_BUDGET = 200  # RSTs to unknown flows per second (RFC 9293 §3.10.7.1; no a
 FLOW_OVERHEAD = 2200
 
 
-def _bad_source(a: bytes) -> bool:
-    """H6 / MUST-63: sources we never answer (unspecified, loopback, multicast, broadcast)."""
-    if len(a) == 4:
-        b0 = a[0]
-        return b0 == 0 or b0 == 127 or b0 >= 224
-    return a[0] == 0xFF or a == _ZERO16 or a == _LOOP16 or (a[:12] == _V4MAPPED and a[12] == 127)
-
-
-def _bad_destination(a: bytes, link_local: bool) -> bool:
-    """MUST-57: destinations a flow cannot go to (multicast, broadcast, unspecified, loopback)."""
-    if len(a) == 4:
-        b0 = a[0]
-        return b0 == 0 or b0 == 127 or b0 >= 224
-    if a[0] == 0xFF or a == _ZERO16 or a == _LOOP16:
-        return True
-    return not link_local and a[0] == 0xFE and (a[1] & 0xC0) == 0x80
+def _address_refused(src: bytes, dst: bytes, allow_scoped: bool) -> str:
+    """Why a packet from ``src`` to ``dst`` is refused for its addresses, or "" (one place for
+    TCP, UDP and ICMP; the classes are :mod:`tun2proxy.wire.addrclass`'s)."""
+    if src == dst:
+        return "land"  # source = destination (the LAND attack)
+    why = bad_source(src)
+    if why:
+        return "src-" + why
+    why = bad_destination(dst, allow_scoped)
+    return "dst-" + why if why else ""
 
 
 class NetStack:
@@ -243,8 +235,10 @@ class NetStack:
         if flags & RST:
             st.drop("tcp-rst-unknown-flow")  # never answer an RST with an RST
             return
-        if src == dst or _bad_source(src) or _bad_destination(dst, self.config.allow_link_local):
-            st.drop("tcp-bad-address")  # LAND (source = destination) included
+        if src == dst or bad_source(src) or bad_destination(dst, self.config.allow_link_local):
+            # Never answered: loopback, mapped, multicast... (wire/addrclass.py); LAND too.
+            st.drop("tcp-bad-address")
+            st.refuse_address("tcp-" + _address_refused(src, dst, self.config.allow_link_local))
             return
         if flags & SYN and not flags & ACK:
             self._new_syn(data, seg, key, src, dst, off, now)
@@ -444,10 +438,16 @@ class NetStack:
                 pseudo = int.from_bytes(src, "big") + int.from_bytes(dst, "big") + 17 + u.length
                 if ones_sum(memoryview(data)[off : off + u.length], pseudo) != 0:
                     raise MalformedPacket("udp-checksum")
-        if src == dst or _bad_source(src):
+        if src == dst or bad_source(src):
+            st.refuse_address("udp-" + _address_refused(src, dst, True))
             raise MalformedPacket("udp-bad-source")
-        if _bad_destination(dst, self.config.allow_link_local) or not u.dst_port:
-            # mDNS, SSDP, LLMNR, WS-Discovery...: never proxied (tun2proxy#172, #231).
+        if bad_destination(dst, self.config.allow_link_local) or not u.dst_port:
+            # mDNS, SSDP, LLMNR, WS-Discovery, ::ffff:127.0.0.1...: never proxied
+            # (tun2proxy#172, #231; wire/addrclass.py).
+            if u.dst_port:
+                st.refuse_address(
+                    "udp-" + _address_refused(src, dst, self.config.allow_link_local)
+                )
             st.drop("udp-multicast-or-local")
             return
         if not u.src_port:
@@ -511,9 +511,11 @@ class NetStack:
         st = self.stats_counters
         t = msg.type
         if (version == 4 and t == ICMP_ECHO_REQUEST) or (version == 6 and t == ICMP6_ECHO_REQUEST):
-            if self.config.icmp_echo == "reply" and not _bad_source(src) and not _bad_destination(
-                dst, True
-            ):
+            # Answered locally, so a scoped destination is fine; a special one is not.
+            why = _address_refused(src, dst, True)
+            if why:
+                st.refuse_address("icmp-" + why)
+            if self.config.icmp_echo == "reply" and not why:
                 self._out.append(echo_reply(version, src, dst, msg))
                 st.icmp_echo_replies += 1
             else:
@@ -524,6 +526,11 @@ class NetStack:
             st.drop("icmp6-nd-mld")
             return
         if is_icmp_error(version, t):
+            if bad_source(src):
+                # An error "from" loopback, multicast...: forged, it must not end our flows.
+                st.refuse_address("icmp-" + _address_refused(src, dst, True))
+                st.drop("icmp-error-bad-source")
+                return
             self._icmp_error(msg, version)
             return
         st.drop("icmp-other")

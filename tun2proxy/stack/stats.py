@@ -13,6 +13,7 @@ class Stats:
     """Monotonic counters of one NetStack."""
 
     __slots__ = (
+        "addresses_refused",
         "bytes_in",
         "drops",
         "icmp_echo_replies",
@@ -50,10 +51,19 @@ class Stats:
         self.icmp_errors_sent = 0
         #: Packets dropped, by reason (``tcp-checksum``, ``ip-fragment``, ...).
         self.drops: dict[str, int] = {}
+        #: Of those drops, the ones for a special address, by protocol, side and class of
+        #: the address (``tcp-dst-mapped-loopback``, ``udp-src-multicast``, ``tcp-land``):
+        #: see :mod:`tun2proxy.wire.addrclass`.
+        self.addresses_refused: dict[str, int] = {}
 
     def drop(self, reason: str) -> None:
         """Count one dropped packet."""
         d = self.drops
+        d[reason] = d.get(reason, 0) + 1
+
+    def refuse_address(self, reason: str) -> None:
+        """Count one packet refused for its address (beside its drop reason)."""
+        d = self.addresses_refused
         d[reason] = d.get(reason, 0) + 1
 
     def as_dict(self) -> dict[str, object]:

@@ -15,17 +15,25 @@ Every upstream opens its sockets here, so two things hold for all of them:
 TCP connections to a name with several addresses are raced the RFC 8305 way: the next
 address is tried when the previous attempt has not completed within 250 ms, alternating
 address families, and the first to connect wins.
+
+An application's destination is checked again here, after any name is resolved
+(:func:`local_destination`, ``connect_tcp(..., refuse_local=True)``): a name that resolves to
+``127.0.0.1``, ``::1`` or ``::ffff:0.0.0.0`` must not reach this host's own services
+(``docs/security.md``). The proxy server's own address is not checked: it is configured.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from ..wire.addrclass import dial_refused
 
 __all__ = [
     "ATTEMPT_DELAY",
@@ -34,6 +42,7 @@ __all__ = [
     "default_outbound",
     "forget_endpoint",
     "is_own_endpoint",
+    "local_destination",
     "remember_endpoint",
     "set_default_outbound",
     "udp_socket",
@@ -175,6 +184,30 @@ def _literal(host: str, port: int) -> list[Any] | None:
     return None
 
 
+def local_destination(host: str) -> str:
+    """Why an application may not be connected to IP literal ``host`` (it is this host:
+    loopback, unspecified, ``::ffff:127.0.0.1``...; or not unicast), or "" (names: "")."""
+    try:
+        packed = ipaddress.ip_address(host.split("%", 1)[0]).packed
+    except ValueError:
+        return ""
+    return dial_refused(packed)
+
+
+def _refuse_local(host: str, infos: list[Any]) -> list[Any]:
+    """``infos`` without the addresses :func:`local_destination` refuses; an error if none is
+    left."""
+    kept = [i for i in infos if not local_destination(str(i[4][0]))]
+    if not kept:
+        ip = str(infos[0][4][0])
+        what = f"{ip} is" if ip == host else f"{host} resolves to {ip},"
+        raise PermissionError(
+            errno.EACCES, f"refused: {what} a {local_destination(ip)} address, which the tunnel"
+            " may not reach"
+        )
+    return kept
+
+
 def _interleave(infos: list[Any]) -> list[Any]:
     """RFC 8305 §4: alternate address families, starting with the first one returned."""
     first = [i for i in infos if i[0] == infos[0][0]]
@@ -191,17 +224,25 @@ async def connect_tcp(
     port: int,
     protocol_factory: Callable[[], asyncio.Protocol],
     outbound: Outbound | None = None,
+    *,
+    refuse_local: bool = False,
 ) -> tuple[asyncio.Transport, asyncio.Protocol]:
     """Connect to ``host:port`` (a name is resolved and its addresses raced), attach a protocol.
 
+    With ``refuse_local`` (an application's destination), addresses of this host itself
+    (:func:`local_destination`) are never dialled.
+
     Raises:
-        OSError: no address could be connected (the last attempt's error).
+        OSError: no address could be connected (the last attempt's error);
+            :class:`PermissionError` when ``refuse_local`` left no address to try.
     """
     loop = asyncio.get_running_loop()
     ob = outbound if outbound is not None else _default
     infos = _literal(host, port) or await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     if not infos:
         raise OSError(f"cannot resolve {host}")
+    if refuse_local:
+        infos = _refuse_local(host, infos)
     infos = _interleave(infos)
     if len(infos) == 1:
         sock = await _attempt(loop, infos[0][0], infos[0][4], ob)

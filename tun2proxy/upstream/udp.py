@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
 from collections import OrderedDict
 from typing import Any
 
 from ..errors import MalformedPacket, UpstreamError
+from ..logutil import RateLimitedLog
 from ..proxy.address import Address
 from ..proxy.socks5 import UDP_ASSOCIATE, Socks5Handshake, decode_udp_datagram, encode_udp_datagram
 from .base import DatagramReceiver, upstream_error_from_os
 from .datagram import DatagramChannel
-from .dial import Outbound, udp_socket
+from .dial import Outbound, local_destination, udp_socket
 from .handshake import open_via_handshake
 
 __all__ = ["DirectUdpChannel", "Socks5UdpChannel", "open_direct_udp", "open_socks5_udp"]
@@ -29,14 +31,22 @@ __all__ = ["DirectUdpChannel", "Socks5UdpChannel", "open_direct_udp", "open_sock
 _MAX_PENDING = 64
 _NAME_TTL = 60.0
 _NAME_CACHE = 256
+log = logging.getLogger(__name__)
+#: One line per 10 s for datagrams refused because they would reach this host itself.
+_refusal_log = RateLimitedLog(log, interval=10.0)
 
 
 class DirectUdpChannel(DatagramChannel):
     """An unconnected UDP socket sending to any destination; names resolved and cached."""
 
-    def __init__(self, family: int, receiver: DatagramReceiver) -> None:
+    def __init__(
+        self, family: int, receiver: DatagramReceiver, *, refuse_local: bool = True
+    ) -> None:
         super().__init__(receiver)
         self.family = family
+        #: Drop datagrams to this host's own addresses (loopback...): see :mod:`.direct`.
+        self.refuse_local = refuse_local
+        self.refused = 0
         self._names: OrderedDict[str, tuple[str, float]] = OrderedDict()  # name -> ip, expiry
         self._reverse: dict[tuple[str, int], Address] = {}  # (ip, port) -> name address
         self._pending: list[tuple[bytes, Address]] = []
@@ -55,14 +65,16 @@ class DirectUdpChannel(DatagramChannel):
         if t is None or self._closed:
             return
         if not dst.is_domain:
-            with contextlib.suppress(OSError):
-                t.sendto(payload, (dst.host, dst.port))
+            if not self._refused(dst.host, dst):
+                with contextlib.suppress(OSError):
+                    t.sendto(payload, (dst.host, dst.port))
             return
         hit = self._names.get(dst.host)
         if hit is not None and hit[1] > time.monotonic():
-            self._reverse[(hit[0], dst.port)] = dst
-            with contextlib.suppress(OSError):
-                t.sendto(payload, (hit[0], dst.port))
+            if not self._refused(hit[0], dst):
+                self._reverse[(hit[0], dst.port)] = dst
+                with contextlib.suppress(OSError):
+                    t.sendto(payload, (hit[0], dst.port))
             return
         if len(self._pending) < _MAX_PENDING:
             self._pending.append((payload, dst))
@@ -71,6 +83,19 @@ class DirectUdpChannel(DatagramChannel):
             task = asyncio.get_running_loop().create_task(self._resolve(dst.host))
             self._tasks.add(task)  # the loop keeps only a weak reference
             task.add_done_callback(self._tasks.discard)
+
+    def _refused(self, ip: str, dst: Address) -> bool:
+        """Whether a datagram to ``ip`` (``dst`` resolved) is dropped: it is this host."""
+        if not self.refuse_local:
+            return False
+        why = local_destination(ip)
+        if why:
+            self.refused += 1
+            _refusal_log.warning(
+                "udp-local", "UDP to %s dropped: %s is a %s address, which the tunnel may not "
+                "reach", dst, ip, why,
+            )
+        return bool(why)
 
     async def _resolve(self, name: str) -> None:
         loop = asyncio.get_running_loop()
@@ -92,10 +117,15 @@ class DirectUdpChannel(DatagramChannel):
 
 
 async def open_direct_udp(
-    family: int, receiver: DatagramReceiver, *, outbound: Outbound | None = None
+    family: int,
+    receiver: DatagramReceiver,
+    *,
+    outbound: Outbound | None = None,
+    refuse_local: bool = True,
 ) -> DirectUdpChannel:
-    """A :class:`DirectUdpChannel` bound to an ephemeral port of ``family``."""
-    ch = DirectUdpChannel(family, receiver)
+    """A :class:`DirectUdpChannel` bound to an ephemeral port of ``family``; with
+    ``refuse_local`` it drops datagrams to this host's own addresses."""
+    ch = DirectUdpChannel(family, receiver, refuse_local=refuse_local)
     try:
         sock = udp_socket(family, outbound)
     except OSError as e:

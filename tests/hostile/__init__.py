@@ -1,0 +1,1 @@
+"""The hostile-input suite: what an attacker who can send packets into the TUN may try."""
