@@ -38,7 +38,7 @@ from tun2proxy.hostsetup import (
 from tun2proxy.link.netconf import InterfaceConfig
 from tun2proxy.link.netns import entered, netns_path
 from tun2proxy.link.tun_linux import TunDevice, open_tun
-from tun2proxy.testing.netlab import missing_prerequisites, run, wait_for
+from tun2proxy.testing.netlab import missing_prerequisites, run
 
 from .conftest import _unavailable
 
@@ -304,11 +304,11 @@ def test_checks_refuse_before_anything_is_changed(host: Host) -> None:
     host.open_tun()
     before = host.snapshot()
     host.ip("rule", "add", "priority", "9103", "lookup", "main")
-    with pytest.raises(SetupError, match="priorities 9100-9104 are in use.*--setup-priority"):
+    with pytest.raises(SetupError, match=r"priorities 9100-9104 are in use.*--setup-priority"):
         host.setup().apply()
     host.ip("rule", "del", "priority", "9103")
     host.ip("route", "add", "192.0.2.0/24", "dev", TUN, "table", "7368")
-    with pytest.raises(SetupError, match="table 7368 is not empty.*--setup-table"):
+    with pytest.raises(SetupError, match=r"table 7368 is not empty.*--setup-table"):
         host.setup().apply()
     host.ip("route", "del", "192.0.2.0/24", "dev", TUN, "table", "7368")
     host.ip("route", "del", "default")
@@ -346,7 +346,9 @@ time.sleep(100)
 
 
 @contextlib.contextmanager
-def _child_with_setup(host: Host, *, worker: bool = False) -> Iterator[tuple[subprocess.Popen[str], int]]:
+def _child_with_setup(
+    host: Host, *, worker: bool = False
+) -> Iterator[tuple[subprocess.Popen[str], int]]:
     cfg = {
         "tun": TUN, "addrs": list(TUN_ADDRS), "proxies": [PROXY_V4], "worker": worker,
         "ssh": f"{ADMIN_V4} 50022 {UPLINK_V4} 22", "resolv": str(host.resolv),
@@ -373,7 +375,9 @@ def _child_with_setup(host: Host, *, worker: bool = False) -> Iterator[tuple[sub
         p.wait(10)
 
 
-@pytest.mark.parametrize("worker", [False, True], ids=["device-dies-with-it", "worker-holds-device"])
+@pytest.mark.parametrize(
+    "worker", [False, True], ids=["device-dies-with-it", "worker-holds-device"]
+)
 def test_after_sigkill_cleanup_restores_everything(host: Host, worker: bool) -> None:
     before = host.snapshot()
     with _child_with_setup(host, worker=worker) as (child, grandchild):
