@@ -1,12 +1,17 @@
 """The netlink side of ``--setup``: add and remove rules and routes with pyroute2 (I/O).
 
-Acts on the network namespace of the calling thread, or on the namespace named by
-``netns`` (a name from ``ip netns`` or a path; tests use it, the CLI does not).
+Acts on the network namespace of the thread that creates the :class:`Netlink`, or on the
+namespace named by ``netns`` (a name from ``ip netns`` or a path; tests use it, the CLI does
+not). pyroute2's synchronous API runs an asyncio loop of its own and fails inside a running
+one, so every call is made on a private thread: the CLI may set up from its event loop.
 """
 
 from __future__ import annotations
 
 import errno
+import types
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .plan import MAIN_TABLE, Piece, SetupError
@@ -36,15 +41,43 @@ def _code(e: BaseException) -> int | None:
     return e.errno if isinstance(e, OSError) else None
 
 
+class _OnThread:
+    """Calls the methods of ``obj`` on the executor's thread; iterators come back as lists."""
+
+    def __init__(self, ex: ThreadPoolExecutor, obj: Any) -> None:
+        self._ex = ex
+        self._obj = obj
+
+    def __getattr__(self, name: str) -> Any:
+        def call(*args: Any, **kw: Any) -> Any:
+            def run() -> Any:
+                res = getattr(self._obj, name)(*args, **kw)
+                if isinstance(res, (types.GeneratorType, Iterator)):
+                    return list(res)
+                return res
+
+            return self._ex.submit(run).result()
+
+        return call
+
+
 class Netlink:
     """A netlink connection for one setup or cleanup; close it (or use ``with``)."""
 
     def __init__(self, netns: str | None = None) -> None:
-        self._ipr = _ipr(netns)
+        self._ex = ThreadPoolExecutor(1, thread_name_prefix="tun2proxy-netlink")
+        try:
+            self._ipr = _OnThread(self._ex, self._ex.submit(_ipr, netns).result())
+        except BaseException:
+            self._ex.shutdown()
+            raise
 
     def close(self) -> None:
-        """Close the netlink socket."""
-        self._ipr.close()
+        """Close the netlink socket and its thread."""
+        try:
+            self._ipr.close()
+        finally:
+            self._ex.shutdown()
 
     def __enter__(self) -> Netlink:
         return self
