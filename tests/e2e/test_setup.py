@@ -190,6 +190,7 @@ def test_apply_adds_exactly_the_expected_pieces_and_teardown_removes_them(host: 
     before = host.snapshot()
     s = host.setup()
     summary = s.apply()
+    assert s.original_nameservers == ["192.0.2.1"]
     during = host.snapshot()
     for key, want in EXPECTED_RULES.items():
         assert _added(before, during, key) == [w.strip() for w in want], key

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,3 +105,28 @@ def test_secret_file_must_exist_and_be_a_regular_file(tmp_path: Path) -> None:
         read_secret_file(tmp_path / "link")  # O_NOFOLLOW: no link to someone else's file
     with pytest.raises(SecretFileError, match="not a regular file"):
         read_secret_file(tmp_path)
+
+
+def test_the_example_unit_is_what_docs_setup_md_promises() -> None:
+    unit = Path(__file__).resolve().parents[2] / "examples" / "tun2proxy.service"
+    lines = [ln.strip() for ln in unit.read_text().splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    keys: dict[str, list[str]] = {}
+    for ln in lines:
+        if "=" in ln and not ln.startswith("["):
+            k, _, v = ln.partition("=")
+            keys.setdefault(k, []).append(v)
+    assert keys["Type"] == ["notify"]
+    assert "--setup" in keys["ExecStart"][0].split()
+    assert "--proxy" not in keys["ExecStart"][0]  # the secret is not on the command line
+    assert keys["ExecStopPost"][0].endswith("-m tun2proxy --cleanup")
+    assert keys["Restart"] == ["on-failure"]
+    assert keys["CapabilityBoundingSet"] == ["CAP_NET_ADMIN"]
+    assert keys["RuntimeDirectory"] == ["tun2proxy"]
+    assert keys["RuntimeDirectoryPreserve"] == ["yes"]
+    assert keys.get("ProtectSystem", ["true"])[0] not in ("full", "strict")  # /etc writable
+    assert "/dev/net/tun rw" in keys["DeviceAllow"]
+    if shutil.which("systemd-analyze"):
+        res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                             text=True, timeout=60, check=False)
+        assert res.returncode == 0, res.stderr

@@ -31,6 +31,7 @@ from .plan import (
 from .resolver import (
     content_hash,
     inspect_resolv_conf,
+    nameservers,
     resolv_conf_content,
     restore_resolv_conf,
     write_resolv_conf,
@@ -125,6 +126,9 @@ class HostSetup:
         self.fail_after = fail_after
         self.summary = ""
         self.ipv6 = False
+        #: The nameservers of the resolver file as it was (for tun2proxy's own lookups,
+        #: which must not follow the host's into the tunnel).
+        self.original_nameservers: list[str] = []
         self._state: SetupState | None = None
         self._nl: Netlink | None = None
 
@@ -221,6 +225,9 @@ class HostSetup:
             pieces.append(Piece("device", {"ifname": plan.tun, "index": idx}, "the TUN device"))
         pieces += build_pieces(plan, ifindex=idx, ipv6=self.ipv6)
         saved = inspect_resolv_conf(plan.resolv_conf) if plan.dns is not None else None
+        if saved is not None:
+            original = base64.b64decode(saved.get("original_for_search") or "")
+            self.original_nameservers = nameservers(original)
         return pieces, saved
 
     def _step(self, piece: Piece, action: Callable[[], None]) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "RESOLVED_STUBS",
     "content_hash",
     "inspect_resolv_conf",
+    "nameservers",
     "resolv_conf_content",
     "restore_resolv_conf",
     "write_resolv_conf",
@@ -58,6 +59,16 @@ def resolv_conf_content(nameserver: str, original: bytes | None, pid: int) -> by
         if _KEEP.match(ln):
             text += ln.rstrip(b"\r") + b"\n"
     return text
+
+
+def nameservers(content: bytes) -> list[str]:
+    """The ``nameserver`` addresses of a resolver file, in order."""
+    out = []
+    for ln in content.splitlines():
+        parts = ln.split()
+        if len(parts) >= 2 and parts[0] == b"nameserver":
+            out.append(parts[1].decode(errors="replace"))
+    return out
 
 
 def _resolved(path: Path, content: bytes | None, link: str | None) -> bool:
