@@ -55,7 +55,7 @@ from ..proxy.shadowsocks import (
 )
 from ..proxy.shadowsocks2022 import METHODS_2022, Ss2022TcpSession, Ss2022UdpClient, decode_psk
 from .base import DatagramReceiver, FlowInfo, UdpChannel, Upstream, upstream_error_from_os
-from .dial import connect_tcp, forget_endpoint, remember_endpoint, udp_socket
+from .dial import connect_tcp, forget_endpoint, getaddrinfo, remember_endpoint, udp_socket
 
 __all__ = [
     "FIRST_WRITE_DELAY",
@@ -611,7 +611,7 @@ class ShadowsocksUpstream(Upstream):
         ch = ShadowsocksUdpChannel(codec, receiver, self)
         loop = asyncio.get_running_loop()
         try:
-            infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
+            infos = await getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
             if not infos:
                 raise OSError(f"cannot resolve {self.host}")
             remote = (str(infos[0][4][0]), int(infos[0][4][1]))

@@ -22,7 +22,7 @@ from ..errors import MalformedPacket, UpstreamError
 from ..proxy.address import Address
 from ..proxy.socks5 import UDP_ASSOCIATE, Socks5Handshake, decode_udp_datagram, encode_udp_datagram
 from .base import DatagramReceiver, UdpChannel, upstream_error_from_os
-from .dial import Outbound, forget_endpoint, remember_endpoint, udp_socket
+from .dial import Outbound, forget_endpoint, getaddrinfo, remember_endpoint, udp_socket
 from .handshake import open_via_handshake
 
 __all__ = ["DirectUdpChannel", "Socks5UdpChannel", "open_direct_udp", "open_socks5_udp"]
@@ -106,9 +106,8 @@ class DirectUdpChannel(UdpChannel):
             task.add_done_callback(self._tasks.discard)
 
     async def _resolve(self, name: str) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            infos = await loop.getaddrinfo(name, None, family=self.family, type=socket.SOCK_DGRAM)
+            infos = await getaddrinfo(name, None, family=self.family, type=socket.SOCK_DGRAM)
             ip = str(infos[0][4][0]) if infos else None
         except OSError:
             ip = None
@@ -260,7 +259,7 @@ async def open_socks5_udp(
     # Talk to the relay from a socket "connected" to it: datagrams from anyone else are
     # dropped by the kernel (RFC 1928 §7: accept only from the relay).
     try:
-        infos = await loop.getaddrinfo(relay_host, relay_port, type=socket.SOCK_DGRAM)
+        infos = await getaddrinfo(relay_host, relay_port, type=socket.SOCK_DGRAM)
         if not infos:
             raise OSError(f"cannot resolve {relay_host}")
         remote = (str(infos[0][4][0]), int(infos[0][4][1]))
