@@ -37,7 +37,7 @@ PROXY = "198.51.100.9"
 TUN = "t2psd0"
 
 SCRIPT = r"""
-import asyncio, json, logging, signal, sys
+import asyncio, json, logging, signal, subprocess, sys
 from tun2proxy.driver import Driver
 from tun2proxy.driver.loop import DriverConfig
 from tun2proxy.hostsetup import DEFAULT_FWMARK, HostSetup, SetupPlan
@@ -50,7 +50,8 @@ from tun2proxy.upstream.dial import Outbound, set_default_outbound
 
 cfg = json.loads(sys.argv[1])
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s %(message)s")
-set_default_outbound(Outbound(fwmark=DEFAULT_FWMARK))  # our own sockets stay out
+outbound = Outbound(fwmark=DEFAULT_FWMARK)
+set_default_outbound(outbound)  # our own sockets stay out
 dev = open_tun(cfg["tun"], config=InterfaceConfig(
     addresses=("10.0.0.33/24", "fdfe:dcba:9876::1/125"), mtu=1500))
 link = TunLink(dev)
@@ -62,7 +63,16 @@ plan = SetupPlan(tun=dev.name, proxies=[cfg["proxy_addr"]], dns="8.8.8.8",
 
 async def main() -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, driver.stop)
-    with HostSetup(plan, state_dir=cfg["state_dir"]):
+    with HostSetup(plan, state_dir=cfg["state_dir"]) as s:
+        # "ip netns exec" bind-mounted the old file over /etc/resolv.conf for this process:
+        # show it the replaced one, as a process on a real host would see it (this mount
+        # namespace is ours alone: nothing propagates back)
+        subprocess.run(["umount", "/etc/resolv.conf"], check=True)
+        subprocess.run(["mount", "--bind", cfg["resolv"], "/etc/resolv.conf"], check=True)
+        if cfg["own_resolver"]:  # our own lookups ask the original nameservers, marked
+            from tun2proxy.upstream.dial import set_resolver
+            from tun2proxy.upstream.own_dns import OwnResolver
+            set_resolver(OwnResolver(s.original_nameservers, outbound).getaddrinfo)
         notify_ready("routing")
         print("READY", flush=True)
         await driver.run()
@@ -110,7 +120,7 @@ class World:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    reason = missing_prerequisites(("danted", "curl"))
+    reason = missing_prerequisites(("danted", "curl", "dnsmasq"))
     if reason:
         _unavailable(reason)
     n = f"t2pd{os.getpid() % 10000}"
@@ -153,6 +163,15 @@ def world(tmp_path: Path) -> Iterator[World]:
              str(tmp_path / "sockd.pid")], stdout=log, stderr=subprocess.STDOUT))
         log.close()
         assert wait_for(lambda: w.dante_log.exists() and _listening(w.I, PROXY, 1080))
+        # the host's original nameserver (on the LAN) knows the proxy by name
+        dlog = open(tmp_path / "dnsmasq.out", "wb")  # noqa: SIM115 - the Popen owns it
+        procs.append(subprocess.Popen(
+            ["ip", "netns", "exec", w.I, "dnsmasq", "--no-daemon", "--pid-file=",
+             "--listen-address=192.0.2.1", "--bind-interfaces", "--port=53", "--no-resolv",
+             "--no-hosts", f"--address=/proxy.test/{PROXY}", "--log-queries",
+             "--log-facility=-"], stdout=dlog, stderr=subprocess.STDOUT))
+        dlog.close()
+        assert wait_for(lambda: "started" in (tmp_path / "dnsmasq.out").read_text())
         servers = [HttpServer(w.F, FAR_V4, 8080), HttpServer(w.F, FAR_V6, 8080)]
         yield w
     finally:
@@ -185,6 +204,40 @@ def _curl(w: World, url: str, max_time: int = 30) -> subprocess.CompletedProcess
     )
 
 
+@contextlib.contextmanager
+def _tun2proxy(w: World, proxy: str, *, own_resolver: bool) -> Iterator[list[bytes]]:
+    """The script above in H; yields its output so far (a one-element list), then SIGTERM."""
+    cfg = {"tun": TUN, "proxy": f"socks5://{proxy}:1080", "proxy_addr": PROXY,
+           "resolv": str(w.resolv), "state_dir": str(w.tmp / "run"),
+           "own_resolver": own_resolver}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    p = subprocess.Popen(
+        ["ip", "netns", "exec", w.H, sys.executable, "-c", SCRIPT, json.dumps(cfg)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+    )
+    out = [b""]
+    try:
+        assert p.stdout is not None
+        while b"READY" not in out[0] and p.poll() is None:
+            r, _, _ = select.select([p.stdout], [], [], 30)
+            if not r:
+                break
+            out[0] += os.read(p.stdout.fileno(), 65536)
+        assert b"READY" in out[0], out[0].decode(errors="replace")
+        yield out
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p.pid, signal.SIGTERM)
+        try:
+            rest, _ = p.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rest, _ = p.communicate()
+        out[0] += rest or b""
+    assert p.returncode == 0, out[0].decode(errors="replace")
+    assert b"setup: undone" in out[0]
+
+
 def test_the_host_reaches_the_far_network_only_through_the_proxy(world: World) -> None:
     w = world
     size, seed = 2_000_000, 7
@@ -192,23 +245,8 @@ def test_the_host_reaches_the_far_network_only_through_the_proxy(world: World) -
     # before: the ISP does not forward, so the far server is out of reach
     assert _curl(w, f"http://{FAR_V4}:8080/bytes/10/1", max_time=2).returncode != 0
     before = w.snapshot()
-    cfg = {"tun": TUN, "proxy": f"socks5://{PROXY}:1080", "proxy_addr": PROXY,
-           "resolv": str(w.resolv), "state_dir": str(w.tmp / "run")}
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    p = subprocess.Popen(
-        ["ip", "netns", "exec", w.H, sys.executable, "-c", SCRIPT, json.dumps(cfg)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-    )
-    out = b""
-    try:
-        assert p.stdout is not None
-        while b"READY" not in out and p.poll() is None:
-            r, _, _ = select.select([p.stdout], [], [], 30)
-            if not r:
-                break
-            out += os.read(p.stdout.fileno(), 65536)
-        assert b"READY" in out, out.decode(errors="replace")
-        assert b"setup: " + TUN.encode() + b" carries" in out
+    with _tun2proxy(w, PROXY, own_resolver=False) as out:
+        assert b"setup: " + TUN.encode() + b" carries" in out[0]
         for url in (f"http://{FAR_V4}:8080/bytes/{size}/{seed}",
                     f"http://[{FAR_V6}]:8080/bytes/{size}/{seed}",
                     f"http://far.test:8080/bytes/{size}/{seed}"):  # resolved by the host
@@ -221,24 +259,31 @@ def test_the_host_reaches_the_far_network_only_through_the_proxy(world: World) -
         assert sum(f"{FAR_V4}.8080" in ln for ln in lines) >= 2, lines
         assert any(f"{FAR_V6}.8080" in ln for ln in lines), lines
         # the host's resolver got a virtual address from tun2proxy, not the real one
-        res = subprocess.run(
+        res2 = subprocess.run(
             ["ip", "netns", "exec", w.H, "curl", "-sS", "--max-time", "30", "-o", "/dev/null",
              "-w", "%{remote_ip}", "http://far.test:8080/bytes/10/1"],
             capture_output=True, text=True, timeout=60, check=False,
         )
-        assert res.returncode == 0, res.stderr
-        fake = ipaddress.ip_address(res.stdout.strip())
+        assert res2.returncode == 0, res2.stderr
+        fake = ipaddress.ip_address(res2.stdout.strip())
         assert any(fake in ipaddress.ip_network(n)
                    for n in ("198.18.0.0/15", "fd27:4a46:c40a::/64")), fake
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p.pid, signal.SIGTERM)
-        try:
-            rest, _ = p.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            rest, _ = p.communicate()
-        out += rest or b""
-    assert p.returncode == 0, out.decode(errors="replace")
-    assert b"setup: undone" in out
+    assert w.snapshot() == before
+
+
+@pytest.mark.parametrize("own_resolver", [True, False], ids=["own-resolver", "control-system"])
+def test_a_proxy_given_by_name_is_resolved_outside_the_tunnel(
+    world: World, own_resolver: bool
+) -> None:
+    """tun2proxy resolves the proxy's name for every connection. With the host resolver
+    pointed into the tunnel, the system resolver's (unmarked) query comes back to tun2proxy
+    itself and gets a virtual address: the control run shows the connection then fails;
+    OwnResolver asks the original nameserver from a marked socket and it works."""
+    w = world
+    before = w.snapshot()
+    with _tun2proxy(w, "proxy.test", own_resolver=own_resolver):
+        res = _curl(w, f"http://{FAR_V4}:8080/bytes/1000/3", max_time=10)
+        assert (res.returncode == 0) is own_resolver, res.stderr
+        if own_resolver:
+            assert res.stdout == payload(1000, 3)
     assert w.snapshot() == before
