@@ -160,3 +160,29 @@ def test_systemd_resolved_is_refused_with_what_to_do(tmp_path: Path, how: str) -
 def test_an_unwritable_location_is_a_setup_error(tmp_path: Path) -> None:
     with pytest.raises(SetupError, match="cannot replace"):
         write_resolv_conf(str(tmp_path / "no" / "such" / "dir" / "resolv.conf"), b"x")
+
+
+def test_a_mount_point_is_rewritten_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container's /etc/resolv.conf is a bind mount: rename over it fails with EBUSY."""
+    import errno
+
+    p = tmp_path / "resolv.conf"
+    orig = b"nameserver 192.0.2.1\n"
+    p.write_bytes(orig)
+    inode = p.stat().st_ino
+    real_replace = os.replace
+
+    def busy(src: object, dst: object) -> None:
+        if Path(str(dst)) == p:
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "replace", busy)
+    saved = _replace(p)
+    assert b"nameserver 8.8.8.8" in p.read_bytes()
+    assert p.stat().st_ino == inode
+    restore_resolv_conf(saved)
+    assert p.read_bytes() == orig
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["resolv.conf"]

@@ -7,7 +7,8 @@ systemd service with its own mount namespace would be seen by nobody else), it d
 resolvconf's or NetworkManager's own rename-over fail with EBUSY, and the original — its bytes,
 or the symlink and its target — is saved in the state file *before* the rename, so restoring
 after a crash is the same code as restoring on exit. The original is only put back if the file
-is still ours: if something else rewrote it meanwhile, its version is left alone.
+is still ours: if something else rewrote it meanwhile, its version is left alone. Where the
+file is a mount point (containers bind-mount their resolv.conf) it is rewritten in place.
 
 A host whose resolver is systemd-resolved (``/etc/resolv.conf`` a link to its stub file, or a
 ``nameserver 127.0.0.53``) is refused: the stub would forward queries out of the uplink, and
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -145,10 +147,27 @@ def _atomic_write(path: Path, data: bytes, mode: int, uid: int | None, gid: int 
     os.close(fd)
     try:
         os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if e.errno not in (errno.EBUSY, errno.EXDEV) or path.is_symlink():
+            raise
+        # the path is a mount point (a container's /etc/resolv.conf is bind-mounted in):
+        # it cannot be renamed over, only rewritten where it is
+        _write_in_place(path, data)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _write_in_place(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_resolv_conf(path: str, data: bytes) -> None:
