@@ -34,6 +34,8 @@ pytestmark = pytest.mark.timeout(180)
 
 FAR_V4, FAR_V6 = "172.31.0.2", "fd31::2"
 PROXY = "198.51.100.9"
+BYPASSED = "203.0.113.5"  # on the ISP, reached without the proxy (--bypass)
+LAN = "192.0.2.1"  # the ISP's address on the uplink: on-link, reached directly
 TUN = "t2psd0"
 
 SCRIPT = r"""
@@ -59,7 +61,7 @@ driver = Driver(Driver.make_stack(StackConfig(mtu=link.mtu)), link,
                 upstream_from_url(cfg["proxy"]),
                 DriverConfig(dns="virtual", dns_addr=("8.8.8.8", 53)))
 plan = SetupPlan(tun=dev.name, proxies=[cfg["proxy_addr"]], dns="8.8.8.8",
-                 resolv_conf=cfg["resolv"], tun_created=True)
+                 exclude=cfg["bypass"], resolv_conf=cfg["resolv"], tun_created=True)
 
 async def main() -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, driver.stop)
@@ -150,6 +152,7 @@ def world(tmp_path: Path) -> Iterator[World]:
         run("ip", "-n", w.H, "route", "add", "default", "via", "192.0.2.1")
         run("ip", "-n", w.H, "-6", "route", "add", "default", "via", "2001:db8:1::1")
         run("ip", "-n", w.I, "addr", "add", f"{PROXY}/32", "dev", "lo")
+        run("ip", "-n", w.I, "addr", "add", f"{BYPASSED}/32", "dev", "lo")
         for d in etc:
             d.mkdir(parents=True, exist_ok=True)
         w.resolv.write_bytes(b"nameserver 192.0.2.1\n")
@@ -172,7 +175,8 @@ def world(tmp_path: Path) -> Iterator[World]:
              "--log-facility=-"], stdout=dlog, stderr=subprocess.STDOUT))
         dlog.close()
         assert wait_for(lambda: "started" in (tmp_path / "dnsmasq.out").read_text())
-        servers = [HttpServer(w.F, FAR_V4, 8080), HttpServer(w.F, FAR_V6, 8080)]
+        servers = [HttpServer(w.F, FAR_V4, 8080), HttpServer(w.F, FAR_V6, 8080),
+                   HttpServer(w.I, BYPASSED, 8080), HttpServer(w.I, LAN, 8080)]
         yield w
     finally:
         for s in servers:
@@ -209,7 +213,7 @@ def _tun2proxy(w: World, proxy: str, *, own_resolver: bool) -> Iterator[list[byt
     """The script above in H; yields its output so far (a one-element list), then SIGTERM."""
     cfg = {"tun": TUN, "proxy": f"socks5://{proxy}:1080", "proxy_addr": PROXY,
            "resolv": str(w.resolv), "state_dir": str(w.tmp / "run"),
-           "own_resolver": own_resolver}
+           "own_resolver": own_resolver, "bypass": [f"{BYPASSED}/32"]}
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     p = subprocess.Popen(
         ["ip", "netns", "exec", w.H, sys.executable, "-c", SCRIPT, json.dumps(cfg)],
@@ -268,6 +272,13 @@ def test_the_host_reaches_the_far_network_only_through_the_proxy(world: World) -
         fake = ipaddress.ip_address(res2.stdout.strip())
         assert any(fake in ipaddress.ip_network(n)
                    for n in ("198.18.0.0/15", "fd27:4a46:c40a::/64")), fake
+        # a bypassed destination and the LAN are reached directly: the proxy sees nothing
+        for addr in (BYPASSED, LAN):
+            res = _curl(w, f"http://{addr}:8080/bytes/1000/5")
+            assert res.stdout == payload(1000, 5), (addr, res.stderr)
+        log = w.dante_log.read_text(errors="replace")
+        assert BYPASSED not in log
+        assert f"{LAN}.8080" not in log
     assert w.snapshot() == before
 
 
