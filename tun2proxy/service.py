@@ -22,6 +22,7 @@ __all__ = [
     "notify_ready",
     "notify_status",
     "notify_stopping",
+    "proxy_url",
     "read_secret_file",
     "remove_pid_file",
     "sd_notify",
@@ -143,3 +144,22 @@ def read_secret_file(path: str | os.PathLike[str]) -> str:
         if line and not line.startswith("#"):
             return line
     raise SecretFileError(f"{p} holds no value (only blank or # lines)")
+
+
+def proxy_url(
+    cli: str | None, proxy_file: str | None, env: Mapping[str, str] | None = None
+) -> str | None:
+    """The proxy URL from ``--proxy``, else ``--proxy-file``, else ``$TUN2PROXY_PROXY``.
+
+    Raises:
+        SecretFileError: both ``--proxy`` and ``--proxy-file`` are given, or the file is
+            unusable (see :func:`read_secret_file`).
+    """
+    if cli is not None and proxy_file is not None:
+        raise SecretFileError("--proxy and --proxy-file cannot both be given")
+    if cli is not None:
+        return cli
+    if proxy_file is not None:
+        return read_secret_file(proxy_file)
+    value = (os.environ if env is None else env).get(PROXY_ENV, "").strip()
+    return value or None

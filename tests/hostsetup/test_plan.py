@@ -139,3 +139,12 @@ def test_setup_refuses_options_it_cannot_honour(kwargs: dict[str, object], word:
 
 def test_without_setup_nothing_is_refused() -> None:
     validate_setup_options(setup=False, unshare=True, tun_fd=3, tun_netns="x")
+
+
+def test_ssh_peer_from_the_environment() -> None:
+    from tun2proxy.hostsetup import ssh_from_environment
+
+    assert ssh_from_environment({"SSH_CONNECTION": "203.0.113.50 4242 192.0.2.2 22"}) == SshPeer(
+        "203.0.113.50", 4242
+    )
+    assert ssh_from_environment({}) is None

@@ -130,3 +130,18 @@ def test_the_example_unit_is_what_docs_setup_md_promises() -> None:
         res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
                              text=True, timeout=60, check=False)
         assert res.returncode == 0, res.stderr
+
+
+def test_proxy_url_precedence_and_conflicts(tmp_path: Path) -> None:
+    from tun2proxy.service import PROXY_ENV, proxy_url
+
+    f = tmp_path / "proxy"
+    f.write_text("socks5://u:p@192.0.2.1:1080\n")
+    f.chmod(0o600)
+    env = {PROXY_ENV: " http://192.0.2.2:3128 "}
+    assert proxy_url("direct://", None, env) == "direct://"
+    assert proxy_url(None, str(f), env) == "socks5://u:p@192.0.2.1:1080"
+    assert proxy_url(None, None, env) == "http://192.0.2.2:3128"
+    assert proxy_url(None, None, {}) is None
+    with pytest.raises(SecretFileError, match="cannot both"):
+        proxy_url("direct://", str(f), env)

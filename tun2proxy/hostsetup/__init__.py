@@ -20,6 +20,7 @@ from .plan import (
     build_pieces,
     exclusions,
     parse_ssh_connection,
+    ssh_from_environment,
     validate_setup_options,
 )
 
@@ -39,5 +40,6 @@ __all__ = [
     "cleanup",
     "exclusions",
     "parse_ssh_connection",
+    "ssh_from_environment",
     "validate_setup_options",
 ]

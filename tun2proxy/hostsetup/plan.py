@@ -41,6 +41,7 @@ __all__ = [
     "build_pieces",
     "exclusions",
     "parse_ssh_connection",
+    "ssh_from_environment",
     "validate_setup_options",
 ]
 
@@ -84,6 +85,11 @@ class SshPeer:
 
     address: str
     port: int
+
+
+def ssh_from_environment(env: Mapping[str, str]) -> SshPeer | None:
+    """The SSH peer of the session in ``env`` (pass ``os.environ``), or None."""
+    return parse_ssh_connection(env.get("SSH_CONNECTION"))
 
 
 def parse_ssh_connection(value: str | None) -> SshPeer | None:
