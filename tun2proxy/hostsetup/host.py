@@ -12,6 +12,7 @@ import base64
 import contextlib
 import fcntl
 import functools
+import ipaddress
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -224,6 +225,13 @@ class HostSetup:
         if plan.tun_created:
             pieces.append(Piece("device", {"ifname": plan.tun, "index": idx}, "the TUN device"))
         pieces += build_pieces(plan, ifindex=idx, ipv6=self.ipv6)
+        if plan.dns is not None:
+            dns = ipaddress.ip_address(plan.dns)
+            for cidr, why in exclusions(plan):
+                if dns in ipaddress.ip_network(cidr):
+                    log.warning("setup: the DNS address %s is excluded (%s %s): the host's "
+                                "lookups will leave outside the tunnel", dns, why, cidr)
+                    break
         saved = inspect_resolv_conf(plan.resolv_conf) if plan.dns is not None else None
         if saved is not None:
             original = base64.b64decode(saved.get("original_for_search") or "")
