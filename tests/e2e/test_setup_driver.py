@@ -122,7 +122,7 @@ class World:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    reason = missing_prerequisites(("danted", "curl", "dnsmasq"))
+    reason = missing_prerequisites(("danted", "curl", "dnsmasq", "iperf3"))
     if reason:
         _unavailable(reason)
     n = f"t2pd{os.getpid() % 10000}"
@@ -242,6 +242,28 @@ def _tun2proxy(w: World, proxy: str, *, own_resolver: bool) -> Iterator[list[byt
     assert b"setup: undone" in out[0]
 
 
+def _iperf3(w: World, server: str, extra: list[str]) -> tuple[int, int]:
+    """``(sent, received)`` bytes of a 20 MiB iperf3 transfer between H and ``server`` in F
+    (the receiver's count is taken when the sender is done, so it may be a little short)."""
+    srv = subprocess.Popen(["ip", "netns", "exec", w.F, "iperf3", "-s", "-1", "-B", server],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: _listening(w.F, server, 5201))
+        out = w.tmp / "iperf3.json"  # a file, not a pipe: -J writes everything at the end
+        with open(out, "wb") as f:
+            res = subprocess.run(
+                ["ip", "netns", "exec", w.H, "iperf3", "-c", server, "-n", "20M", "-J", *extra],
+                stdout=f, stderr=subprocess.PIPE, timeout=120, check=False,
+            )
+        assert res.returncode == 0, res.stderr
+        end = json.loads(out.read_text())["end"]
+        return int(end["sum_sent"]["bytes"]), int(end["sum_received"]["bytes"])
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(srv.pid, signal.SIGTERM)
+        srv.wait(10)
+
+
 def test_the_host_reaches_the_far_network_only_through_the_proxy(world: World) -> None:
     w = world
     size, seed = 2_000_000, 7
@@ -272,6 +294,11 @@ def test_the_host_reaches_the_far_network_only_through_the_proxy(world: World) -
         fake = ipaddress.ip_address(res2.stdout.strip())
         assert any(fake in ipaddress.ip_network(n)
                    for n in ("198.18.0.0/15", "fd27:4a46:c40a::/64")), fake
+        # iperf3 (kernel TCP both ends), both directions, a fixed amount each way
+        for reverse in ([], ["-R"]):
+            sent, received = _iperf3(w, FAR_V4, reverse)
+            assert sent >= 20 << 20
+            assert received > 0
         # a bypassed destination and the LAN are reached directly: the proxy sees nothing
         for addr in (BYPASSED, LAN):
             res = _curl(w, f"http://{addr}:8080/bytes/1000/5")
