@@ -15,7 +15,7 @@ import socket
 from typing import Any, Final
 
 from .base import DatagramReceiver, UdpChannel, upstream_error_from_os
-from .dial import Outbound, forget_endpoint, remember_endpoint, udp_socket
+from .dial import Outbound, forget_endpoint, getaddrinfo, remember_endpoint, udp_socket
 
 __all__ = ["MAX_UDP_PAYLOAD", "DatagramChannel"]
 
@@ -88,9 +88,8 @@ class DatagramChannel(UdpChannel):
         Raises:
             UpstreamError: the name did not resolve or the socket could not be set up.
         """
-        loop = asyncio.get_running_loop()
         try:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            infos = await getaddrinfo(host, port, type=socket.SOCK_DGRAM)
             if not infos:
                 raise OSError(f"cannot resolve {host}")
             remote = (str(infos[0][4][0]), int(infos[0][4][1]))

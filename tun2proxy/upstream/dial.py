@@ -29,7 +29,7 @@ import contextlib
 import errno
 import ipaddress
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,10 +41,12 @@ __all__ = [
     "connect_tcp",
     "default_outbound",
     "forget_endpoint",
+    "getaddrinfo",
     "is_own_endpoint",
     "local_destination",
     "remember_endpoint",
     "set_default_outbound",
+    "set_resolver",
     "udp_socket",
 ]
 
@@ -101,6 +103,28 @@ def set_default_outbound(outbound: Outbound) -> None:
 def default_outbound() -> Outbound:
     """The process-wide default :class:`Outbound`."""
     return _default
+
+
+#: Resolves names for our own sockets: ``(host, port, family, type) -> getaddrinfo list``.
+Resolver = Callable[[str, "int | None", int, int], Awaitable[list[Any]]]
+_resolver: Resolver | None = None
+
+
+def set_resolver(resolver: Resolver | None) -> None:
+    """Resolve the names tun2proxy connects to with ``resolver`` instead of the system's
+    (``--setup`` installs an :class:`~tun2proxy.upstream.own_dns.OwnResolver`: the system
+    resolver then points into the tunnel); None restores the system resolver."""
+    global _resolver  # noqa: PLW0603 - one process-wide setting, like the default outbound
+    _resolver = resolver
+
+
+async def getaddrinfo(
+    host: str, port: int | None, family: int = 0, type: int = socket.SOCK_STREAM
+) -> list[Any]:
+    """``loop.getaddrinfo`` for tun2proxy's own sockets, through :func:`set_resolver`'s."""
+    if _resolver is not None and _literal(host, port or 0) is None:
+        return await _resolver(host, port, family, type)
+    return await asyncio.get_running_loop().getaddrinfo(host, port, family=family, type=type)
 
 
 def _key(host: str, port: int) -> tuple[str, int]:
@@ -238,7 +262,7 @@ async def connect_tcp(
     """
     loop = asyncio.get_running_loop()
     ob = outbound if outbound is not None else _default
-    infos = _literal(host, port) or await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    infos = _literal(host, port) or await getaddrinfo(host, port, type=socket.SOCK_STREAM)
     if not infos:
         raise OSError(f"cannot resolve {host}")
     if refuse_local:

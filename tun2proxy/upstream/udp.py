@@ -23,7 +23,7 @@ from ..proxy.address import Address
 from ..proxy.socks5 import UDP_ASSOCIATE, Socks5Handshake, decode_udp_datagram, encode_udp_datagram
 from .base import DatagramReceiver, upstream_error_from_os
 from .datagram import DatagramChannel
-from .dial import Outbound, local_destination, udp_socket
+from .dial import Outbound, getaddrinfo, local_destination, udp_socket
 from .handshake import open_via_handshake
 
 __all__ = ["DirectUdpChannel", "Socks5UdpChannel", "open_direct_udp", "open_socks5_udp"]
@@ -98,9 +98,8 @@ class DirectUdpChannel(DatagramChannel):
         return bool(why)
 
     async def _resolve(self, name: str) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            infos = await loop.getaddrinfo(name, None, family=self.family, type=socket.SOCK_DGRAM)
+            infos = await getaddrinfo(name, None, family=self.family, type=socket.SOCK_DGRAM)
             ip = str(infos[0][4][0]) if infos else None
         except OSError:
             ip = None
