@@ -311,9 +311,11 @@ def test_spoofed_syn_flood_through_a_fast_upstream(
     rate, peaks = _flood_with_legit_client(lab, p, target, label="fast upstream")
     assert rate >= 0.9, f"the real client got through {rate:.0%} of the time"
     # Spoofed sources never complete a handshake: they must not hold upstream connections
-    # (before the fix the target held one per spoofed SYN, about 4,000, for a minute).
-    assert target.peak <= 600, target.peak
-    assert peaks["fds"] - fds0 <= 800, peaks
+    # (before the fix the target held one per spoofed SYN, about 3,000-4,000, for a minute).
+    # What may reach it: the handshakes accepted before the flood mode came on (the
+    # threshold, 128) and the dials then in flight (32 per destination), with some slack.
+    assert target.peak <= 300, target.peak
+    assert peaks["fds"] - fds0 <= 400, peaks
     # SYN-RECEIVED: the bounded half-open table plus handshakes accepted before the flood
     # mode came on (before the fix: every flow slot, 4,096).
     assert peaks["syn_received"] <= 2048 + 256, peaks
@@ -332,13 +334,15 @@ def test_spoofed_syn_flood_through_a_slow_upstream(
     finally:
         slow.close()
     assert rate >= 0.9, f"the real client got through {rate:.0%} of the time"
-    assert target.peak <= 600, target.peak
-    assert peaks["fds"] - fds0 <= 800, peaks
+    assert target.peak <= 300, target.peak  # before the fix: 639
+    assert peaks["fds"] - fds0 <= 400, peaks
     assert peaks["syn_received"] <= 2048 + 256, peaks
     assert p.alive()
 
 
-def _burst(lab: Lab, dst: str, port: int, n: int, deadline: float) -> tuple[Counter[str], list[float]]:
+def _burst(
+    lab: Lab, dst: str, port: int, n: int, deadline: float
+) -> tuple[Counter[str], list[float]]:
     """``n`` concurrent connects from the apps' namespace, each sending one byte and reading
     its echo; outcomes counted by kind, connect times of the successful ones."""
     sel = selectors.DefaultSelector()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -36,6 +37,7 @@ from ..stack.netstack import NetStack
 from ..upstream.base import FlowInfo, Upstream
 from ..upstream.dial import is_own_endpoint
 from ..upstream.direct import DirectUpstream
+from .admission import DialQueue
 from .dns import DNS_MODES, DnsHandler
 from .relay import TcpRelay
 from .udp_relay import UdpRelay
@@ -65,7 +67,15 @@ class DriverConfig:
 
     Attributes:
         connect_timeout: how long an upstream dial may take before the SYN is rejected.
-        max_connecting: upstream dials in flight (further SYNs are rejected with RST).
+        max_connecting: upstream dials in flight; further flows wait in the dial queue
+            (they cost no upstream socket; the stack's ``max_pending`` and ``max_queued``
+            bound the queue).
+        max_connecting_per_destination: upstream dials in flight to one destination
+            address; with round robin across destinations in the queue, a destination
+            whose dials all hang (black-holed) holds this many slots and no more.
+        queue_timeout: how long a flow may wait in the dial queue; then it is refused as
+            unreachable (ICMP host unreachable, or RST when the app's connection is open:
+            handshake-first flows under a SYN flood).
         shutdown_grace: on stop, how long flows get to close before they are reset.
         udp: ``proxy`` (UDP through the upstream when it can carry it, else ICMP port
             unreachable), ``direct`` (UDP from this host's network whatever the upstream),
@@ -86,6 +96,8 @@ class DriverConfig:
 
     connect_timeout: float = 10.0
     max_connecting: int = 256
+    max_connecting_per_destination: int = 32
+    queue_timeout: float = 10.0
     shutdown_grace: float = 0.5
     udp: str = "proxy"
     dns: str = "direct"
@@ -103,6 +115,10 @@ class DriverConfig:
             raise ConfigError(f"udp must be one of {', '.join(UDP_POLICIES)}")
         if self.dns not in DNS_MODES:
             raise ConfigError(f"dns must be one of {', '.join(DNS_MODES)}")
+        if self.max_connecting < 1 or self.max_connecting_per_destination < 1:
+            raise ConfigError("max_connecting and max_connecting_per_destination must be >= 1")
+        if not self.queue_timeout > 0:
+            raise ConfigError("queue_timeout must be positive")
 
 
 class RateLimitedLog:
@@ -151,6 +167,15 @@ class Driver:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._relays: dict[int, TcpRelay] = {}
         self._connecting: dict[int, asyncio.Task[None]] = {}
+        c = self.config
+        #: Flows waiting for a dial slot (beyond max_connecting, or per destination).
+        self._queue: DialQueue[TcpConnectRequest] = DialQueue(
+            c.max_connecting, c.max_connecting_per_destination
+        )
+        self._queue_timer: asyncio.TimerHandle | None = None
+        self._queue_timer_at: float | None = None
+        #: Flows refused because they waited in the dial queue past queue_timeout.
+        self.flows_queue_expired = 0
         self._udp: dict[int, UdpRelay] = {}
         self._fake_dst: dict[int, str] = {}
         self.udp_upstream: Upstream = (
@@ -216,6 +241,12 @@ class Driver:
 
     async def _shutdown(self) -> None:
         self._stopping = True
+        for fid, _ev in self._queue.clear():
+            with contextlib.suppress(FlowStateError):
+                self.stack.tcp_reject(fid)
+        if self._queue_timer is not None:
+            self._queue_timer.cancel()
+            self._queue_timer = None
         for task in list(self._connecting.values()):
             task.cancel()
         for fid in list(self._relays):
@@ -284,6 +315,8 @@ class Driver:
                         self._handle(ev)
                     except Exception as e:  # a bug in one flow's handling must not stall all
                         self._handler_failed(ev, e)
+                if self._queue.unverified and stack.syn_flood_mode:
+                    self._handshake_first_for_queued()
                 now = loop.time()
                 out = stack.poll(now)
                 if out:
@@ -374,6 +407,8 @@ class Driver:
             task = self._connecting.pop(ev.flow_id, None)
             if task is not None:
                 task.cancel()
+            elif self._queue.discard(ev.flow_id) is not None:
+                self._arm_queue_timer()
             log.debug("flow %d closed: %s", ev.flow_id, ev.reason)
         elif isinstance(ev, UdpDatagram):
             self._on_udp(ev)
@@ -492,18 +527,99 @@ class Driver:
                 ev.src[0], ev.src[1], ev.dst[0], ev.dst[1],
             )
             return
-        if self._stopping or len(self._connecting) >= self.config.max_connecting:
+        if self._stopping:
             self.stack.tcp_reject(ev.flow_id)
-            if not self._stopping:
-                self._limited.log(
-                    logging.WARNING, "max-connecting",
-                    "too many upstream connections in progress (%d); refusing new flows",
-                    self.config.max_connecting,
-                )
+            return
+        stack = self.stack
+        if not ev.established and stack.syn_flood_mode:
+            # SYN-flood pressure: no upstream connection for a source that has not shown it
+            # exists. The stack completes the handshake; if the app answers, the same flow
+            # comes back established and is queued then.
+            stack.tcp_handshake_first(ev.flow_id)
             return
         loop = self._loop
         assert loop is not None
-        self._connecting[ev.flow_id] = loop.create_task(self._connect(ev))
+        self._queue.push(
+            ev.flow_id, ev.dst[0], ev, verified=ev.established,
+            deadline=loop.time() + self.config.queue_timeout,
+        )
+        self._start_dials()
+
+    # ------------------------------------------------------------------ the dial queue
+
+    def _start_dials(self) -> None:
+        """Dial queued flows while slots are free (globally and per destination)."""
+        loop = self._loop
+        assert loop is not None
+        queue = self._queue
+        while not self._stopping and (nxt := queue.pop()) is not None:
+            fid, key, ev = nxt
+            if not ev.established and self.stack.syn_flood_mode:
+                queue.done(key)
+                self.stack.tcp_handshake_first(fid)
+                continue
+            task = loop.create_task(self._connect(ev))
+            # A done callback, not a finally: a task cancelled before it ever ran has no
+            # finally to run, and its slot must come back all the same.
+            task.add_done_callback(functools.partial(self._dial_ended, key))
+            self._connecting[fid] = task
+        if len(queue):
+            self._limited.log(
+                logging.INFO, "dial-queue",
+                "%d flows wait for an upstream connection slot (%d dials in progress)",
+                len(queue), queue.active,
+            )
+        self._arm_queue_timer()
+
+    def _dial_ended(self, key: str, _task: object = None) -> None:
+        self._queue.done(key)
+        if len(self._queue):
+            self._start_dials()
+
+    def _handshake_first_for_queued(self) -> None:
+        """Under a SYN flood, queued flows whose app has not completed the handshake give
+        up their place: the stack completes the handshake first (see
+        :meth:`_on_connect_request`); real apps come back at the front, spoofed ones never."""
+        for fid in self._queue.take_unverified():
+            with contextlib.suppress(FlowStateError):
+                self.stack.tcp_handshake_first(fid)
+        self._arm_queue_timer()
+
+    def _arm_queue_timer(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        at = self._queue.next_deadline()
+        if at == self._queue_timer_at:
+            return
+        if self._queue_timer is not None:
+            self._queue_timer.cancel()
+            self._queue_timer = None
+        self._queue_timer_at = at
+        if at is not None:
+            self._queue_timer = loop.call_at(at, self._on_queue_timer)
+
+    def _on_queue_timer(self) -> None:
+        self._queue_timer = None
+        self._queue_timer_at = None
+        loop = self._loop
+        assert loop is not None
+        expired = self._queue.expired(loop.time())
+        for fid, _ev in expired:
+            self.flows_failed += 1
+            self.flows_queue_expired += 1
+            with contextlib.suppress(FlowStateError):
+                self.stack.tcp_reject(fid, "host")
+        if expired:
+            dst = expired[-1][1].dst
+            self._limited.log(
+                logging.WARNING, "dial-queue-timeout",
+                "flow to %s:%d refused: no upstream connection slot within %.0fs "
+                "(%d dials in progress)", dst[0], dst[1], self.config.queue_timeout,
+                self._queue.active,
+            )
+        self._arm_queue_timer()
+        self._pump()
 
     async def _connect(self, ev: TcpConnectRequest) -> None:
         fid = ev.flow_id
@@ -636,6 +752,8 @@ class Driver:
         s["relays"] = len(self._relays)
         s["udp_relays"] = len(self._udp)
         s["connecting"] = len(self._connecting)
+        s["queued"] = len(self._queue)
+        s["queue_expired"] = self.flows_queue_expired
         s["flows_opened"] = self.flows_opened
         s["flows_failed"] = self.flows_failed
         s["flows_looped"] = self.flows_looped

@@ -19,10 +19,12 @@ Four kinds of flow are counted here (RFC 4987's defences, kept stateful but boun
   connection, so no more are answered than the host can queue (``max_queued``, and
   ``max_queued_per_destination`` so one destination cannot take the whole queue).
 
-Pressure: when pending plus held reach ``syn_flood_threshold`` the stack answers new SYNs
-itself (handshake first) and handshakes nobody answers expire after ``half_open_timeout``
-instead of after every SYN-ACK retransmission. The mode ends when pending plus held are
-below half the threshold and no handshake went unanswered for ``half_open_timeout``.
+Pressure: when pending plus held (plus pending requests the host handed back to be
+completed handshake-first, until they are) reach ``syn_flood_threshold``, the stack answers
+new SYNs itself (handshake first) and handshakes nobody answers expire after
+``half_open_timeout`` instead of after every SYN-ACK retransmission. The mode ends when that
+load is below half the threshold and no handshake went unanswered for
+``half_open_timeout``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Admission:
         "awaiting",
         "awaiting_by_dst",
         "cfg",
+        "converted",
         "flood",
         "half_open",
         "held",
@@ -59,6 +62,9 @@ class Admission:
         #: Handshakes completing before the host hears of them: id -> (connection, since),
         #: oldest first.
         self.half_open: OrderedDict[int, tuple[TcpConnection, float]] = OrderedDict()
+        #: The half-open ones that were pending requests the host handed back
+        #: (``tcp_handshake_first``): still load, not yet validated.
+        self.converted: set[int] = set()
         #: Established flows announced to the host and not yet accepted: id -> destination.
         self.awaiting: dict[int, bytes] = {}
         self.awaiting_by_dst: dict[bytes, int] = {}
@@ -80,6 +86,19 @@ class Admission:
             self.pending_by_src[src] = left
         else:
             self.pending_by_src.pop(src, None)
+
+    def add_half_open(
+        self, fid: int, conn: TcpConnection, now: float, converted: bool = False
+    ) -> None:
+        """A handshake the stack completes before the host hears of the flow."""
+        self.half_open[fid] = (conn, now)
+        if converted:
+            self.converted.add(fid)
+
+    def pop_half_open(self, fid: int) -> None:
+        """A half-open handshake ended (completed, or closed)."""
+        del self.half_open[fid]
+        self.converted.discard(fid)
 
     def add_awaiting(self, fid: int, dst: bytes) -> None:
         """A completed handshake-first flow was announced to the host."""
@@ -109,7 +128,7 @@ class Admission:
     def update(self, now: float) -> bool:
         """Re-evaluate the flood mode; True when it has just switched on."""
         cfg = self.cfg
-        load = self.pending + len(self.held)
+        load = self.pending + len(self.held) + len(self.converted)
         if self.flood:
             if (
                 load < cfg.syn_flood_threshold // 2
@@ -168,6 +187,7 @@ class Admission:
                 if since > limit:
                     break
                 del table[fid]
+                self.converted.discard(fid)
                 out[i].append(conn)
         if out[0] or out[1]:
             self.unanswered_at = now
@@ -177,6 +197,7 @@ class Admission:
         """Take out the oldest half-open handshake (to make room), or None if there is none."""
         if not self.half_open:
             return None
-        _fid, (conn, _since) = self.half_open.popitem(last=False)
+        fid, (conn, _since) = self.half_open.popitem(last=False)
+        self.converted.discard(fid)
         self.unanswered_at = now
         return conn

@@ -57,12 +57,14 @@ class StackConfig:
             it, with ``established=True``; needed to look at the first bytes, e.g. for SNI
             sniffing).
         syn_flood_threshold: when this many SYNs await the host's decision or hold an
-            upstream connection with their SYN-ACK unanswered (pending plus held), new SYNs
-            are handled as ``immediate`` (a source must complete the handshake before it
-            costs an upstream dial: RFC 4987's defence, kept stateful but bounded), and
-            handshakes nobody answers expire after ``half_open_timeout``. The mode ends
-            when pending plus held are below half of it and no handshake has gone
-            unanswered for ``half_open_timeout``.
+            upstream connection with their SYN-ACK unanswered (pending plus held; a pending
+            request the host hands back with ``tcp_handshake_first`` counts until its
+            handshake completes), new SYNs are handled as ``immediate`` (a source must
+            complete the handshake before it costs an upstream dial: RFC 4987's defence,
+            kept stateful but bounded), and handshakes nobody answers expire after
+            ``half_open_timeout``. The mode ends when that count is below half of it and
+            no handshake has gone unanswered for ``half_open_timeout``
+            (:mod:`tun2proxy.stack.admission`).
         max_half_open: handshakes under way in ``immediate`` handling; beyond it the oldest
             is forgotten (RFC 4987 "random drop", oldest first).
         half_open_timeout: under SYN-flood pressure, a handshake whose SYN-ACK is not

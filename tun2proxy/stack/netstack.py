@@ -353,7 +353,7 @@ class NetStack:
         st.tcp_syn_received += 1
         if immediate:
             conn.accept()
-            adm.half_open[fid] = (conn, now)
+            adm.add_half_open(fid, conn, now)
             self._touch(conn)
             return
         conn.close_deadline = now + cfg.pending_timeout
@@ -378,12 +378,12 @@ class NetStack:
         if fid in adm.half_open:
             if n & N_CLOSED:
                 # Never announced to the host (a handshake that did not complete): no event.
-                del adm.half_open[fid]
+                adm.pop_half_open(fid)
                 self._closing.append(conn)
                 return
             if not n & N_ESTABLISHED:
                 return
-            del adm.half_open[fid]
+            adm.pop_half_open(fid)
             adm.add_awaiting(fid, conn.local_addr)
             ev.append(
                 TcpConnectRequest(
@@ -654,7 +654,7 @@ class NetStack:
                 old.forget()
                 self._remove(old)
         conn.accept()
-        adm.half_open[flow_id] = (conn, self._now)
+        adm.add_half_open(flow_id, conn, self._now, converted=True)
         self._touch(conn)
 
     @property
