@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import time
@@ -37,7 +36,7 @@ from ..stack.netstack import NetStack
 from ..upstream.base import FlowInfo, Upstream
 from ..upstream.dial import is_own_endpoint
 from ..upstream.direct import DirectUpstream
-from .admission import DialQueue
+from .dialing import Dialer
 from .dns import DNS_MODES, DnsHandler
 from .relay import TcpRelay
 from .udp_relay import UdpRelay
@@ -167,15 +166,8 @@ class Driver:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._relays: dict[int, TcpRelay] = {}
         self._connecting: dict[int, asyncio.Task[None]] = {}
-        c = self.config
-        #: Flows waiting for a dial slot (beyond max_connecting, or per destination).
-        self._queue: DialQueue[TcpConnectRequest] = DialQueue(
-            c.max_connecting, c.max_connecting_per_destination
-        )
-        self._queue_timer: asyncio.TimerHandle | None = None
-        self._queue_timer_at: float | None = None
-        #: Flows refused because they waited in the dial queue past queue_timeout.
-        self.flows_queue_expired = 0
+        #: Which connect request is dialled when (the dial queue; handshake-first floods).
+        self._dialer = Dialer(self)
         self._udp: dict[int, UdpRelay] = {}
         self._fake_dst: dict[int, str] = {}
         self.udp_upstream: Upstream = (
@@ -241,12 +233,7 @@ class Driver:
 
     async def _shutdown(self) -> None:
         self._stopping = True
-        for fid, _ev in self._queue.clear():
-            with contextlib.suppress(FlowStateError):
-                self.stack.tcp_reject(fid)
-        if self._queue_timer is not None:
-            self._queue_timer.cancel()
-            self._queue_timer = None
+        self._dialer.close()
         for task in list(self._connecting.values()):
             task.cancel()
         for fid in list(self._relays):
@@ -315,8 +302,8 @@ class Driver:
                         self._handle(ev)
                     except Exception as e:  # a bug in one flow's handling must not stall all
                         self._handler_failed(ev, e)
-                if self._queue.unverified and stack.syn_flood_mode:
-                    self._handshake_first_for_queued()
+                if self._dialer.queue.unverified and stack.syn_flood_mode:
+                    self._dialer.handshake_first_for_queued()
                 now = loop.time()
                 out = stack.poll(now)
                 if out:
@@ -407,8 +394,8 @@ class Driver:
             task = self._connecting.pop(ev.flow_id, None)
             if task is not None:
                 task.cancel()
-            elif self._queue.discard(ev.flow_id) is not None:
-                self._arm_queue_timer()
+            else:
+                self._dialer.flow_closed(ev.flow_id)
             log.debug("flow %d closed: %s", ev.flow_id, ev.reason)
         elif isinstance(ev, UdpDatagram):
             self._on_udp(ev)
@@ -530,96 +517,7 @@ class Driver:
         if self._stopping:
             self.stack.tcp_reject(ev.flow_id)
             return
-        stack = self.stack
-        if not ev.established and stack.syn_flood_mode:
-            # SYN-flood pressure: no upstream connection for a source that has not shown it
-            # exists. The stack completes the handshake; if the app answers, the same flow
-            # comes back established and is queued then.
-            stack.tcp_handshake_first(ev.flow_id)
-            return
-        loop = self._loop
-        assert loop is not None
-        self._queue.push(
-            ev.flow_id, ev.dst[0], ev, verified=ev.established,
-            deadline=loop.time() + self.config.queue_timeout,
-        )
-        self._start_dials()
-
-    # ------------------------------------------------------------------ the dial queue
-
-    def _start_dials(self) -> None:
-        """Dial queued flows while slots are free (globally and per destination)."""
-        loop = self._loop
-        assert loop is not None
-        queue = self._queue
-        while not self._stopping and (nxt := queue.pop()) is not None:
-            fid, key, ev = nxt
-            if not ev.established and self.stack.syn_flood_mode:
-                queue.done(key)
-                self.stack.tcp_handshake_first(fid)
-                continue
-            task = loop.create_task(self._connect(ev))
-            # A done callback, not a finally: a task cancelled before it ever ran has no
-            # finally to run, and its slot must come back all the same.
-            task.add_done_callback(functools.partial(self._dial_ended, key))
-            self._connecting[fid] = task
-        if len(queue):
-            self._limited.log(
-                logging.INFO, "dial-queue",
-                "%d flows wait for an upstream connection slot (%d dials in progress)",
-                len(queue), queue.active,
-            )
-        self._arm_queue_timer()
-
-    def _dial_ended(self, key: str, _task: object = None) -> None:
-        self._queue.done(key)
-        if len(self._queue):
-            self._start_dials()
-
-    def _handshake_first_for_queued(self) -> None:
-        """Under a SYN flood, queued flows whose app has not completed the handshake give
-        up their place: the stack completes the handshake first (see
-        :meth:`_on_connect_request`); real apps come back at the front, spoofed ones never."""
-        for fid in self._queue.take_unverified():
-            with contextlib.suppress(FlowStateError):
-                self.stack.tcp_handshake_first(fid)
-        self._arm_queue_timer()
-
-    def _arm_queue_timer(self) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        at = self._queue.next_deadline()
-        if at == self._queue_timer_at:
-            return
-        if self._queue_timer is not None:
-            self._queue_timer.cancel()
-            self._queue_timer = None
-        self._queue_timer_at = at
-        if at is not None:
-            self._queue_timer = loop.call_at(at, self._on_queue_timer)
-
-    def _on_queue_timer(self) -> None:
-        self._queue_timer = None
-        self._queue_timer_at = None
-        loop = self._loop
-        assert loop is not None
-        expired = self._queue.expired(loop.time())
-        for fid, _ev in expired:
-            self.flows_failed += 1
-            self.flows_queue_expired += 1
-            with contextlib.suppress(FlowStateError):
-                self.stack.tcp_reject(fid, "host")
-        if expired:
-            dst = expired[-1][1].dst
-            self._limited.log(
-                logging.WARNING, "dial-queue-timeout",
-                "flow to %s:%d refused: no upstream connection slot within %.0fs "
-                "(%d dials in progress)", dst[0], dst[1], self.config.queue_timeout,
-                self._queue.active,
-            )
-        self._arm_queue_timer()
-        self._pump()
+        self._dialer.request(ev)
 
     async def _connect(self, ev: TcpConnectRequest) -> None:
         fid = ev.flow_id
@@ -752,8 +650,8 @@ class Driver:
         s["relays"] = len(self._relays)
         s["udp_relays"] = len(self._udp)
         s["connecting"] = len(self._connecting)
-        s["queued"] = len(self._queue)
-        s["queue_expired"] = self.flows_queue_expired
+        s["queued"] = len(self._dialer.queue)
+        s["queue_expired"] = self._dialer.expired
         s["flows_opened"] = self.flows_opened
         s["flows_failed"] = self.flows_failed
         s["flows_looped"] = self.flows_looped
@@ -764,6 +662,13 @@ class Driver:
             s["upstream"] = router_stats()
         s["dns"] = self.dns.stats()
         return s
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the driver runs on (while :meth:`run` runs)."""
+        if self._loop is None:
+            raise RuntimeError("the driver is not running")
+        return self._loop
 
     @property
     def stopping(self) -> bool:
