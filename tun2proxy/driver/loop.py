@@ -37,6 +37,7 @@ from ..stack.netstack import NetStack
 from ..upstream.base import FlowInfo, Upstream
 from ..upstream.dial import is_own_endpoint
 from ..upstream.direct import DirectUpstream
+from .dialing import Dialer
 from .dns import DNS_MODES, DnsHandler
 from .relay import TcpRelay
 from .udp_relay import UdpRelay
@@ -66,7 +67,15 @@ class DriverConfig:
 
     Attributes:
         connect_timeout: how long an upstream dial may take before the SYN is rejected.
-        max_connecting: upstream dials in flight (further SYNs are rejected with RST).
+        max_connecting: upstream dials in flight; further flows wait in the dial queue
+            (they cost no upstream socket; the stack's ``max_pending`` and ``max_queued``
+            bound the queue).
+        max_connecting_per_destination: upstream dials in flight to one destination
+            address; with round robin across destinations in the queue, a destination
+            whose dials all hang (black-holed) holds this many slots and no more.
+        queue_timeout: how long a flow may wait in the dial queue; then it is refused as
+            unreachable (ICMP host unreachable, or RST when the app's connection is open:
+            handshake-first flows under a SYN flood).
         shutdown_grace: on stop, how long flows get to close before they are reset.
         udp: ``proxy`` (UDP through the upstream when it can carry it, else ICMP port
             unreachable), ``direct`` (UDP from this host's network whatever the upstream),
@@ -87,6 +96,8 @@ class DriverConfig:
 
     connect_timeout: float = 10.0
     max_connecting: int = 256
+    max_connecting_per_destination: int = 32
+    queue_timeout: float = 10.0
     shutdown_grace: float = 0.5
     udp: str = "proxy"
     dns: str = "direct"
@@ -104,6 +115,10 @@ class DriverConfig:
             raise ConfigError(f"udp must be one of {', '.join(UDP_POLICIES)}")
         if self.dns not in DNS_MODES:
             raise ConfigError(f"dns must be one of {', '.join(DNS_MODES)}")
+        if self.max_connecting < 1 or self.max_connecting_per_destination < 1:
+            raise ConfigError("max_connecting and max_connecting_per_destination must be >= 1")
+        if not self.queue_timeout > 0:
+            raise ConfigError("queue_timeout must be positive")
 
 
 class Driver:
@@ -127,6 +142,8 @@ class Driver:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._relays: dict[int, TcpRelay] = {}
         self._connecting: dict[int, asyncio.Task[None]] = {}
+        #: Which connect request is dialled when (the dial queue; handshake-first floods).
+        self._dialer = Dialer(self)
         self._udp: dict[int, UdpRelay] = {}
         self._fake_dst: dict[int, str] = {}
         self.udp_upstream: Upstream = (
@@ -192,6 +209,7 @@ class Driver:
 
     async def _shutdown(self) -> None:
         self._stopping = True
+        self._dialer.close()
         for task in list(self._connecting.values()):
             task.cancel()
         for fid in list(self._relays):
@@ -260,6 +278,8 @@ class Driver:
                         self._handle(ev)
                     except Exception as e:  # a bug in one flow's handling must not stall all
                         self._handler_failed(ev, e)
+                if self._dialer.queue.unverified and stack.syn_flood_mode:
+                    self._dialer.handshake_first_for_queued()
                 now = loop.time()
                 out = stack.poll(now)
                 if out:
@@ -350,6 +370,8 @@ class Driver:
             task = self._connecting.pop(ev.flow_id, None)
             if task is not None:
                 task.cancel()
+            else:
+                self._dialer.flow_closed(ev.flow_id)
             log.debug("flow %d closed: %s", ev.flow_id, ev.reason)
         elif isinstance(ev, UdpDatagram):
             self._on_udp(ev)
@@ -468,18 +490,10 @@ class Driver:
                 ev.src[0], ev.src[1], ev.dst[0], ev.dst[1],
             )
             return
-        if self._stopping or len(self._connecting) >= self.config.max_connecting:
+        if self._stopping:
             self.stack.tcp_reject(ev.flow_id)
-            if not self._stopping:
-                self._limited.log(
-                    logging.WARNING, "max-connecting",
-                    "too many upstream connections in progress (%d); refusing new flows",
-                    self.config.max_connecting,
-                )
             return
-        loop = self._loop
-        assert loop is not None
-        self._connecting[ev.flow_id] = loop.create_task(self._connect(ev))
+        self._dialer.request(ev)
 
     async def _connect(self, ev: TcpConnectRequest) -> None:
         fid = ev.flow_id
@@ -612,6 +626,8 @@ class Driver:
         s["relays"] = len(self._relays)
         s["udp_relays"] = len(self._udp)
         s["connecting"] = len(self._connecting)
+        s["queued"] = len(self._dialer.queue)
+        s["queue_expired"] = self._dialer.expired
         s["flows_opened"] = self.flows_opened
         s["flows_failed"] = self.flows_failed
         s["flows_looped"] = self.flows_looped
@@ -622,6 +638,13 @@ class Driver:
             s["upstream"] = router_stats()
         s["dns"] = self.dns.stats()
         return s
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the driver runs on (while :meth:`run` runs)."""
+        if self._loop is None:
+            raise RuntimeError("the driver is not running")
+        return self._loop
 
     @property
     def stopping(self) -> bool:

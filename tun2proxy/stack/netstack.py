@@ -56,6 +56,7 @@ from ..wire.ip import (
 from ..wire.seq import SEQ_MASK
 from ..wire.tcp import ACK, FIN, IP4_TCP, IP6_TCP, RST, SYN, TcpSegment, parse_tcp
 from ..wire.udp import parse_udp
+from .admission import Admission
 from .config import StackConfig
 from .events import (
     Endpoint,
@@ -117,8 +118,8 @@ class NetStack:
         self._udp: OrderedDict[bytes, UdpSession] = OrderedDict()
         self._udp_by_id: dict[int, UdpSession] = {}
         self._next_id = 1
-        self._pending = 0
-        self._pending_by_src: dict[bytes, int] = {}
+        #: Pending requests, held and half-open handshakes, the host's queue, flood mode.
+        self._adm = Admission(config)
         self._syn_quote: dict[int, bytes] = {}
         self._dirty: list[TcpConnection] = []
         self._closing: list[TcpConnection] = []
@@ -134,12 +135,6 @@ class NetStack:
         self._rst_time = 0.0
         self._icmp_tokens = float(config.icmp_error_rate)
         self._icmp_time = 0.0
-        #: Handshakes completing before the host hears of them (immediate accept): oldest
-        #: first, bounded by max_half_open.
-        self._half_open: OrderedDict[int, TcpConnection] = OrderedDict()
-        #: Established flows announced to the host and not yet accepted or rejected.
-        self._awaiting_host: set[int] = set()
-        self._flood = False
         self._buffered = 0
         self._now = 0.0
         self.stats_counters = Stats()
@@ -288,9 +283,17 @@ class NetStack:
     ) -> None:
         cfg = self.config
         st = self.stats_counters
+        adm = self._adm
         over_budget = (
             cfg.memory_limit is not None and self.memory_estimate() >= cfg.memory_limit
         )
+        if not over_budget and len(self._tcp) >= cfg.max_flows:
+            # A handshake nobody answered yields its slot before a new SYN is refused.
+            old = adm.evict_oldest(now)
+            if old is not None:
+                st.drop("tcp-half-open-evicted")
+                old.forget()
+                self._remove(old)
         if over_budget or len(self._tcp) >= cfg.max_flows:
             st.drop("tcp-memory-limit" if over_budget else "tcp-flow-limit")
             self._send_rst(
@@ -300,28 +303,27 @@ class NetStack:
             return
         immediate = cfg.accept_policy == "immediate"
         if not immediate:
-            if self._flood and self._pending < cfg.syn_flood_threshold // 2:
-                self._flood = False
-            elif not self._flood and self._pending >= cfg.syn_flood_threshold:
-                # RFC 4987: too many requests the host is dialling for; from now on a source
-                # must complete the handshake before it costs an upstream connection.
-                self._flood = True
+            if adm.update(now):
+                # RFC 4987: too many requests the host is dialling for, or handshakes holding
+                # an upstream connection unanswered; from now on a source must complete the
+                # handshake before it costs an upstream connection.
                 st.syn_flood_episodes += 1
-            immediate = self._flood
-        per_src = 0
-        if not immediate:
-            if self._pending >= cfg.max_pending:
-                st.drop("tcp-pending-limit")  # the app retransmits its SYN
-                return
-            per_src = self._pending_by_src.get(src, 0)
-            if per_src >= cfg.max_pending_per_source:
-                st.drop("tcp-pending-per-source-limit")
-                return
-        elif len(self._half_open) >= cfg.max_half_open:
-            _fid, old = self._half_open.popitem(last=False)
-            st.drop("tcp-half-open-evicted")
-            old.forget()  # silently: an RST to a likely spoofed source helps no one
-            self._remove(old)
+            immediate = adm.flood
+        if immediate:
+            # Handshake first: answer no more SYNs than the host can queue (an app must not
+            # see an open connection that is then reset for want of room).
+            refusal = adm.queue_refusal(dst)
+            if refusal is None and len(adm.half_open) >= cfg.max_half_open:
+                old = adm.evict_oldest(now)
+                if old is not None:
+                    st.drop("tcp-half-open-evicted")
+                    old.forget()  # silently: an RST to a likely spoofed source helps no one
+                    self._remove(old)
+        else:
+            refusal = adm.pending_refusal(src)
+        if refusal is not None:
+            st.drop(refusal)  # the app retransmits its SYN
+            return
         h = hashlib.blake2s(key, key=cfg.isn_secret[:32], digest_size=8).digest()
         # RFC 6528: ISN = M + F(4-tuple, secret), M a 4-microsecond clock.
         iss = (int(now * 250_000) + int.from_bytes(h[:4], "big")) & SEQ_MASK
@@ -345,12 +347,11 @@ class NetStack:
         st.tcp_syn_received += 1
         if immediate:
             conn.accept()
-            self._half_open[fid] = conn
+            adm.add_half_open(fid, conn, now)
             self._touch(conn)
             return
         conn.close_deadline = now + cfg.pending_timeout
-        self._pending += 1
-        self._pending_by_src[src] = per_src + 1
+        adm.add_pending(src)
         self._syn_quote[fid] = bytes(data[: off + 28])
         self._schedule(conn)
         self._events.append(
@@ -367,16 +368,17 @@ class NetStack:
         conn.notify = 0
         fid = conn.flow_id
         ev = self._events
-        if fid in self._half_open:
+        adm = self._adm
+        if fid in adm.half_open:
             if n & N_CLOSED:
                 # Never announced to the host (a handshake that did not complete): no event.
-                del self._half_open[fid]
+                adm.pop_half_open(fid)
                 self._closing.append(conn)
                 return
             if not n & N_ESTABLISHED:
                 return
-            del self._half_open[fid]
-            self._awaiting_host.add(fid)
+            adm.pop_half_open(fid)
+            adm.add_awaiting(fid, conn.local_addr)
             ev.append(
                 TcpConnectRequest(
                     fid,
@@ -385,6 +387,8 @@ class NetStack:
                     established=True,
                 )
             )
+        elif n & (N_ESTABLISHED | N_CLOSED) and adm.held:
+            adm.held.pop(fid, None)  # the handshake the host accepted ended, either way
         if n & N_READABLE:
             ev.append(TcpReadable(fid))
         if n & N_PEER_CLOSED:
@@ -393,7 +397,7 @@ class NetStack:
             ev.append(TcpWritable(fid))
         if n & N_CLOSED:
             self._unpend(conn)
-            self._awaiting_host.discard(fid)
+            adm.discard_awaiting(fid)
             reason = conn.close_reason or "closed"
             if reason == "closed" and conn.readable:
                 self._lingering[fid] = self._now + self._tcp_cfg.half_close_timeout
@@ -407,13 +411,7 @@ class NetStack:
     def _unpend(self, conn: TcpConnection) -> None:
         if self._syn_quote.pop(conn.flow_id, None) is None:
             return
-        self._pending -= 1
-        src = conn.remote_addr
-        left = self._pending_by_src.get(src, 1) - 1
-        if left > 0:
-            self._pending_by_src[src] = left
-        else:
-            self._pending_by_src.pop(src, None)
+        self._adm.remove_pending(conn.remote_addr)
 
     # ------------------------------------------------------------------ UDP input
 
@@ -628,9 +626,8 @@ class NetStack:
     def tcp_accept(self, flow_id: int) -> None:
         """Complete the handshake of a pending flow (send SYN-ACK at the next :meth:`poll`)."""
         conn = self._conn(flow_id)
-        if flow_id in self._awaiting_host:
+        if self._adm.discard_awaiting(flow_id):
             # Already established (immediate accept): the host takes it over now.
-            self._awaiting_host.discard(flow_id)
             self.stats_counters.tcp_accepted += 1
             self._touch(conn)
             return
@@ -639,8 +636,38 @@ class NetStack:
         self._unpend(conn)
         conn.close_deadline = None
         conn.accept()
+        # Until the app answers the SYN-ACK this flow holds the host's upstream connection
+        # for a source that may not exist: counted, and expired early under pressure.
+        self._adm.held[flow_id] = (conn, self._now)
         self.stats_counters.tcp_accepted += 1
         self._touch(conn)
+
+    def tcp_handshake_first(self, flow_id: int) -> None:
+        """Hand a pending flow back to the stack: it completes the handshake itself, and a
+        ``TcpConnectRequest(established=True)`` with the same id follows if the app answers
+        the SYN-ACK; if it does not (a spoofed source), nothing follows — the host forgets
+        the id now. The driver does this, under a SYN flood, for requests it has not dialled
+        yet, so that no upstream connection is spent on a source that never answers."""
+        conn = self._conn(flow_id)
+        if conn.state is not LISTEN or flow_id not in self._syn_quote:
+            raise FlowStateError(f"flow {flow_id} is not pending (state {conn.state.value})")
+        adm = self._adm
+        self._unpend(conn)
+        conn.close_deadline = None
+        if len(adm.half_open) >= self.config.max_half_open:
+            old = adm.evict_oldest(self._now)
+            if old is not None:
+                self.stats_counters.drop("tcp-half-open-evicted")
+                old.forget()
+                self._remove(old)
+        conn.accept()
+        adm.add_half_open(flow_id, conn, self._now, converted=True)
+        self._touch(conn)
+
+    @property
+    def syn_flood_mode(self) -> bool:
+        """Whether new SYNs are answered handshake-first (see ``syn_flood_threshold``)."""
+        return self._adm.flood
 
     def tcp_reject(self, flow_id: int, reason: str = "reset") -> None:
         """Refuse a pending flow: RST (``reset``) or ICMP unreachable (``net``, ``host``,
@@ -648,9 +675,8 @@ class NetStack:
         if reason not in REJECT_REASONS:
             raise ValueError(f"reason must be one of {', '.join(REJECT_REASONS)}")
         conn = self._conn(flow_id)
-        if flow_id in self._awaiting_host:
+        if self._adm.discard_awaiting(flow_id):
             # The app's connection is open already: a reset is the only way to refuse it.
-            self._awaiting_host.discard(flow_id)
             conn.abort("rejected")
             self.stats_counters.tcp_rst_sent += 1
             self._touch(conn)
@@ -854,6 +880,11 @@ class NetStack:
                     self._collect(conn)
                 if conn.state is not CLOSED:
                     self._schedule(conn)
+        adm = self._adm
+        if adm.half_open or adm.held:
+            self._expire_handshakes(now)
+        if adm.flood:
+            adm.update(now)
         if self._lingering:
             for fid, deadline in list(self._lingering.items()):
                 if now >= deadline:
@@ -867,6 +898,24 @@ class NetStack:
         st = self.stats_counters
         st.packets_out += len(out)
         return out
+
+    def _expire_handshakes(self, now: float) -> None:
+        """Under pressure: end the handshakes unanswered for ``half_open_timeout``, silently
+        (an RST to a likely spoofed source helps no one). A flow the host accepted gets a
+        ``TcpClosed(.., "timeout")`` so that its upstream connection is closed."""
+        half_open, held = self._adm.expire(now)
+        st = self.stats_counters
+        for conn in half_open:
+            st.drop("tcp-half-open-expired")
+            conn.forget()
+            self._remove(conn)
+        for conn in held:
+            st.drop("tcp-handshake-expired")
+            conn.close_reason = "timeout"
+            conn.forget()
+            self._events.append(TcpClosed(conn.flow_id, "timeout"))
+            st.tcp_closed["timeout"] = st.tcp_closed.get("timeout", 0) + 1
+            self._closing.append(conn)
 
     def _finish(self, conn: TcpConnection, out: list[bytearray], now: float) -> None:
         """After the host saw TcpClosed: drop the flow id; keep TIME-WAIT keyed until it ends."""
@@ -915,6 +964,9 @@ class NetStack:
                 at = deadline
                 break
             heapq.heappop(heap)
+        expiry = self._adm.next_expiry()
+        if expiry is not None and (at is None or expiry < at):
+            at = expiry
         if self._lingering:
             first = min(self._lingering.values())
             if at is None or first < at:
@@ -938,9 +990,11 @@ class NetStack:
             memory_limit=self.config.memory_limit,
             memory_per_flow=(self.memory_estimate() // nflows) if nflows else 0,
             tcp_flows=nflows,
-            tcp_pending=self._pending,
-            tcp_half_open=len(self._half_open),
-            syn_flood_mode=self._flood,
+            tcp_pending=self._adm.pending,
+            tcp_half_open=len(self._adm.half_open),
+            tcp_handshakes_held=len(self._adm.held),
+            tcp_queued=len(self._adm.awaiting),
+            syn_flood_mode=self._adm.flood,
             tcp_states=states,
             tcp_buffered_bytes=buffered,
             udp_sessions=len(self._udp),

@@ -1,0 +1,147 @@
+"""Which connect request the driver dials when: the dial queue, its deadline, and
+handshake-first under a SYN flood.
+
+A ``TcpConnectRequest`` is queued (:class:`~tun2proxy.driver.admission.DialQueue`) and dialled
+as soon as a slot is free — at most ``max_connecting`` dials in flight and
+``max_connecting_per_destination`` to one destination, destinations taking turns, flows
+whose app completed the handshake first. A queued flow costs no upstream socket (the app
+retransmits its SYN meanwhile, which the stack absorbs); after ``queue_timeout`` it is
+refused as unreachable. Under a SYN flood (``NetStack.syn_flood_mode``) a request whose app
+has not completed the handshake is not dialled: it is handed back to the stack
+(``tcp_handshake_first``) and comes back established if the app is real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from typing import TYPE_CHECKING
+
+from ..errors import FlowStateError
+from ..stack.events import TcpConnectRequest
+from .admission import DialQueue
+
+if TYPE_CHECKING:
+    from .loop import Driver
+
+__all__ = ["Dialer"]
+
+
+class Dialer:
+    """The driver's dial queue and its timer (see the module docstring); a part of the
+    :class:`~tun2proxy.driver.Driver`, using its task table and log."""
+
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+        c = driver.config
+        #: Flows waiting for a dial slot (beyond max_connecting, or per destination).
+        self.queue: DialQueue[TcpConnectRequest] = DialQueue(
+            c.max_connecting, c.max_connecting_per_destination
+        )
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        #: Flows refused because they waited in the queue past queue_timeout.
+        self.expired = 0
+
+    def request(self, ev: TcpConnectRequest) -> None:
+        """A new flow to dial for (the routing-loop and stopping checks are done)."""
+        d = self.driver
+        if not ev.established and d.stack.syn_flood_mode:
+            # SYN-flood pressure: no upstream connection for a source that has not shown it
+            # exists. The stack completes the handshake; if the app answers, the same flow
+            # comes back established and is queued then.
+            d.stack.tcp_handshake_first(ev.flow_id)
+            return
+        loop = d.loop
+        self.queue.push(
+            ev.flow_id, ev.dst[0], ev, verified=ev.established,
+            deadline=loop.time() + d.config.queue_timeout,
+        )
+        self.start()
+
+    def start(self) -> None:
+        """Dial queued flows while slots are free (globally and per destination)."""
+        d = self.driver
+        loop = d.loop
+        queue = self.queue
+        stack = d.stack
+        while not d.stopping and (nxt := queue.pop()) is not None:
+            fid, key, ev = nxt
+            if not ev.established and stack.syn_flood_mode:
+                queue.done(key)
+                stack.tcp_handshake_first(fid)
+                continue
+            task = loop.create_task(d._connect(ev))
+            # A done callback, not a finally: a task cancelled before it ever ran has no
+            # finally to run, and its slot must come back all the same.
+            task.add_done_callback(functools.partial(self._ended, key))
+            d._connecting[fid] = task
+        if len(queue):
+            d._limited.log(
+                logging.INFO, "dial-queue",
+                "%d flows wait for an upstream connection slot (%d dials in progress)",
+                len(queue), queue.active,
+            )
+        self._arm()
+
+    def _ended(self, key: str, _task: object = None) -> None:
+        self.queue.done(key)
+        if len(self.queue):
+            self.start()
+
+    def flow_closed(self, fid: int) -> None:
+        """The app went away: drop its place in the queue, if it had one."""
+        if self.queue.discard(fid) is not None:
+            self._arm()
+
+    def handshake_first_for_queued(self) -> None:
+        """Under a SYN flood, queued flows whose app has not completed the handshake give
+        up their place: the stack completes the handshake first (see :meth:`request`);
+        real apps come back ahead of them, spoofed ones never."""
+        for fid in self.queue.take_unverified():
+            with contextlib.suppress(FlowStateError):
+                self.driver.stack.tcp_handshake_first(fid)
+        self._arm()
+
+    def close(self) -> None:
+        """On shutdown: refuse every queued flow, stop the timer."""
+        for fid, _ev in self.queue.clear():
+            with contextlib.suppress(FlowStateError):
+                self.driver.stack.tcp_reject(fid)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm(self) -> None:
+        at = self.queue.next_deadline()
+        if at == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None:
+            self._timer = self.driver.loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        d = self.driver
+        expired = self.queue.expired(d.loop.time())
+        for fid, _ev in expired:
+            d.flows_failed += 1
+            self.expired += 1
+            with contextlib.suppress(FlowStateError):
+                d.stack.tcp_reject(fid, "host")
+        if expired:
+            dst = expired[-1][1].dst
+            d._limited.log(
+                logging.WARNING, "dial-queue-timeout",
+                "flow to %s:%d refused: no upstream connection slot within %.0fs "
+                "(%d dials in progress)", dst[0], dst[1], d.config.queue_timeout,
+                self.queue.active,
+            )
+        self._arm()
+        d.schedule_pump()
