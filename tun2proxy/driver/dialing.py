@@ -17,28 +17,54 @@ import asyncio
 import contextlib
 import functools
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..errors import FlowStateError
 from ..stack.events import TcpConnectRequest
 from .admission import DialQueue
+from .host import RelayHost
 
-if TYPE_CHECKING:
-    from .loop import Driver
+__all__ = ["DialHost", "Dialer"]
 
-__all__ = ["Dialer"]
+
+class DialHost(RelayHost, Protocol):
+    """What the :class:`Dialer` needs of the driver that owns it."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The running event loop."""
+        ...
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the driver is shutting down (nothing new is dialled)."""
+        ...
+
+    def start_dial(self, ev: TcpConnectRequest) -> asyncio.Task[None]:
+        """Start dialling the upstream for ``ev``'s flow; the task is the driver's to track."""
+        ...
+
+    def count_failed_flow(self) -> None:
+        """One more flow refused (counted in the driver's stats)."""
+        ...
 
 
 class Dialer:
-    """The driver's dial queue and its timer (see the module docstring); a part of the
-    :class:`~tun2proxy.driver.Driver`, using its task table and log."""
+    """The driver's dial queue and its timer (see the module docstring)."""
 
-    def __init__(self, driver: Driver) -> None:
+    def __init__(
+        self,
+        driver: DialHost,
+        *,
+        max_connecting: int,
+        max_connecting_per_destination: int,
+        queue_timeout: float,
+    ) -> None:
         self.driver = driver
-        c = driver.config
+        self.queue_timeout = queue_timeout
         #: Flows waiting for a dial slot (beyond max_connecting, or per destination).
         self.queue: DialQueue[TcpConnectRequest] = DialQueue(
-            c.max_connecting, c.max_connecting_per_destination
+            max_connecting, max_connecting_per_destination
         )
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -57,14 +83,13 @@ class Dialer:
         loop = d.loop
         self.queue.push(
             ev.flow_id, ev.dst[0], ev, verified=ev.established,
-            deadline=loop.time() + d.config.queue_timeout,
+            deadline=loop.time() + self.queue_timeout,
         )
         self.start()
 
     def start(self) -> None:
         """Dial queued flows while slots are free (globally and per destination)."""
         d = self.driver
-        loop = d.loop
         queue = self.queue
         stack = d.stack
         while not d.stopping and (nxt := queue.pop()) is not None:
@@ -73,13 +98,12 @@ class Dialer:
                 queue.done(key)
                 stack.tcp_handshake_first(fid)
                 continue
-            task = loop.create_task(d._connect(ev))
+            task = d.start_dial(ev)
             # A done callback, not a finally: a task cancelled before it ever ran has no
             # finally to run, and its slot must come back all the same.
             task.add_done_callback(functools.partial(self._ended, key))
-            d._connecting[fid] = task
         if len(queue):
-            d._limited.log(
+            d.limited_log.log(
                 logging.INFO, "dial-queue",
                 "%d flows wait for an upstream connection slot (%d dials in progress)",
                 len(queue), queue.active,
@@ -131,16 +155,16 @@ class Dialer:
         d = self.driver
         expired = self.queue.expired(d.loop.time())
         for fid, _ev in expired:
-            d.flows_failed += 1
+            d.count_failed_flow()
             self.expired += 1
             with contextlib.suppress(FlowStateError):
                 d.stack.tcp_reject(fid, "host")
         if expired:
             dst = expired[-1][1].dst
-            d._limited.log(
+            d.limited_log.log(
                 logging.WARNING, "dial-queue-timeout",
                 "flow to %s:%d refused: no upstream connection slot within %.0fs "
-                "(%d dials in progress)", dst[0], dst[1], d.config.queue_timeout,
+                "(%d dials in progress)", dst[0], dst[1], self.queue_timeout,
                 self.queue.active,
             )
         self._arm()

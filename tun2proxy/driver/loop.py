@@ -143,7 +143,12 @@ class Driver:
         self._relays: dict[int, TcpRelay] = {}
         self._connecting: dict[int, asyncio.Task[None]] = {}
         #: Which connect request is dialled when (the dial queue; handshake-first floods).
-        self._dialer = Dialer(self)
+        self._dialer = Dialer(
+            self,
+            max_connecting=self.config.max_connecting,
+            max_connecting_per_destination=self.config.max_connecting_per_destination,
+            queue_timeout=self.config.queue_timeout,
+        )
         self._udp: dict[int, UdpRelay] = {}
         self._fake_dst: dict[int, str] = {}
         self.udp_upstream: Upstream = (
@@ -660,3 +665,13 @@ class Driver:
     def limited_log(self) -> RateLimitedLog:
         """The rate-limited logger the driver shares with its relays and DNS handler."""
         return self._limited
+
+    def start_dial(self, ev: TcpConnectRequest) -> asyncio.Task[None]:
+        """Start dialling the upstream for ``ev``'s flow (called by the dial queue)."""
+        task = self.loop.create_task(self._connect(ev))
+        self._connecting[ev.flow_id] = task
+        return task
+
+    def count_failed_flow(self) -> None:
+        """One more flow refused (the ``flows_failed`` counter)."""
+        self.flows_failed += 1
