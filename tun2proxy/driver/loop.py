@@ -246,6 +246,8 @@ class Driver:
             await self.upstream.close()
 
     def _on_link_error(self, exc: BaseException) -> None:
+        if self.link_error is not None:
+            return  # one failure, one line (writes during the shutdown fail again)
         self.link_error = exc
         log.error("link %s failed: %s; shutting down", self.link.name, exc)
         self.stop()
