@@ -309,6 +309,37 @@ async def test_own_connection_coming_back_through_the_tun_is_refused() -> None:
         assert up.opened == []  # never dialled again
 
 
+async def test_own_udp_socket_coming_back_through_the_tun_is_refused_once_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from tun2proxy.testing import udp_packet
+    from tun2proxy.upstream import dial
+    from tun2proxy.upstream.base import DatagramReceiver, UdpChannel
+
+    class Counting(LoopbackUpstream):
+        udp_opened = 0
+
+        async def open_udp(self, flow: FlowInfo, receiver: DatagramReceiver) -> UdpChannel:
+            Counting.udp_opened += 1
+            raise UpstreamError("not here", "refused")
+
+    key = ("10.0.0.2", 40000)
+    dial._own[key] = 1  # as if one of our UDP sockets sent from that endpoint
+    try:
+        async with running(Counting({})) as (host, driver):
+            for _ in range(3):
+                host.link.feed([udp_packet("10.0.0.2", "192.0.2.1", 40000, 9999, b"again")])
+                await asyncio.sleep(0.01)
+            st = driver.stats()
+            assert st["udp_looped"] == 3
+            assert st["drops"]["udp-routing-loop"] == 3  # type: ignore[index]
+            assert st["udp_sessions"] == 0 and st["udp_relays"] == 0  # nothing kept
+    finally:
+        dial._own.pop(key, None)
+    assert Counting.udp_opened == 0  # never relayed
+    assert sum("routing loop" in r.getMessage() for r in caplog.records) == 1
+
+
 @pytest.mark.parametrize(
     ("first", "name"),
     [
