@@ -341,6 +341,45 @@ async def test_own_udp_socket_coming_back_through_the_tun_is_refused_once_logged
 
 
 @pytest.mark.parametrize(
+    ("exc", "says"),
+    [(TimeoutError(), "failed: TimeoutError"), (ConnectionResetError(), "ConnectionResetError"),
+     (None, "TimeoutError (no answer within 0.2s)")],
+    ids=["timeout", "reset", "no-answer"],
+)
+async def test_a_failed_dns_forward_names_its_reason(
+    exc: BaseException | None, says: str, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dns.message
+
+    from tun2proxy.driver import dns as driver_dns
+    from tun2proxy.testing import udp_packet
+
+    monkeypatch.setattr(driver_dns, "_FORWARD_TIMEOUT", 0.2)
+
+    class Failing(LoopbackUpstream):
+        async def open_tcp(
+            self, dst: Address, protocol: asyncio.Protocol, flow: FlowInfo
+        ) -> asyncio.Transport:
+            if exc is None:
+                await asyncio.sleep(10)  # never answers
+            raise exc  # type: ignore[misc]
+
+    query = dns.message.make_query("name.example", "A").to_wire()
+    cfg = DriverConfig(connect_timeout=1.0, dns="over-tcp", dns_addr=("192.0.2.53", 53))
+    async with running(Failing({}), cfg) as (host, driver):
+        host.link.feed([udp_packet("10.0.0.2", "192.0.2.53", 5353, 53, query)])
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if driver.dns.failed:
+                break
+        assert driver.dns.failed == 1
+    lines = [r.getMessage() for r in caplog.records if "DNS over TCP" in r.getMessage()]
+    assert len(lines) == 1 and says in lines[0], lines
+    assert not lines[0].endswith(": "), lines
+
+
+@pytest.mark.parametrize(
     ("first", "name"),
     [
         (tls_client_hello("sni.example"), "sni.example"),

@@ -17,7 +17,7 @@ import ipaddress
 import logging
 from typing import TYPE_CHECKING, cast
 
-from ..errors import ConfigError, UpstreamError
+from ..errors import ConfigError, UpstreamError, describe_error
 from ..proxy.address import Address
 from ..upstream.base import FlowInfo
 
@@ -155,9 +155,12 @@ class DnsHandler:
             answer = await asyncio.wait_for(self.query_over_tcp(ev), _FORWARD_TIMEOUT)
         except (UpstreamError, TimeoutError, OSError) as e:
             self.failed += 1
+            why = describe_error(e)
+            if isinstance(e, TimeoutError) and not str(e):
+                why += f" (no answer within {_FORWARD_TIMEOUT:g}s)"
             self.driver._limited.log(
                 logging.WARNING, "dns-forward", "DNS over TCP to %s failed: %s", self.dns_addr,
-                e or "timeout",
+                why,
             )
             self._servfail(ev)
             return

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ..dns.pool import SlotDirectory
-from ..errors import ConfigError, FlowStateError, UpstreamError
+from ..errors import ConfigError, FlowStateError, UpstreamError, describe_error
 from ..link.base import Link
 from ..proxy.address import Address
 from ..routing.sniff import sniff_host
@@ -251,7 +251,7 @@ class Driver:
         if self.link_error is not None:
             return  # one failure, one line (writes during the shutdown fail again)
         self.link_error = exc
-        log.error("link %s failed: %s; shutting down", self.link.name, exc)
+        log.error("link %s failed: %s; shutting down", self.link.name, describe_error(exc))
         self.stop()
 
     # ------------------------------------------------------------------ the pump
@@ -444,7 +444,9 @@ class Driver:
                 log.debug("open_udp raised", exc_info=e)
             self._limited.log(
                 logging.WARNING, f"udp:{reason}", "UDP from %s:%d failed (%s): %s",
-                ev.src[0], ev.src[1], reason, e or "no upstream channel in time",
+                ev.src[0], ev.src[1], reason,
+                "no upstream channel in time" if reason == "timeout" and not str(e)
+                else describe_error(e),
             )
             self._udp.pop(ev.flow_id, None)
             relay.closed = True
