@@ -194,7 +194,10 @@ class FdLink(Link):
                 log.warning("%s: read error: %s", self.name, e)
         if not batch:
             return
-        if self.down_since is not None and not down:
+        if (
+            self.down_since is not None and not down
+            and device_state(self.fd, self.ifsock) != "down"  # not just what was queued
+        ):
             self._back_up()  # packets come in again
         self.packets_in += len(batch)
         if self._prefix:
