@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import socket
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -338,6 +339,57 @@ async def test_own_udp_socket_coming_back_through_the_tun_is_refused_once_logged
         dial._own.pop(key, None)
     assert Counting.udp_opened == 0  # never relayed
     assert sum("routing loop" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_udp_sessions_from_many_sources_leave_every_table_empty_when_they_expire() -> None:
+    # Issue 15, item 11: RSS stayed up after 5,000 sources' sessions expired. Nothing may be
+    # kept: sessions, relays, timers, our own-endpoint registry and sockets all go back.
+    from tun2proxy.testing import udp_packet
+    from tun2proxy.upstream import dial
+    from tun2proxy.upstream.base import DatagramReceiver, UdpChannel
+    from tun2proxy.upstream.udp import open_direct_udp
+
+    loop = asyncio.get_running_loop()
+
+    class Echo(asyncio.DatagramProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, addr: tuple[object, ...]) -> None:
+            self.transport.sendto(data, addr)  # type: ignore[attr-defined]
+
+    echo, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+    port = echo.get_extra_info("sockname")[1]
+
+    class ToEcho(LoopbackUpstream):
+        async def open_udp(self, flow: FlowInfo, receiver: DatagramReceiver) -> UdpChannel:
+            ch = await open_direct_udp(socket.AF_INET, receiver)
+            send = ch.send
+            ch.send = lambda payload, dst: send(payload, Address("127.0.0.1", port))  # type: ignore[method-assign]
+            return ch
+
+    fds = len(os.listdir("/proc/self/fd"))
+    try:
+        async with running(ToEcho({}), udp_timeout=0.3) as (host, driver):
+            sources = [(f"10.1.{i // 250}.{i % 250 + 1}", 20000 + i) for i in range(300)]
+            for _ in range(3):
+                host.link.feed([udp_packet(h, "192.0.2.1", p, 9999, b"x" * 32) for h, p in sources])
+                await asyncio.sleep(0.02)
+            assert driver.stats()["udp_sessions_opened"] == 300
+            for _ in range(200):
+                await asyncio.sleep(0.05)
+                st = driver.stats()
+                if not st["udp_sessions"] and not st["udp_relays"] and not st["timer_heap"]:
+                    break
+            st = driver.stats()
+            assert any(parse_ip(p).protocol == 17 for p in host.other_packets), "no replies"
+            assert (st["udp_sessions"], st["udp_relays"], st["timer_heap"]) == (0, 0, 0)
+            assert driver._udp == {} and driver.stack._udp_by_id == {}
+            assert dial._own == {}
+            await asyncio.sleep(0.05)
+            assert len(os.listdir("/proc/self/fd")) <= fds
+    finally:
+        echo.close()
 
 
 @pytest.mark.parametrize(

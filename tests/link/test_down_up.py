@@ -138,7 +138,8 @@ async def test_down_is_waited_for_up_carries_on_and_delete_fails_once(
         _ip(netns, "link", "set", DEV, "down")
         assert device_state(link.fd, link.ifsock) == "down"
         for _ in range(3):  # EIO each time: the device is down, not gone
-            link.write_batch([_to_the_kernel(port, b"lost", off), _to_the_kernel(port, b"lost", off)])
+            lost = _to_the_kernel(port, b"lost", off)
+            link.write_batch([lost, lost])
         assert watch.errors == []
         assert link.down_since is not None
         st = link.stats()

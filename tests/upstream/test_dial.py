@@ -165,7 +165,9 @@ def test_bind_of_the_other_family_is_ignored() -> None:
         s.close()
 
 
-@pytest.mark.parametrize(("family", "wildcard"), [(socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")])
+@pytest.mark.parametrize(
+    ("family", "wildcard"), [(socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")]
+)
 def test_a_wildcard_bound_socket_is_ours_from_any_local_address_on_its_port(
     family: int, wildcard: str
 ) -> None:
