@@ -12,6 +12,7 @@ __all__ = [
     "MalformedPacket",
     "Tun2ProxyError",
     "UpstreamError",
+    "describe_error",
 ]
 
 
@@ -46,3 +47,10 @@ class UpstreamError(Tun2ProxyError):
     def __init__(self, message: str, reason: str = "error") -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def describe_error(exc: BaseException) -> str:
+    """``str(exc)``, or the exception's type when that is empty (``TimeoutError()``,
+    ``ConnectionResetError()``): a log line never ends in an empty reason."""
+    text = str(exc)
+    return text if text else type(exc).__name__

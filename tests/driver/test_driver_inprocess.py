@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import socket
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -307,6 +308,128 @@ async def test_own_connection_coming_back_through_the_tun_is_refused() -> None:
         assert app.close_reason == "refused"
         assert driver.stats()["flows_looped"] == 1
         assert up.opened == []  # never dialled again
+
+
+async def test_own_udp_socket_coming_back_through_the_tun_is_refused_once_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from tun2proxy.testing import udp_packet
+    from tun2proxy.upstream import dial
+    from tun2proxy.upstream.base import DatagramReceiver, UdpChannel
+
+    class Counting(LoopbackUpstream):
+        udp_opened = 0
+
+        async def open_udp(self, flow: FlowInfo, receiver: DatagramReceiver) -> UdpChannel:
+            Counting.udp_opened += 1
+            raise UpstreamError("not here", "refused")
+
+    key = ("10.0.0.2", 40000)
+    dial._own[key] = 1  # as if one of our UDP sockets sent from that endpoint
+    try:
+        async with running(Counting({})) as (host, driver):
+            for _ in range(3):
+                host.link.feed([udp_packet("10.0.0.2", "192.0.2.1", 40000, 9999, b"again")])
+                await asyncio.sleep(0.01)
+            st = driver.stats()
+            assert st["udp_looped"] == 3
+            assert st["drops"]["udp-routing-loop"] == 3  # type: ignore[index]
+            assert st["udp_sessions"] == 0 and st["udp_relays"] == 0  # nothing kept
+    finally:
+        dial._own.pop(key, None)
+    assert Counting.udp_opened == 0  # never relayed
+    assert sum("routing loop" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_udp_sessions_from_many_sources_leave_every_table_empty_when_they_expire() -> None:
+    # Issue 15, item 11: RSS stayed up after 5,000 sources' sessions expired. Nothing may be
+    # kept: sessions, relays, timers, our own-endpoint registry and sockets all go back.
+    from tun2proxy.testing import udp_packet
+    from tun2proxy.upstream import dial
+    from tun2proxy.upstream.base import DatagramReceiver, UdpChannel
+    from tun2proxy.upstream.udp import open_direct_udp
+
+    loop = asyncio.get_running_loop()
+
+    class Echo(asyncio.DatagramProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, addr: tuple[object, ...]) -> None:
+            self.transport.sendto(data, addr)  # type: ignore[attr-defined]
+
+    echo, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+    port = echo.get_extra_info("sockname")[1]
+
+    class ToEcho(LoopbackUpstream):
+        async def open_udp(self, flow: FlowInfo, receiver: DatagramReceiver) -> UdpChannel:
+            # The echo server is on loopback, which the direct upstream refuses by default.
+            ch = await open_direct_udp(socket.AF_INET, receiver, refuse_local=False)
+            send = ch.send
+            ch.send = lambda payload, dst: send(payload, Address("127.0.0.1", port))  # type: ignore[method-assign]
+            return ch
+
+    fds = len(os.listdir("/proc/self/fd"))
+    try:
+        async with running(ToEcho({}), udp_timeout=0.3) as (host, driver):
+            sources = [(f"10.1.{i // 250}.{i % 250 + 1}", 20000 + i) for i in range(300)]
+            for _ in range(3):
+                host.link.feed([udp_packet(h, "192.0.2.1", p, 9999, b"x" * 32) for h, p in sources])
+                await asyncio.sleep(0.02)
+            assert driver.stats()["udp_sessions_opened"] == 300
+            for _ in range(200):
+                await asyncio.sleep(0.05)
+                st = driver.stats()
+                if not st["udp_sessions"] and not st["udp_relays"] and not st["timer_heap"]:
+                    break
+            st = driver.stats()
+            assert any(parse_ip(p).protocol == 17 for p in host.other_packets), "no replies"
+            assert (st["udp_sessions"], st["udp_relays"], st["timer_heap"]) == (0, 0, 0)
+            assert driver._udp == {} and driver.stack._udp_by_id == {}
+            assert dial._own == {}
+            await asyncio.sleep(0.05)
+            assert len(os.listdir("/proc/self/fd")) <= fds
+    finally:
+        echo.close()
+
+
+@pytest.mark.parametrize(
+    ("exc", "says"),
+    [(TimeoutError(), "failed: TimeoutError"), (ConnectionResetError(), "ConnectionResetError"),
+     (None, "TimeoutError (no answer within 0.2s)")],
+    ids=["timeout", "reset", "no-answer"],
+)
+async def test_a_failed_dns_forward_names_its_reason(
+    exc: BaseException | None, says: str, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dns.message
+
+    from tun2proxy.driver import dns as driver_dns
+    from tun2proxy.testing import udp_packet
+
+    monkeypatch.setattr(driver_dns, "_FORWARD_TIMEOUT", 0.2)
+
+    class Failing(LoopbackUpstream):
+        async def open_tcp(
+            self, dst: Address, protocol: asyncio.Protocol, flow: FlowInfo
+        ) -> asyncio.Transport:
+            if exc is None:
+                await asyncio.sleep(10)  # never answers
+            raise exc  # type: ignore[misc]
+
+    query = dns.message.make_query("name.example", "A").to_wire()
+    cfg = DriverConfig(connect_timeout=1.0, dns="over-tcp", dns_addr=("192.0.2.53", 53))
+    async with running(Failing({}), cfg) as (host, driver):
+        host.link.feed([udp_packet("10.0.0.2", "192.0.2.53", 5353, 53, query)])
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if driver.dns.failed:
+                break
+        assert driver.dns.failed == 1
+    lines = [r.getMessage() for r in caplog.records if "DNS over TCP" in r.getMessage()]
+    assert len(lines) == 1 and says in lines[0], lines
+    assert not lines[0].endswith(": "), lines
 
 
 @pytest.mark.parametrize(

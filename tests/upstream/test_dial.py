@@ -163,3 +163,51 @@ def test_bind_of_the_other_family_is_ignored() -> None:
         assert s.getsockname()[1] == 0  # not bound: the address is IPv4
     finally:
         s.close()
+
+
+@pytest.mark.parametrize(
+    ("family", "wildcard"), [(socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")]
+)
+def test_a_wildcard_bound_socket_is_ours_from_any_local_address_on_its_port(
+    family: int, wildcard: str
+) -> None:
+    # A direct UDP session's socket is bound to the wildcard address: its datagrams leave from
+    # whatever address the route picks (the TUN's own, in a loop), so that is ours too.
+    s = udp_socket(family)
+    port = s.getsockname()[1]
+    key = remember_endpoint(s)
+    try:
+        assert key == (wildcard, port)
+        local = "127.0.0.1" if family == socket.AF_INET else "::1"
+        assert is_own_endpoint(local, port)
+        if family == socket.AF_INET6:
+            assert is_own_endpoint("127.0.0.1", port)  # dual-stack: IPv4 leaves from it too
+        else:
+            assert not is_own_endpoint("::1", port)  # an IPv4 socket sends no IPv6
+        assert not is_own_endpoint("192.0.2.1", port)  # not an address of this host
+        assert not is_own_endpoint(local, 1 if port != 1 else 2)  # another port
+    finally:
+        forget_endpoint(key)
+        s.close()
+    assert not is_own_endpoint("127.0.0.1", port)
+
+
+async def test_a_direct_udp_session_registers_its_socket_until_closed() -> None:
+    from tun2proxy.proxy.address import Address
+    from tun2proxy.upstream.udp import open_direct_udp
+
+    class Receiver:
+        def datagram_received(self, payload: bytes, src: Address) -> None:
+            pass
+
+        def channel_lost(self, exc: BaseException | None) -> None:
+            pass
+
+    ch = await open_direct_udp(socket.AF_INET, Receiver())
+    assert ch.transport is not None
+    port = ch.transport.get_extra_info("sockname")[1]
+    assert is_own_endpoint("127.0.0.1", port)
+    ch.close()
+    await asyncio.sleep(0)
+    assert not is_own_endpoint("127.0.0.1", port)
+    assert dial._own == {}

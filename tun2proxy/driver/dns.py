@@ -20,7 +20,7 @@ from typing import cast
 from ..dns.pool import DEFAULT_V6_POOL, FakeIpPool, SlotDirectory
 from ..dns.tcp_framing import TcpDnsReader, frame
 from ..dns.virtual import VirtualDns
-from ..errors import ConfigError, FlowStateError, UpstreamError
+from ..errors import ConfigError, FlowStateError, UpstreamError, describe_error
 from ..proxy.address import Address
 from ..stack.events import UdpDatagram
 from ..upstream.base import FlowInfo
@@ -143,9 +143,12 @@ class DnsHandler:
             answer = await asyncio.wait_for(self.query_over_tcp(ev), _FORWARD_TIMEOUT)
         except (UpstreamError, TimeoutError, OSError) as e:
             self.failed += 1
+            why = describe_error(e)
+            if isinstance(e, TimeoutError) and not str(e):
+                why += f" (no answer within {_FORWARD_TIMEOUT:g}s)"
             self.driver.limited_log.log(
                 logging.WARNING, "dns-forward", "DNS over TCP to %s failed: %s", self.dns_addr,
-                e or "timeout",
+                why,
             )
             self._servfail(ev)
             return

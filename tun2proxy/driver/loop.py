@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ..dns.pool import SlotDirectory
-from ..errors import ConfigError, FlowStateError, UpstreamError
+from ..errors import ConfigError, FlowStateError, UpstreamError, describe_error
 from ..link.base import Link
 from ..logutil import RateLimitedLog
 from ..proxy.address import Address
@@ -171,6 +171,8 @@ class Driver:
         self.flows_failed = 0
         #: Flows refused because they were our own upstream connections come back.
         self.flows_looped = 0
+        #: UDP datagrams refused because our own UDP sockets sent them into the TUN.
+        self.udp_looped = 0
         #: Sniffing outcomes: a name ``found`` or ``none``.
         self.sniff_counts = {"found": 0, "none": 0}
         self._sniffing: dict[int, asyncio.Event] = {}
@@ -245,8 +247,10 @@ class Driver:
             await self.upstream.close()
 
     def _on_link_error(self, exc: BaseException) -> None:
+        if self.link_error is not None:
+            return  # one failure, one line (writes during the shutdown fail again)
         self.link_error = exc
-        log.error("link %s failed: %s; shutting down", self.link.name, exc)
+        log.error("link %s failed: %s; shutting down", self.link.name, describe_error(exc))
         self.stop()
 
     # ------------------------------------------------------------------ the pump
@@ -402,11 +406,18 @@ class Driver:
             relay.send(ev.payload, dst)
             return
         if is_own_endpoint(ev.src[0], ev.src[1]):
+            # Our own UDP socket's datagram came back through the TUN: relaying it would open
+            # another socket whose datagram comes back too, for ever. Drop it, and the session.
+            self.udp_looped += 1
             self.stack.stats_counters.drop("udp-routing-loop")
+            with contextlib.suppress(FlowStateError):
+                self.stack.udp_close(ev.flow_id)
             self._limited.log(
                 logging.ERROR, "routing-loop-udp",
                 "routing loop: tun2proxy's own UDP socket %s:%d sent into the TUN (to %s:%d); "
-                "keep its traffic out of the tunnel", ev.src[0], ev.src[1], ev.dst[0], ev.dst[1],
+                "keep its traffic out of the tunnel (--outbound-interface, --fwmark, routes "
+                "that exclude it, or --unshare/--tun-netns)",
+                ev.src[0], ev.src[1], ev.dst[0], ev.dst[1],
             )
             return
         if self._stopping or self.config.udp == "reject":
@@ -436,7 +447,9 @@ class Driver:
                 log.debug("open_udp raised", exc_info=e)
             self._limited.log(
                 logging.WARNING, f"udp:{reason}", "UDP from %s:%d failed (%s): %s",
-                ev.src[0], ev.src[1], reason, e or "no upstream channel in time",
+                ev.src[0], ev.src[1], reason,
+                "no upstream channel in time" if reason == "timeout" and not str(e)
+                else describe_error(e),
             )
             self._udp.pop(ev.flow_id, None)
             relay.closed = True
@@ -636,6 +649,7 @@ class Driver:
         s["flows_opened"] = self.flows_opened
         s["flows_failed"] = self.flows_failed
         s["flows_looped"] = self.flows_looped
+        s["udp_looped"] = self.udp_looped
         if self.config.sniff:
             s["sniff"] = dict(self.sniff_counts)
         router_stats = getattr(self.upstream, "stats", None)

@@ -45,7 +45,8 @@ class Link(abc.ABC):
     ) -> None:
         """Begin delivering batches of inbound packets to ``deliver`` on ``loop``.
 
-        ``on_error`` is called once if the link fails for good (then it stops reading).
+        ``on_error`` is called once if the link fails for good (then it stops reading): the
+        device is gone, not merely down (a link waits for a device that is down to come back).
         """
 
     @abc.abstractmethod

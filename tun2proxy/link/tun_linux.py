@@ -27,6 +27,7 @@ __all__ = [
     "IFF_VNET_HDR",
     "TunDevice",
     "TunLink",
+    "device_socket",
     "open_tun",
     "tun_link",
 ]
@@ -104,19 +105,43 @@ def open_tun(
     return TunDevice(fd=fd, name=real, mtu=mtu, created=not existed, netns=netns, flags=flags)
 
 
-class TunLink(FdLink):
-    """A link over a TUN device opened with :func:`open_tun`."""
+def device_socket(device: TunDevice) -> socket.socket | None:
+    """A socket in ``device``'s network namespace, through which a link sees whether the
+    device is up (None if one cannot be made)."""
+    try:
+        with entered(netns_path(device.netns) if device.netns else None):
+            return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    except OSError:
+        return None
 
-    def __init__(self, device: TunDevice) -> None:
-        super().__init__(device.fd, device.mtu, framing="none", name=device.name)
+
+class TunLink(FdLink):
+    """A link over a TUN device opened with :func:`open_tun`.
+
+    ``down_timeout``: how long the device may be down before the link fails (None: as long
+    as the device exists; see :class:`~tun2proxy.link.fd.FdLink`).
+    """
+
+    def __init__(self, device: TunDevice, *, down_timeout: float | None = None) -> None:
+        super().__init__(
+            device.fd, device.mtu, framing="none", name=device.name,
+            down_timeout=down_timeout, ifsock=device_socket(device),
+        )
         self.device = device
 
 
-def tun_link(device: TunDevice, *, tso: bool = True) -> FdLink:
+def tun_link(
+    device: TunDevice, *, tso: bool = True, down_timeout: float | None = None
+) -> FdLink:
     """The link for an open device: a :class:`~tun2proxy.link.vnet.VnetLink` (checksum and
-    segmentation offload) when it was opened with ``IFF_VNET_HDR``, else a :class:`TunLink`."""
+    segmentation offload) when it was opened with ``IFF_VNET_HDR``, else a :class:`TunLink`.
+    A device that goes down is waited for (``down_timeout`` seconds at most; None: as long
+    as it exists)."""
     if device.flags & IFF_VNET_HDR:
         from .vnet import VnetLink
 
-        return VnetLink(device.fd, device.mtu, tso=tso, name=device.name)
-    return TunLink(device)
+        return VnetLink(
+            device.fd, device.mtu, tso=tso, name=device.name, down_timeout=down_timeout,
+            ifsock=device_socket(device),
+        )
+    return TunLink(device, down_timeout=down_timeout)

@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import struct
 from collections.abc import Sequence
 
 from ..wire.checksum import ones_sum
 from ..wire.gso import GsoPacket
-from .fd import _FATAL, FdLink
+from .fd import FdLink
 
 __all__ = [
     "GSO_MAX_SIZE",
@@ -125,12 +126,25 @@ class VnetLink(FdLink):
         mtu: the device MTU (GSO packets may be larger; reads allow 64 KiB).
         tso: ask for TSO (``TUNSETOFFLOAD``); otherwise checksum offload only.
         name: label for logs.
+        down_timeout, ifsock: as for :class:`~tun2proxy.link.fd.FdLink` (a device that
+            goes down is waited for).
     """
 
     def __init__(
-        self, fd: int, mtu: int, *, tso: bool = True, close_fd: bool = True, name: str = "tun"
+        self,
+        fd: int,
+        mtu: int,
+        *,
+        tso: bool = True,
+        close_fd: bool = True,
+        name: str = "tun",
+        down_timeout: float | None = None,
+        ifsock: socket.socket | None = None,
     ) -> None:
-        super().__init__(fd, mtu, framing="none", close_fd=close_fd, name=name)
+        super().__init__(
+            fd, mtu, framing="none", close_fd=close_fd, name=name, down_timeout=down_timeout,
+            ifsock=ifsock,
+        )
         self._prefix = VNET_HDR_LEN  # FdLink's reader hands each batch to _strip
         self._read_size = max(mtu, _MAX_GSO_PACKET) + VNET_HDR_LEN
         flags = TUN_F_CSUM | ((TUN_F_TSO4 | TUN_F_TSO6) if tso else 0)
@@ -181,7 +195,8 @@ class VnetLink(FdLink):
         # --impair rewrites them), so nothing may be marked NEEDS_CSUM.
         csum = _CSUM if self.checksum_offload else {}
         plain = _PLAIN
-        for p in packets:
+        sent = self.bytes_out
+        for i, p in enumerate(packets):
             b0 = p[0]
             if b0 >> 4 == 4:
                 hl = (b0 & 15) * 4
@@ -202,13 +217,13 @@ class VnetLink(FdLink):
                 self.write_drops += 1
                 continue
             except OSError as e:
-                if e.errno in _FATAL:
-                    self._fail(e)
+                if self._write_failed(e, len(packets) - i):
                     return
-                self.write_drops += 1
                 continue
             self.bytes_out += len(p)
         self.packets_out += len(packets)
+        if self.down_since is not None and self.bytes_out != sent:
+            self._back_up()  # the device takes packets again
 
     def stats(self) -> dict[str, int]:
         """FdLink's counters plus checksum drops and GSO packets each way."""

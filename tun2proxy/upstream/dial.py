@@ -158,17 +158,40 @@ def forget_endpoint(key: tuple[str, int] | None) -> None:
         _own.pop(key, None)
 
 
+#: The unspecified addresses, as :func:`_key` spells them.
+_WILDCARDS = ("0.0.0.0", "::")
+
+
 def is_own_endpoint(host: str, port: int) -> bool:
     """Whether ``host:port`` is the local end of a socket tun2proxy is dialling or holds (UDP).
 
     A new flow from the TUN with this source is tun2proxy's own traffic come back: a loop.
+    A socket bound to the wildcard address (a direct UDP session's) sends from whichever
+    local address the route picks, so it matches any address of this host on its port.
     """
     if not _own:
         return False
     try:
-        return _key(host, port) in _own
+        key = _key(host, port)
     except ValueError:
         return False
+    if key in _own:
+        return True
+    # An IPv6 wildcard socket is dual-stack: it may send IPv4 too.
+    wildcards = _WILDCARDS[1:] if ":" in key[0] else _WILDCARDS
+    return any((w, port) in _own for w in wildcards) and _is_local_address(key[0])
+
+
+def _is_local_address(host: str) -> bool:
+    """Whether ``host`` is an address of this host (in this network namespace): only then can
+    a wildcard-bound socket of ours have sent from it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.bind((host, 0))
+    except OSError:
+        return False
+    return True
 
 
 async def _attempt(
