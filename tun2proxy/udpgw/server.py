@@ -319,12 +319,17 @@ class UdpgwServer:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client = _Client(self, reader, writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         self.clients.add(client)
         self.counters.clients_served += 1
         try:
             await client.run()
         finally:
             self.clients.discard(client)
+            if task is not None:
+                self._tasks.discard(task)
 
     async def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
@@ -363,6 +368,8 @@ class UdpgwServer:
             s.close()
         for c in list(self.clients):
             c.writer.close()
+        if self._tasks:  # each client's loop ends on the EOF its close causes
+            await asyncio.wait(list(self._tasks), timeout=2.0)
         for s in self._servers:
             with contextlib.suppress(Exception):
                 await s.wait_closed()
