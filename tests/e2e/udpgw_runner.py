@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's tun2proxy
 
 from tun2proxy import cli
 from tun2proxy.upstream.base import Upstream
