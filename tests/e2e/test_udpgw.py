@@ -16,7 +16,7 @@ import pytest
 
 from tun2proxy.testing.netlab import SERVER_V4, SERVER_V6, TUN_NAME, Lab, Proc, wait_for
 
-from .conftest import LOOP, MICROSOCKS_PORT, OFFLOAD, UDP_PORT, stats
+from .conftest import DANTE_PORT, LOOP, MICROSOCKS_PORT, OFFLOAD, UDP_PORT, stats
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("microsocks")]
 
@@ -57,10 +57,10 @@ def t2p(lab: Lab) -> Iterator[Start]:
     """tun2proxy through microsocks with UDP via udpgw (the runner adds the udpgw flags)."""
     started: list[Proc] = []
 
-    def start(*extra: str) -> Proc:
+    def start(*extra: str, proxy: str = MICROSOCKS) -> Proc:
         argv = [
             sys.executable, RUNNER, "--udpgw-server", f"{SERVER_V4}:{GW_PORT}",
-            "--tun", TUN_NAME, "--tun-netns", lab.C, "--proxy", MICROSOCKS, "-v", "debug",
+            "--tun", TUN_NAME, "--tun-netns", lab.C, "--proxy", proxy, "-v", "debug",
             "--loop", LOOP, "--offload", OFFLOAD, *extra,
         ]
         p = lab.start(f"t2p-udpgw-{len(lab.procs)}", lab.R, argv)
@@ -230,3 +230,24 @@ def test_conid_cap_per_connection_holds(
     # evict one itself: the client's numbering kept it within the cap
     assert g["peak_conids_per_client"] == cap and g["conids_evicted"] == 0, g
     assert g["sockets"] == cap, g
+
+
+@pytest.mark.parametrize(
+    ("proxy", "native"),
+    [(f"socks4://127.0.0.1:{DANTE_PORT}", False), (f"socks5://127.0.0.1:{DANTE_PORT}", True)],
+    ids=["socks4-auto", "socks5-always"],
+)
+def test_any_tcp_upstream_and_the_mode(
+    lab: Lab, gw: Start, t2p: Start, dante: Proc, udp_servers: dict[int, tuple[str, ...]],
+    proxy: str, native: bool,
+) -> None:
+    """SOCKS4 has no UDP: ``auto`` takes udpgw. dante's SOCKS5 has UDP ASSOCIATE: ``always``
+    still sends every session through udpgw."""
+    gw()
+    p = t2p(*(["--udpgw-mode", "always"] if native else []), proxy=proxy)
+    s = _udp(lab, 4)
+    s.connect((udp_servers[4][0], UDP_PORT))
+    assert _round_trips(s, 1000) == 0
+    s.close()
+    st = stats(p)["upstream"]
+    assert st["native_udp"] == 0 and st["udpgw"]["sessions_opened"] == 1, st  # type: ignore[index]

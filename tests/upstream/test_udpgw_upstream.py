@@ -10,6 +10,7 @@ import pytest
 
 from tun2proxy.errors import UpstreamError
 from tun2proxy.proxy.address import Address
+from tun2proxy.testing.conformance import check_upstream
 from tun2proxy.udpgw import ServerConfig, UdpgwServer
 from tun2proxy.upstream.base import DatagramReceiver, FlowInfo, UdpChannel
 from tun2proxy.upstream.direct import DirectUpstream
@@ -217,3 +218,21 @@ def test_settings_and_parse_server() -> None:
         UdpgwSettings(Address("1.2.3.4", 1), mode="sometimes")
     with pytest.raises(ValueError):
         UdpgwSettings(Address("1.2.3.4", 1), connections=0)
+
+
+async def test_conformance_checks_pass(gw: UdpgwServer) -> None:
+    """The public upstream conformance checks (TCP through the inner upstream, UDP by udpgw)."""
+    report = await check_upstream(
+        lambda: _up(gw, DirectUpstream(), mode="always"), udp=True, size=1 << 20
+    )
+    report.raise_for_failures()
+    assert any(r.name == "udp" for r in report.results), report
+
+
+async def test_sessions_opened_together_spread_too(gw: UdpgwServer) -> None:
+    up = _up(gw, connections=3)
+    chans = await asyncio.gather(*(up.open_udp(FLOW, _Receiver()) for _ in range(6)))
+    assert sorted(len(s.channels) for s in up.pool.slots) == [2, 2, 2]
+    for c in chans:
+        c.close()
+    await up.close()

@@ -126,6 +126,8 @@ class _Connection(asyncio.Protocol):
         self.decoder = UdpgwDecoder()
         self.conids: OrderedDict[int, _Conid] = OrderedDict()  # LRU first
         self.channels: set[UdpgwChannel] = set()
+        #: Sessions waiting for this connection to come up (they count as its load).
+        self.opening = 0
         self.next_conid = 0
         self.connecting: asyncio.Task[None] | None = None
         self.backoff = _BACKOFF_MIN
@@ -383,12 +385,12 @@ class UdpgwPool:
     def _pick(self) -> _Connection:
         """The slot for a new session: an unused one first, then the least loaded."""
         for s in self.slots:
-            if s.up and not s.channels:
+            if s.up and not s.channels and not s.opening:
                 return s
         for s in self.slots:
-            if not s.channels and not s.up:
+            if not s.channels and not s.opening and not s.up:
                 return s
-        return min(self.slots, key=lambda s: (not s.up, len(s.channels)))
+        return min(self.slots, key=lambda s: (not s.up, len(s.channels) + s.opening))
 
     async def open(self, receiver: DatagramReceiver) -> UdpgwChannel:
         """A session on one of the connections (dialled first when needed).
@@ -398,7 +400,11 @@ class UdpgwPool:
         """
         conn = self._pick()
         if not conn.up:
-            await asyncio.shield(conn.ensure())
+            conn.opening += 1
+            try:
+                await asyncio.shield(conn.ensure())
+            finally:
+                conn.opening -= 1
         ch = UdpgwChannel(conn, receiver)
         conn.channels.add(ch)
         self.counters["sessions_opened"] += 1
