@@ -236,3 +236,31 @@ async def test_sessions_opened_together_spread_too(gw: UdpgwServer) -> None:
     for c in chans:
         c.close()
     await up.close()
+
+
+async def test_sessions_move_to_a_connection_that_is_up(gw: UdpgwServer) -> None:
+    up = _up(gw, connections=2)
+    t, dst = await _echo()
+    rx = [_Receiver(), _Receiver()]
+    chans = [await up.open_udp(FLOW, r) for r in rx]
+    for c, r in zip(chans, rx, strict=True):
+        c.send(b"hello", dst)
+        assert await r.next() == (b"hello", dst)
+    victim = up.pool.slots[0]
+    local = victim.transport.get_extra_info("sockname")  # type: ignore[union-attr]
+    for c in list(gw.clients):  # kill the server's side of slot 0's connection only
+        if c.writer.get_extra_info("peername")[:2] == local[:2]:
+            c.writer.transport.abort()
+    for _ in range(100):
+        if up.pool.counters["connections_lost"]:
+            break
+        await asyncio.sleep(0.02)
+    assert up.pool.counters["connections_lost"] == 1
+    assert not victim.channels  # both sessions are on the connection that stayed up
+    for c, r in zip(chans, rx, strict=True):
+        c.send(b"moved", dst)
+        assert await r.next() == (b"moved", dst)
+    st = up.stats()["udpgw"]
+    assert st["sessions_moved"] == 1 and st["connects"] == 2, st  # type: ignore[index]  # no redial
+    await up.close()
+    t.close()

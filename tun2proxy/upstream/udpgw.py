@@ -16,9 +16,10 @@ from its own host.
   cap, so the server never holds more sockets for a connection than the cap.
 * **Keepalive.** A connection that has sent nothing for ``keepalive`` seconds sends a
   KEEPALIVE message (badvpn's server drops a client silent for 20 s).
-* **Reconnect.** A dropped connection forgets its conids and is dialled again (backoff 1 s
-  doubling to 30 s) while sessions use it; datagrams sent in the gap are dropped and
-  counted, and the next datagram of each destination takes a fresh conid (REBIND).
+* **Reconnect.** A dropped connection forgets its conids; its sessions move to another
+  connection that is up, or, when none is, it is dialled again (backoff 1 s doubling to
+  30 s). Datagrams sent in the gap are dropped and counted, and the next datagram of each
+  destination takes a fresh conid (REBIND).
 * **Bounds.** At most ``max_queued_bytes`` wait in a connection's write buffer; beyond it
   datagrams are dropped and counted. Destinations known only by name (virtual DNS) cannot
   be expressed in this protocol and are dropped and counted.
@@ -220,12 +221,23 @@ class _Connection(asyncio.Protocol):
         self.conids.clear()
         if self.closed:
             return
-        self.pool.counters["connections_lost"] += 1
+        pool = self.pool
+        pool.counters["connections_lost"] += 1
+        others = [s for s in pool.slots if s is not self and s.up]
         log.warning(
-            "udpgw connection %d lost (%s); %d conids dropped, reconnecting", self.index,
+            "udpgw connection %d lost (%s); %d conids dropped, %s", self.index,
             exc or "closed by the server", lost,
+            "its sessions move to the others" if others and self.channels else "reconnecting",
         )
-        if self.channels:
+        if self.channels and others:
+            # Another connection is up: the sessions carry on there at once.
+            for ch in list(self.channels):
+                target = min(others, key=lambda s: len(s.channels))
+                ch.conn = target
+                target.channels.add(ch)
+                pool.counters["sessions_moved"] += 1
+            self.channels.clear()
+        elif self.channels:
             self.ensure().add_done_callback(_ignore)
 
     # -- sending
@@ -372,7 +384,8 @@ class UdpgwPool:
         self.settings = settings
         self.slots = [_Connection(self, i) for i in range(settings.connections)]
         self.counters: dict[str, int] = dict.fromkeys(
-            ("sessions_opened", "connects", "connect_failures", "connections_lost",
+            ("sessions_opened", "sessions_moved", "connects", "connect_failures",
+             "connections_lost",
              "conids_opened", "conids_evicted", "datagrams_up", "datagrams_down",
              "keepalives"), 0,
         )
