@@ -264,3 +264,25 @@ async def test_sessions_move_to_a_connection_that_is_up(gw: UdpgwServer) -> None
     assert st["sessions_moved"] == 1 and st["connects"] == 2, st  # type: ignore[index]  # no redial
     await up.close()
     t.close()
+
+
+async def test_a_server_at_its_client_limit_is_not_redialled_per_session() -> None:
+    """badvpn-udpgw serves 3 clients by default and closes the rest at once: those slots
+    wait out a backoff instead of being dialled for every new session."""
+    srv = UdpgwServer(ServerConfig(max_clients=2))
+    await srv.start([("127.0.0.1", 0)])
+    t, dst = await _echo()
+    up = _up(srv, connections=4)
+    rx = [_Receiver() for _ in range(12)]
+    chans = []
+    for r in rx:
+        chans.append(await up.open_udp(FLOW, r))
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)
+    for c, r in zip(chans, rx, strict=True):
+        c.send(b"hi", dst)
+        assert await r.next() == (b"hi", dst)  # every session works, on the two served
+    assert srv.stats()["clients_refused"] <= 4  # two slots refused about once each
+    await up.close()
+    await srv.close()
+    t.close()

@@ -134,6 +134,9 @@ class _Connection(asyncio.Protocol):
         self.backoff = _BACKOFF_MIN
         self.retry_at = 0.0
         self.last_send = 0.0
+        #: Whether the server sent anything on this connection (one that closes before it
+        #: does, e.g. over badvpn's --max-clients, is redialled only after a backoff).
+        self.received = False
         self._keepalive: asyncio.TimerHandle | None = None
         self.closed = False
 
@@ -169,7 +172,6 @@ class _Connection(asyncio.Protocol):
             self.backoff = min(self.backoff * 2, _BACKOFF_MAX)
             log.warning("udpgw server %s unreachable (%s): %s", s, e.reason, e)
             raise
-        self.backoff = _BACKOFF_MIN
         log.info("udpgw connection %d to %s up", self.index, s)
 
     # -- asyncio.Protocol
@@ -180,9 +182,13 @@ class _Connection(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.last_send = asyncio.get_running_loop().time()
+        self.received = False
         self._arm_keepalive()
 
     def data_received(self, data: bytes) -> None:
+        if not self.received:
+            self.received = True
+            self.backoff = _BACKOFF_MIN  # the server answers: it serves this connection
         dec = self.decoder
         dec.feed(data)
         pool = self.pool
@@ -223,6 +229,9 @@ class _Connection(asyncio.Protocol):
             return
         pool = self.pool
         pool.counters["connections_lost"] += 1
+        if not self.received:
+            self.retry_at = asyncio.get_running_loop().time() + self.backoff
+            self.backoff = min(self.backoff * 2, _BACKOFF_MAX)
         others = [s for s in pool.slots if s is not self and s.up]
         log.warning(
             "udpgw connection %d lost (%s); %d conids dropped, %s", self.index,
@@ -396,14 +405,17 @@ class UdpgwPool:
         self.drops[reason] = self.drops.get(reason, 0) + 1
 
     def _pick(self) -> _Connection:
-        """The slot for a new session: an unused one first, then the least loaded."""
-        for s in self.slots:
+        """The slot for a new session: an unused one first, then the least loaded; slots
+        waiting out a backoff only when no other can be had."""
+        now = asyncio.get_running_loop().time()
+        slots = [s for s in self.slots if s.up or s.retry_at <= now] or self.slots
+        for s in slots:
             if s.up and not s.channels and not s.opening:
                 return s
-        for s in self.slots:
+        for s in slots:
             if not s.channels and not s.opening and not s.up:
                 return s
-        return min(self.slots, key=lambda s: (not s.up, len(s.channels) + s.opening))
+        return min(slots, key=lambda s: (not s.up, len(s.channels) + s.opening))
 
     async def open(self, receiver: DatagramReceiver) -> UdpgwChannel:
         """A session on one of the connections (dialled first when needed).
