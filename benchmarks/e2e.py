@@ -17,7 +17,9 @@ and measures, for three paths to the same servers in S:
 one-flow throughput both ways and 8 flows (iperf3), sequential connection rate, sequential
 UDP round trips (64-byte datagrams; the SOCKS baseline uses dante's UDP ASSOCIATE), memory per
 held connection (1,000 connections), and one flow's throughput while 10,000 idle flows are
-held open (tun2proxy only: the cost of a poll must follow the active flows, not all flows).
+held open (tun2proxy only: the cost of a poll must follow the active flows, not all flows);
+and (metric ``udpgw``) UDP round trips and p50 latency by SOCKS5 UDP ASSOCIATE beside udpgw
+over dante (the built-in udpgw server in S).
 Medians of ``--runs`` runs. Not a test: timings are noisy on shared machines; read the ratios.
 
     sudo python benchmarks/e2e.py [--mtu 65535] [--runs 3] [--seconds 5] [--upstream dante]
