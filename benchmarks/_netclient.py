@@ -9,7 +9,8 @@
     python _netclient.py udprtt HOST PORT SECONDS [SOCKS_HOST SOCKS_PORT]
                                                       -> sequential UDP round trips per
                                                          second (optionally through a SOCKS5
-                                                         UDP ASSOCIATE)
+                                                         UDP ASSOCIATE); a "p50_ms X" line
+                                                         (median round trip) before it
     python _netclient.py echo-server HOST PORT        -> asyncio echo server, TCP and UDP
 """
 
@@ -120,11 +121,14 @@ def udprtt(host: str, port: int, seconds: float, socks: tuple[str, int] | None) 
     n = lost = 0
     t0 = time.perf_counter()
     end = t0 + seconds
+    rtts: list[float] = []
     while time.perf_counter() < end:
+        t = time.perf_counter()
         s.send(payload)
         try:
             if s.recv(2048)[len(wrap):] != b"r" * 64:
                 raise SystemExit("bad UDP echo")
+            rtts.append(time.perf_counter() - t)
             n += 1
         except TimeoutError:
             lost += 1
@@ -132,6 +136,8 @@ def udprtt(host: str, port: int, seconds: float, socks: tuple[str, int] | None) 
                 raise SystemExit(f"UDP echo lost {lost} times after {n} round trips") from None
     if n == 0:
         raise SystemExit("no UDP echo came back")
+    rtts.sort()
+    print(f"p50_ms {rtts[len(rtts) // 2] * 1000:.4f}", flush=True)
     print(f"{n / (time.perf_counter() - t0):.1f}", flush=True)
     if ctl is not None:
         ctl.close()

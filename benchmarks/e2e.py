@@ -17,7 +17,9 @@ and measures, for three paths to the same servers in S:
 one-flow throughput both ways and 8 flows (iperf3), sequential connection rate, sequential
 UDP round trips (64-byte datagrams; the SOCKS baseline uses dante's UDP ASSOCIATE), memory per
 held connection (1,000 connections), and one flow's throughput while 10,000 idle flows are
-held open (tun2proxy only: the cost of a poll must follow the active flows, not all flows).
+held open (tun2proxy only: the cost of a poll must follow the active flows, not all flows);
+and (metric ``udpgw``) UDP round trips and p50 latency by SOCKS5 UDP ASSOCIATE beside udpgw
+over dante (the built-in udpgw server in S).
 Medians of ``--runs`` runs. Not a test: timings are noisy on shared machines; read the ratios.
 
     sudo python benchmarks/e2e.py [--mtu 65535] [--runs 3] [--seconds 5] [--upstream dante]
@@ -54,6 +56,9 @@ HERE = Path(__file__).resolve().parent
 CLIENT = str(HERE / "_netclient.py")
 ECHO_PORT = 7001
 DANTE_PORT = 1080
+UDPGW_PORT = 7300
+#: tun2proxy with the udpgw client around its upstream (until the CLI has the udpgw flags).
+UDPGW_RUNNER = str(HERE.parent / "tests" / "e2e" / "udpgw_runner.py")
 KERNEL_CLIENT = "10.201.0.2"
 
 DANTE_CONF = """\
@@ -140,8 +145,9 @@ class Bench:
         time.sleep(1.0)
         self.start_tun2proxy()
 
-    def start_tun2proxy(self) -> None:
-        """(Re)start tun2proxy attached to the TUN in C."""
+    def start_tun2proxy(self, udpgw: bool = False) -> None:
+        """(Re)start tun2proxy attached to the TUN in C (with ``udpgw``: every UDP session
+        through the udpgw server in S, over the TCP upstream)."""
         lab = self.lab
         if self.t2p is not None:
             self.t2p.stop()
@@ -156,7 +162,10 @@ class Bench:
             prof = ["-m", "cProfile", "-o", str(Path(self.args.profile) / f"tun2proxy-{n}.prof")]
         self.t2p = lab.start(
             f"tun2proxy-{n}", lab.R,
-            [sys.executable, *prof, "-m", "tun2proxy", "--tun", TUN_NAME, "--tun-netns", lab.C,
+            [sys.executable, *prof,
+             *([UDPGW_RUNNER, "--udpgw-server", f"{SERVER_V4}:{UDPGW_PORT}", "--udpgw-mode",
+                "always"] if udpgw else ["-m", "tun2proxy"]),
+             "--tun", TUN_NAME, "--tun-netns", lab.C,
              "--proxy", upstream, "-v", "warn",
              # asyncio's loop unless asked otherwise: the figures must not depend on whether
              # uvloop happens to be installed (--loop auto would pick it)
@@ -208,6 +217,19 @@ class Bench:
                str(self.args.seconds), *via]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
         return float(res.stdout.strip().splitlines()[-1])
+
+    def udprtt_p50(self, path: str) -> tuple[float, float]:
+        """UDP round trips per second and the median round trip (ms) on ``path``."""
+        via = ["127.0.0.1", str(DANTE_PORT)] if path == "socks" else []
+        prefix = ["ip", "netns", "exec", self.lab.R] if path == "socks" else self.prefix(path)
+        cmd = [*prefix, sys.executable, CLIENT, "udprtt", SERVER_V4, str(ECHO_PORT),
+               str(self.args.seconds), *via]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        if res.returncode != 0:
+            raise RuntimeError(f"udprtt failed on {path}: {res.stdout} {res.stderr}")
+        lines = res.stdout.strip().splitlines()
+        p50 = next(float(x.split()[1]) for x in lines if x.startswith("p50_ms "))
+        return float(lines[-1]), p50
 
     def udprtt(self, path: str) -> float:
         via = ["127.0.0.1", str(DANTE_PORT)] if path == "socks" else []
@@ -282,6 +304,8 @@ def _fmt(v: float | None, unit: str) -> str:
         return f"{v:.2f} {unit}"
     if unit in ("conn/s", "rtt/s"):
         return f"{v:.0f} {unit}"
+    if unit == "ms":
+        return f"{v:.3f} {unit}"
     return f"{v:.1f} {unit}"
 
 
@@ -291,7 +315,40 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}"
 
 
-METRICS = ("c2s", "s2c", "8c2s", "8s2c", "conn", "udp", "mem", "idle")
+METRICS = ("c2s", "s2c", "8c2s", "8s2c", "conn", "udp", "mem", "idle", "udpgw")
+
+
+Row = tuple[str, str, dict[str, float | None]]
+
+
+def udpgw_rows(b: Bench, args: argparse.Namespace) -> list[Row]:
+    """UDP round trips and p50 latency: SOCKS5 UDP ASSOCIATE through dante (tun2proxy and
+    dante alone) beside udpgw (tun2proxy, UDP over TCP through dante to the built-in udpgw
+    server in S), measured in this one run. Ends with tun2proxy running via udpgw."""
+    lab = b.lab
+    samples: dict[str, list[tuple[float, float]]] = {}
+    for p in ("tun2proxy", "socks"):
+        samples[p] = [b.udprtt_p50(p) for _ in range(args.runs)]
+    lab.start("udpgw", lab.S, [sys.executable, "-m", "tun2proxy.udpgw", "--listen",
+                               f"{SERVER_V4}:{UDPGW_PORT}"])
+    time.sleep(1.0)
+    b.start_tun2proxy(udpgw=True)
+    samples["udpgw"] = [b.udprtt_p50("tun2proxy") for _ in range(args.runs)]
+    for p, v in samples.items():
+        print(f"  {'UDP rtt/s, p50 ms':26} {p:10} "
+              f"{', '.join(f'{r:.0f} / {m:.3f}' for r, m in v)}", flush=True)
+
+    def med(p: str, i: int) -> float:
+        return statistics.median(x[i] for x in samples[p])
+
+    return [
+        ("UDP rtt, SOCKS5 ASSOCIATE", "rtt/s", {"tun2proxy": med("tun2proxy", 0),
+                                                "socks": med("socks", 0)}),
+        ("UDP p50, SOCKS5 ASSOCIATE", "ms", {"tun2proxy": med("tun2proxy", 1),
+                                             "socks": med("socks", 1)}),
+        ("UDP rtt, udpgw over dante", "rtt/s", {"tun2proxy": med("udpgw", 0)}),
+        ("UDP p50, udpgw over dante", "ms", {"tun2proxy": med("udpgw", 1)}),
+    ]
 
 
 def main() -> int:
@@ -362,6 +419,8 @@ def main() -> int:
                              {"tun2proxy": statistics.median(samples)}))
         if b.t2p is not None:
             t2p_rss = _rss_kib(b.t2p.pid)
+        if "udpgw" in metrics:
+            rows += udpgw_rows(b, args)
     finally:
         b.close()
     print()
