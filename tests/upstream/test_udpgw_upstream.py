@@ -43,6 +43,7 @@ class _Receiver:
 
 
 class _NoUdp(DirectUpstream):
+    allow_local = True  # the udpgw server under test listens on loopback
     async def open_udp(self, flow: FlowInfo, receiver: DatagramReceiver) -> UdpChannel:
         raise UpstreamError("no UDP here", "unsupported")
 
@@ -86,7 +87,7 @@ async def test_one_session_many_destinations(gw: UdpgwServer) -> None:
 
 
 async def test_auto_uses_the_upstreams_own_udp_first(gw: UdpgwServer) -> None:
-    up = _up(gw, DirectUpstream())
+    up = _up(gw, DirectUpstream(allow_local=True))
     ch = await up.open_udp(FLOW, _Receiver())
     assert up.native_sessions == 1 and up.stats()["udpgw"]["sessions_opened"] == 0  # type: ignore[index]
     ch.close()
@@ -223,7 +224,7 @@ def test_settings_and_parse_server() -> None:
 async def test_conformance_checks_pass(gw: UdpgwServer) -> None:
     """The public upstream conformance checks (TCP through the inner upstream, UDP by udpgw)."""
     report = await check_upstream(
-        lambda: _up(gw, DirectUpstream(), mode="always"), udp=True, size=1 << 20
+        lambda: _up(gw, DirectUpstream(allow_local=True), mode="always"), udp=True, size=1 << 20
     )
     report.raise_for_failures()
     assert any(r.name == "udp" for r in report.results), report
