@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 from typing import Any
 
 import pytest
@@ -163,3 +164,15 @@ def test_bind_of_the_other_family_is_ignored() -> None:
         assert s.getsockname()[1] == 0  # not bound: the address is IPv4
     finally:
         s.close()
+
+
+@pytest.mark.parametrize("mark", [1 << 31, (1 << 32) - 1])
+def test_a_mark_of_2_31_and_above_is_set(mark: int) -> None:
+    # SO_MARK is an unsigned 32-bit value; setsockopt's int form takes a C int, so these
+    # marks were a TypeError on every flow (issue 15 item 9).
+    sock = udp_socket(socket.AF_INET, Outbound(fwmark=mark))
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK, 4)
+        assert int.from_bytes(raw, sys.byteorder) == mark
+    finally:
+        sock.close()

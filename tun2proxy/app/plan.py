@@ -91,8 +91,8 @@ def _check_fd(fd: int) -> None:
             raise UsageError(f"--tun-fd {fd} is not an open file descriptor") from None
         raise UsageError(f"--tun-fd {fd}: {e.strerror or e}") from None
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISBLK(mode):
-        kind = "a directory" if stat.S_ISDIR(mode) else "a file" if stat.S_ISREG(mode) else (
-            "a block device")
+        kind = "a directory" if stat.S_ISDIR(mode) else (
+            "a regular file" if stat.S_ISREG(mode) else "a block device")
         raise UsageError(
             f"--tun-fd {fd} is {kind}, not a TUN device or packet socket (it cannot be polled)"
         )

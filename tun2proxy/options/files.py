@@ -47,12 +47,15 @@ def read_text_file(path: str, what: str, limit: int = MAX_FILE_SIZE) -> tuple[st
             ``limit`` bytes, or not UTF-8 text.
     """
     try:
-        _refuse(os.stat(path).st_mode, what, path)  # before opening: a device is not opened
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+        mode = os.stat(path).st_mode
+        fd = -1 if not stat.S_ISREG(mode) else os.open(
+            path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+        )
     except OSError as e:
         raise UsageError(f"{what} {path}: {e.strerror or e}") from None
     except ValueError as e:  # an embedded NUL
         raise UsageError(f"{what} {path!r}: {e}") from None
+    _refuse(mode, what, path)  # before opening: a device or a FIFO is not opened
     try:
         st = os.fstat(fd)
         _refuse(st.st_mode, what, path)  # it may have been replaced meanwhile

@@ -54,6 +54,7 @@ __all__ = [
 MAX_FWMARK = (1 << 32) - 1
 _MAX_TEXT = 4096
 _INT = re.compile(r"[+-]?[0-9]{1,30}")
+_LONG_INT = re.compile(r"[+-]?[0-9]+")
 _SIZE = re.compile(r"([0-9]{1,30}(?:\.[0-9]{0,30})?(?:E[+-]?[0-9]{1,4})?)([KMGT]?)(?:I?B)?")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _IFNAMSIZ = 16
@@ -78,6 +79,8 @@ def integer(lo: int, hi: int, what: str = "a number") -> Callable[[str], int]:
     def parse(text: str) -> int:
         t = text.strip()
         if not _INT.fullmatch(t):
+            if _LONG_INT.fullmatch(t):
+                raise BadValue(f"must be between {lo} and {hi} (got a {len(t)}-digit number)")
             raise BadValue(f"{_shown(text)} is not {what} (allowed: {lo} to {hi})")
         v = int(t)
         if v < lo or v > hi:
@@ -132,7 +135,9 @@ def size(lo: int, hi: int) -> Callable[[str], int]:
         except InvalidOperation:
             raise BadValue(f"{_shown(text)} is not a size (allowed: {allowed})") from None
         if exact < lo or exact > hi:
-            raise BadValue(f"must be between {allowed} (got {text.strip()})")
+            raise BadValue(
+                f"must be between {format_size(lo)} and {format_size(hi)} (got {text.strip()})"
+            )
         return int(exact)
 
     return parse
