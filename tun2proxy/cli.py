@@ -27,6 +27,7 @@ from .errors import ConfigError
 from .link.fd import FdLink
 from .link.unshare import PrivateNamespace, spawn_private
 from .options import DEFAULT_MTU, Options, UsageError, build_parser, parse_args, render_config
+from .options.values import one_line
 from .workers import WorkerSet
 
 __all__ = ["DEFAULT_MTU", "Options", "build_parser", "configure", "main", "parse_args"]
@@ -35,8 +36,7 @@ log = logging.getLogger("tun2proxy")
 
 
 def _usage_error(e: UsageError) -> int:
-    text = " ".join(str(e).split())
-    sys.stderr.write(f"tun2proxy: error: {text}\n")
+    sys.stderr.write(f"tun2proxy: error: {one_line(str(e))}\n")
     return 2
 
 

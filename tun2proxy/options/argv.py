@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 from .._version import __version__
 from .configfile import load_config
 from .model import Option, Options, UsageError, options
-from .values import BadValue
+from .values import BadValue, one_line
 
 __all__ = ["EPILOG", "build_parser", "parse_args"]
 
@@ -70,7 +70,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (``tun2proxy: error: ...``, exit code 2)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
 
 
 def _escape(text: str) -> str:

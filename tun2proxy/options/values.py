@@ -42,6 +42,7 @@ __all__ = [
     "named_upstream",
     "netns_name",
     "network",
+    "one_line",
     "path",
     "pool",
     "proxy_url",
@@ -58,6 +59,12 @@ _LONG_INT = re.compile(r"[+-]?[0-9]+")
 _SIZE = re.compile(r"([0-9]{1,30}(?:\.[0-9]{0,30})?(?:E[+-]?[0-9]{1,4})?)([KMGT]?)(?:I?B)?")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _IFNAMSIZ = 16
+
+
+def one_line(text: str) -> str:
+    """``text`` with every character that is not printable escaped (``\\n``, ``\\x1b``,
+    ``\\u2028``, lone surrogates), so a message stays one line whatever a value held."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class BadValue(ValueError):
