@@ -41,7 +41,7 @@ def test_config_file_with_unshare_runs_a_command(lab: Lab) -> None:
     # microsocks with -u/-P serves only clients that authenticate: the file's credentials.
     assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(
         payload(1_000_000, 5)).digest()
-    assert f"upstream socks5://user:***@127.0.0.1:{MICROSOCKS_AUTH_PORT}" in t.output()
+    assert f"proxy=socks5://user:***@127.0.0.1:{MICROSOCKS_AUTH_PORT}" in t.output()
     assert quoted not in t.output() and "warning" not in t.output().lower()
 
 
