@@ -1,61 +1,35 @@
-"""``python -m tun2proxy`` and the ``tun2proxy`` script: settings -> parts -> links -> serve.
+"""``python -m tun2proxy`` and the ``tun2proxy`` script.
 
 Flags follow the Rust tun2proxy where the meaning is the same (``--tun``, ``--tun-fd``,
 ``--proxy``, ``--mtu``, ``--unshare``, ``--tcp-timeout``, ``--max-sessions``,
 ``-v/--verbosity``); every setting can also come from a TOML file (``--config``). The settings
 are declared once, in :mod:`tun2proxy.options`; the run is put together by
-:mod:`tun2proxy.app`. A mistake in what the user gave is one line on stderr and exit code 2;
-a SIGINT/SIGTERM at any moment, start-up included, is a clean exit 0.
+:mod:`tun2proxy.app.run`. A mistake in what the user gave is one line on stderr and exit code
+2; a SIGINT/SIGTERM at any moment, start-up included, is a clean exit 0.
+
+This module stays small on purpose: :func:`main` takes SIGINT/SIGTERM over first and only
+then imports the rest (about a second of imports on a slow machine, during which a SIGTERM
+is a clean stop too).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
-import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from .app.links import close_links, open_links
-from .app.plan import Plan, check_host, prepare
-from .app.serve import run_on_loop, serve
-from .app.startup import StartupSignals, StopEarly, raise_fd_limit, setup_logging
-from .app.upstreams import apply_outbound, proxy_hosts, resolve_hosts
-from .dns.pool import FakeIpPool, SlotDirectory
-from .driver.shared import SharedSlotDirectory
-from .errors import ConfigError
-from .link.fd import FdLink
-from .link.unshare import PrivateNamespace, spawn_private
-from .options import DEFAULT_MTU, Options, UsageError, build_parser, parse_args, render_config
-from .options.values import one_line
-from .workers import WorkerSet
+from .app.startup import StartupSignals, StopEarly
 
-__all__ = ["DEFAULT_MTU", "Options", "build_parser", "configure", "main", "parse_args"]
+if TYPE_CHECKING:
+    from .app.plan import Plan
+    from .options import Options
+
+__all__ = ["build_parser", "configure", "main", "parse_args"]
 
 log = logging.getLogger("tun2proxy")
-
-
-def _usage_error(e: UsageError) -> int:
-    sys.stderr.write(f"tun2proxy: error: {one_line(str(e))}\n")
-    return 2
-
-
-def configure(argv: Sequence[str]) -> Plan:
-    """Parse and check ``argv`` and the config file, and build the run's parts, without
-    starting anything (``--print-config`` skips the checks of this host).
-
-    Raises:
-        SystemExit: 0 after ``--help`` or ``--version``; 2 after one line on stderr when a
-            setting is wrong.
-    """
-    try:
-        opts = parse_args(argv)
-        plan = prepare(opts)
-        if not opts.print_config:
-            check_host(opts)
-    except UsageError as e:
-        raise SystemExit(_usage_error(e)) from None
-    return plan
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,7 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     startup = StartupSignals()
     startup.install()
     try:
-        return _main(sys.argv[1:] if argv is None else argv, startup)
+        from .app.run import run  # after the handlers: a signal while importing is clean
+
+        return run(sys.argv[1:] if argv is None else argv, startup)
     except StopEarly as e:
         # Still starting: what was started has been undone on the way out.
         with contextlib.suppress(Exception):
@@ -73,106 +49,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         startup.restore()
 
 
-def _spawn(opts: Options) -> PrivateNamespace | None:
-    if not opts.unshare:
-        return None
-    resolv = (
-        "# written by tun2proxy --unshare: every lookup goes through the tunnel\n"
-        f"nameserver {opts.dns_addr[0]}\n"
-    )
-    return spawn_private(list(opts.command), resolv_conf=resolv)
+def configure(argv: Sequence[str]) -> Plan:
+    """Parse and check ``argv`` and build the run's parts without starting anything (see
+    :func:`tun2proxy.app.run.configure`)."""
+    from .app.run import configure as configure_run
+
+    return configure_run(argv)
 
 
-def _drop_child(child: PrivateNamespace | None) -> None:
-    if child is not None:
-        with contextlib.suppress(OSError):
-            child.abandon()
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(child.pid, 0)
+def parse_args(argv: Sequence[str]) -> Options:
+    """The settings of ``argv`` (see :func:`tun2proxy.options.parse_args`)."""
+    from .options import parse_args as parse
+
+    return parse(argv)
 
 
-def _main(argv: Sequence[str], startup: StartupSignals) -> int:
-    plan = configure(argv)
-    opts = plan.options
-    if opts.print_config:
-        for note in opts.notes:
-            sys.stderr.write(f"tun2proxy: warning: {note}\n")
-        sys.stdout.write(render_config(opts))
-        return 0
-    setup_logging(opts.verbosity)
-    for note in opts.notes:
-        log.warning("%s", note)
-    raise_fd_limit(opts.max_sessions)
-    apply_outbound(plan)
-    try:
-        addresses = resolve_hosts(proxy_hosts(plan), opts.connect_timeout)
-    except ConfigError as e:
-        log.error("%s", e)
-        return 1
-    child: PrivateNamespace | None = None
-    links: list[FdLink] = []
-    workers: WorkerSet | None = None
-    try:
-        try:
-            child = _spawn(opts)
-        except OSError as e:
-            log.error("--unshare: cannot create a network namespace: %s (run as root)", e)
-            return 1
-        try:
-            links = open_links(opts, child)
-        except UsageError as e:
-            _drop_child(child)
-            return _usage_error(e)
-        except (OSError, ValueError, RuntimeError) as e:
-            _drop_child(child)
-            log.error("cannot open the TUN device: %s", e)
-            return 1
-        n = len(links)
-        workers, directory = _fork_workers(plan, addresses, links, startup)
-        if workers is not None:
-            for link in links[1:]:
-                os.close(link.fd)  # the workers' queues are theirs alone
-            links = links[:1]
-    except BaseException:  # a signal while starting: undo what was done
-        close_links(links)
-        _drop_child(child)
-        if workers is not None:
-            workers.stop()
-        raise
-    try:
-        return run_on_loop(
-            opts.loop, startup,
-            serve(plan, addresses, links[0], child, startup, (0, n), directory, workers),
-        )
-    except KeyboardInterrupt:  # SIGINT was not ours to handle (an embedding program's)
-        if workers is not None:
-            workers.stop()
-        return 130
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, generated from the options model (for docs and tests)."""
+    from .options import build_parser as build
 
-
-def _fork_workers(
-    plan: Plan, addresses: list[str], links: list[FdLink], startup: StartupSignals
-) -> tuple[WorkerSet | None, SlotDirectory | None]:
-    """With --workers, fork one process per extra queue; each serves its own link."""
-    opts = plan.options
-    n = len(links)
-    if n == 1:
-        return None, None
-    directory: SlotDirectory | None = None
-    if opts.dns == "virtual":
-        pool = FakeIpPool(opts.virtual_dns_pool, opts.virtual_dns_pool6, capacity=1)
-        directory = SharedSlotDirectory(pool.slots)
-    workers = WorkerSet()
-    fds = [link.fd for link in links]
-    for i in range(1, n):
-
-        def run(i: int = i) -> int:
-            setup_logging(opts.verbosity, f"[{i}]")
-            return run_on_loop(
-                opts.loop, startup, serve(plan, addresses, links[i], None, startup, (i, n),
-                                          directory)
-            )
-
-        workers.fork(i, run, [fd for j, fd in enumerate(fds) if j != i])
-    setup_logging(opts.verbosity, "[0]")
-    return workers, directory
+    return build()
