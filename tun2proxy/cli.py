@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -43,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StopEarly as e:
         # Still starting: what was started has been undone on the way out.
         with contextlib.suppress(Exception):
-            log.info("received signal %d while starting, stopped", e.signum)
+            log.info("received %s while starting, stopped", signal.Signals(e.signum).name)
         return 0
     finally:
         startup.restore()
