@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from tun2proxy import __version__
+from tun2proxy.app.plan import prepare
 from tun2proxy.cli import parse_args
 
 
@@ -66,13 +67,12 @@ def test_bad_arguments_exit_2_with_one_line(args: list[str], fragment: str) -> N
 
 def test_command_after_double_dash_is_kept_whole() -> None:
     opts = parse_args(["--unshare", "--proxy", "direct://", "--", "curl", "-v", "--", "x"])
-    assert opts.command == ["curl", "-v", "--", "x"]
-    assert opts.args.unshare
+    assert opts.command == ("curl", "-v", "--", "x")
+    assert opts.unshare
 
 
 def test_defaults() -> None:
-    opts = parse_args([])
-    a = opts.args
+    a = parse_args([])
     assert a.proxy == "direct://"
     assert a.connect_timeout == 10.0 and a.tcp_timeout == 600.0
     assert a.max_sessions == 4096
@@ -88,10 +88,12 @@ def test_routing_flags_parse(tmp_path: object) -> None:
         "--rules", str(rules), "--rule", "port:25 -> reject", "--bypass", "10.0.0.0/8",
         "--sniff", "--outbound-interface", "eth0", "--fwmark", "7",
     ])
-    a = opts.args
-    assert set(a.extra_upstreams) == {"work"}
-    assert [r.target for r in a.rule_set] == ["direct", "work", "reject"]
-    assert a.bypass == ["10.0.0.0/8"] and a.sniff and a.fwmark == 7
+    plan = prepare(opts)
+    a = plan.options
+    assert set(plan.extra) == {"work"}
+    assert plan.rules is not None
+    assert [r.target for r in plan.rules] == ["direct", "work", "reject"]
+    assert a.bypass == ("10.0.0.0/8",) and a.sniff and a.fwmark == 7
 
 
 def test_password_never_in_the_error() -> None:

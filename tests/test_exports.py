@@ -19,6 +19,8 @@ PACKAGES = [
     "tun2proxy.link",
     "tun2proxy.driver",
     "tun2proxy.routing",
+    "tun2proxy.options",
+    "tun2proxy.app",
 ]
 
 

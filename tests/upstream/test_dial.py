@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 from typing import Any
 
 import pytest
@@ -211,3 +212,15 @@ async def test_a_direct_udp_session_registers_its_socket_until_closed() -> None:
     await asyncio.sleep(0)
     assert not is_own_endpoint("127.0.0.1", port)
     assert dial._own == {}
+
+
+@pytest.mark.parametrize("mark", [1 << 31, (1 << 32) - 1])
+def test_a_mark_of_2_31_and_above_is_set(mark: int) -> None:
+    # SO_MARK is an unsigned 32-bit value; setsockopt's int form takes a C int, so these
+    # marks were a TypeError on every flow (issue 15 item 9).
+    sock = udp_socket(socket.AF_INET, Outbound(fwmark=mark))
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK, 4)
+        assert int.from_bytes(raw, sys.byteorder) == mark
+    finally:
+        sock.close()

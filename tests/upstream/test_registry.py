@@ -70,3 +70,28 @@ def test_errors_never_echo_a_password(url: str, shown: str) -> None:
         upstream_from_url(url)
     msg = str(ei.value)
     assert "secret" not in msg and repr(shown) in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("socks5://h:0", "port 0 is not a server port"),
+        ("http://h:0", "port 0 is not a server port"),
+        ("socks4://h:0", "port 0 is not a server port"),
+        ("socks5://u:pa%ZZss@h:1080", "invalid percent escape in the password"),
+        ("socks5://u:pass%@h:1080", "invalid percent escape in the password"),
+        ("socks5://u%4:pass@h:1080", "invalid percent escape in the user name"),
+        ("http://u:p%zzw@h:3128", "invalid percent escape in the password"),
+        ("socks4://id%G0@h:1080", "invalid percent escape in the user id"),
+        ("ss://aes-256-gcm:pa%ZZss@h:8388", "invalid percent escape in the password"),
+        ("socks5://u:%ff%fe@h:1080", "not UTF-8 once percent-decoded"),
+    ],
+)
+def test_port_0_and_bad_percent_escapes_are_refused(url: str, fragment: str) -> None:
+    # Both were accepted silently (issue 15 item 10): port 0 failed every flow later, and
+    # '%ZZ' went to the proxy as it is, another password than the user meant.
+    with pytest.raises(ConfigError) as ei:
+        upstream_from_url(url)
+    msg = str(ei.value)
+    assert fragment in msg and "\n" not in msg
+    assert "ZZss" not in msg and "p%zzw" not in msg

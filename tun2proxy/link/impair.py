@@ -20,7 +20,11 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 from .base import Link
 
-__all__ = ["ImpairedLink", "ImpairedPipe", "Impairment"]
+__all__ = ["MAX_DELAY", "ImpairedLink", "ImpairedPipe", "Impairment"]
+
+#: The longest delay, jitter or reorder delay an impairment may have, in seconds: packets
+#: are held in memory meanwhile, so the time is bounded like everything else.
+MAX_DELAY = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +55,14 @@ class Impairment:
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"impairment {name} must be between 0% and 100%")
         for name in ("delay", "jitter", "reorder_delay"):
-            if getattr(self, name) < 0:
+            v = getattr(self, name)
+            if v < 0:
                 raise ConfigError(f"impairment {name} must not be negative")
+            if not v <= MAX_DELAY:  # also NaN
+                raise ConfigError(
+                    f"impairment {name} must be between 0 and {MAX_DELAY * 1000:g}ms "
+                    f"(got {v * 1000:g}ms)"
+                )
 
     @property
     def is_clean(self) -> bool:

@@ -29,6 +29,7 @@ import contextlib
 import errno
 import ipaddress
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,8 @@ __all__ = [
     "set_resolver",
     "udp_socket",
 ]
+
+_U32 = struct.Struct("=I")
 
 #: RFC 8305 §5 "Connection Attempt Delay" (the recommended 250 ms).
 ATTEMPT_DELAY = 0.25
@@ -74,7 +77,9 @@ class Outbound:
         if self.interface:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.interface.encode())
         if self.fwmark is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.fwmark)
+            # As 4 bytes: the int form of setsockopt takes a C int, and a mark of 2^31 or
+            # more (a valid unsigned 32-bit SO_MARK) would not fit it.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, _U32.pack(self.fwmark))
         if self.bind and (":" in self.bind) == (sock.family == socket.AF_INET6):
             sock.bind((self.bind, 0))
 

@@ -16,7 +16,7 @@ from ..proxy.address import Address
 from ..proxy.socks4 import Socks4Handshake
 from .base import FlowInfo, Upstream
 from .handshake import open_via_handshake
-from .url import parse_host_port
+from .url import parse_host_port, unquote_strict
 
 __all__ = ["DEFAULT_PORT", "Socks4Upstream", "from_url"]
 
@@ -99,7 +99,7 @@ def from_url(u: urllib.parse.SplitResult, raw: str) -> Socks4Upstream:
             f"proxy URL {raw!r}: SOCKS4 has no password; give only a user id (socks4://ID@host)"
         )
     if u.username is not None:
-        user_id = urllib.parse.unquote(u.username)
+        user_id = unquote_strict(u.username, raw, "user id")
         if not user_id:
             raise ConfigError(f"proxy URL {raw!r}: empty user id before '@'")
         uid = user_id.encode("utf-8")

@@ -25,7 +25,7 @@ import urllib.parse
 
 from ..errors import ConfigError
 from .shadowsocks import METHODS, ShadowsocksUpstream
-from .url import parse_host_port
+from .url import parse_host_port, unquote_strict
 
 __all__ = ["from_url"]
 
@@ -71,7 +71,7 @@ def _split_credentials(userinfo: str, shown: str) -> tuple[str, str]:
     """(method, password) from plain ``method:password`` or SIP002 base64 user info."""
     if ":" in userinfo:
         method, _, password = userinfo.partition(":")
-        return urllib.parse.unquote(method), urllib.parse.unquote(password)
+        return unquote_strict(method, shown, "method"), unquote_strict(password, shown, "password")
     decoded = _b64decode(urllib.parse.unquote(userinfo))
     if decoded is None:
         raise ConfigError(

@@ -8,11 +8,35 @@ Each scheme module (:mod:`.direct`, :mod:`.reject`, :mod:`.socks5`, :mod:`.socks
 from __future__ import annotations
 
 import ipaddress
+import re
 import urllib.parse
 
 from ..errors import ConfigError
 
-__all__ = ["credentials", "parse_host_port", "redact_url"]
+__all__ = ["credentials", "parse_host_port", "redact_url", "unquote_strict"]
+
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def unquote_strict(text: str, raw: str, what: str) -> str:
+    """Percent-decode ``text`` (a part of the URL ``raw`` named ``what``), refusing a ``%``
+    that is not followed by two hex digits and bytes that are not UTF-8: unquote would keep
+    or replace them silently, and a proxy would then see another password than meant.
+
+    Raises:
+        ConfigError: naming the part, never echoing it.
+    """
+    if _BAD_ESCAPE.search(text):
+        raise ConfigError(
+            f"proxy URL {raw!r}: invalid percent escape in the {what} ('%' must be followed "
+            "by two hex digits; write a literal '%' as %25)"
+        )
+    try:
+        return urllib.parse.unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"proxy URL {raw!r}: the {what} is not UTF-8 once percent-decoded"
+        ) from None
 
 
 def parse_host_port(u: urllib.parse.SplitResult, raw: str, default_port: int) -> tuple[str, int]:
@@ -24,6 +48,8 @@ def parse_host_port(u: urllib.parse.SplitResult, raw: str, default_port: int) ->
         raise ConfigError(f"proxy URL {raw!r}: bad port ({e})") from None
     if not host:
         raise ConfigError(f"proxy URL {raw!r}: missing host")
+    if port == 0:
+        raise ConfigError(f"proxy URL {raw!r}: port 0 is not a server port (allowed: 1 to 65535)")
     if u.path not in ("", "/"):
         raise ConfigError(f"proxy URL {raw!r}: unexpected path {u.path!r}")
     if "[" not in u.netloc:
@@ -40,8 +66,8 @@ def credentials(u: urllib.parse.SplitResult, raw: str) -> tuple[str, str] | None
     empty user name or fields over 255 bytes."""
     if u.username is None and u.password is None:
         return None
-    user = urllib.parse.unquote(u.username or "")
-    password = urllib.parse.unquote(u.password or "")
+    user = unquote_strict(u.username or "", raw, "user name")
+    password = unquote_strict(u.password or "", raw, "password")
     if not user:
         raise ConfigError(f"proxy URL {raw!r}: empty user name before '@'")
     if len(user.encode()) > 255 or len(password.encode()) > 255:

@@ -1,0 +1,129 @@
+"""From checked settings to what a run is made of, before anything starts: the upstream
+objects, the rule list (its file read, bounded), the impairment; and the checks of this
+host that settings name (a device, an fd, a namespace).
+
+Everything here fails with :class:`~tun2proxy.options.UsageError` (one line, exit code 2):
+these are mistakes in what the user gave, found before a device is created or a socket
+opened.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib.util
+import os
+import select
+import socket
+import stat
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from ..link.impair import Impairment
+from ..link.netns import netns_path
+from ..options import Options, UsageError, read_text_file
+from ..routing.rules import Rule, Rules
+from ..upstream.base import Upstream
+from ..upstream.registry import upstream_from_url
+
+__all__ = ["Plan", "check_host", "prepare"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A run's parts built from :class:`Options` (no I/O done by building them).
+
+    Attributes:
+        options: the settings.
+        main: the ``--proxy`` upstream.
+        extra: the ``--upstream`` upstreams by name.
+        rules: ``--rule`` and ``--rules`` together (None when there are none).
+        impairment: ``--impair`` and its seed.
+    """
+
+    options: Options
+    main: Upstream
+    extra: dict[str, Upstream]
+    rules: Rules | None
+    impairment: tuple[Impairment, int] | None
+
+
+def _rules(opts: Options, known: set[str]) -> Rules | None:
+    if not opts.rule and not opts.rules:
+        return None
+    lines: list[Rule] = []
+    if opts.rules:
+        text, _ = read_text_file(opts.rules, "--rules")
+        lines += list(Rules.parse_text(text, known, source=f"rules file {opts.rules}"))
+    if opts.rule:
+        lines += list(Rules.parse(opts.rule, known, source="--rule"))
+    return Rules(lines)
+
+
+def prepare(opts: Options) -> Plan:
+    """Build the run's parts from ``opts``.
+
+    Raises:
+        UsageError: a rule is wrong, the rules file cannot be read, or an optional
+            dependency a setting needs is not installed.
+    """
+    if opts.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise UsageError("--loop uvloop needs uvloop: pip install 'tun2proxy[fast]'")
+    if opts.dns != "direct" and importlib.util.find_spec("dnslib") is None:
+        raise UsageError(f"--dns {opts.dns} needs dnslib: pip install 'tun2proxy[dns]'")
+    try:
+        main = upstream_from_url(opts.proxy)
+        extra = {name: upstream_from_url(url) for name, url in opts.extra_upstreams.items()}
+        rules = _rules(opts, set(extra))
+        impairment = Impairment.parse(opts.impair) if opts.impair else None
+    except UsageError:
+        raise
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    return Plan(opts, main, extra, rules, impairment)
+
+
+def _check_fd(fd: int) -> None:
+    """An inherited fd must be open and pollable: a TUN (character) device or a socket."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError as e:
+        if e.errno == errno.EBADF:
+            raise UsageError(f"--tun-fd {fd} is not an open file descriptor") from None
+        raise UsageError(f"--tun-fd {fd}: {e.strerror or e}") from None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISBLK(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else (
+            "a regular file" if stat.S_ISREG(mode) else "a block device")
+        raise UsageError(
+            f"--tun-fd {fd} is {kind}, not a TUN device or packet socket (it cannot be polled)"
+        )
+    ep = select.epoll()
+    try:
+        ep.register(fd, select.EPOLLIN)
+    except OSError as e:
+        raise UsageError(f"--tun-fd {fd} cannot be polled ({e.strerror or e})") from None
+    finally:
+        ep.close()
+
+
+def check_host(opts: Options) -> None:
+    """The checks of this host that the settings need: the outbound interface exists, an
+    inherited fd is a pollable packet fd, a named namespace exists.
+
+    Raises:
+        UsageError: naming the setting and what is missing.
+    """
+    if opts.outbound_interface:
+        try:
+            socket.if_nametoindex(opts.outbound_interface)
+        except OSError:
+            raise UsageError(
+                f"--outbound-interface {opts.outbound_interface}: no such network interface "
+                "here (see 'ip link')"
+            ) from None
+    if opts.tun_fd is not None:
+        _check_fd(opts.tun_fd)
+    if opts.tun_netns and not os.path.exists(netns_path(opts.tun_netns)):
+        raise UsageError(
+            f"--tun-netns {opts.tun_netns}: no such network namespace "
+            f"({netns_path(opts.tun_netns)} does not exist)"
+        )

@@ -1,0 +1,239 @@
+"""The serve loop: one Driver on one link until a signal, a link failure or the ``--unshare``
+command's exit; signal handling (SIGINT/SIGTERM stop, SIGUSR1 logs the counters); watching
+the worker processes; the event loop choice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable, Coroutine
+
+from ..dns.pool import SlotDirectory
+from ..driver.loop import Driver, DriverConfig
+from ..link.base import Link
+from ..link.impair import ImpairedLink
+from ..link.unshare import PrivateNamespace
+from ..options import Options
+from ..stack.config import StackConfig
+from ..tcp.config import TcpConfig
+from ..workers import WorkerSet
+from .plan import Plan
+from .startup import StartupSignals
+from .upstreams import build_upstream
+
+__all__ = ["driver_config", "loop_factory", "run_on_loop", "serve", "stack_config"]
+
+log = logging.getLogger("tun2proxy")
+
+
+def _share(total: int, workers: int) -> int:
+    """One worker's share of a limit (the shares add up to at least the limit)."""
+    return max(1, -(-total // workers))
+
+
+def stack_config(
+    opts: Options, mtu: int, offload: bool = False, gso: int = 0, workers: int = 1
+) -> StackConfig:
+    """The stack settings of one worker's driver (limits divided among ``workers``)."""
+    pending = _share(opts.max_pending, workers)
+    memory = opts.memory_limit
+    return StackConfig(
+        isn_secret=os.urandom(16),
+        mtu=mtu,
+        checksum_offload=offload,
+        max_flows=_share(opts.max_sessions, workers),
+        max_pending=pending,
+        syn_flood_threshold=max(1, pending // 2),
+        memory_limit=None if memory is None else max(1 << 20, memory // workers),
+        max_udp_sessions=_share(opts.max_udp_sessions, workers),
+        udp_timeout=opts.udp_timeout,
+        dns_timeout=min(10.0, opts.udp_timeout),
+        icmp_echo=opts.icmp,
+        tcp=TcpConfig(
+            idle_timeout=opts.tcp_timeout, recv_buffer=opts.tcp_buffer,
+            send_buffer=opts.tcp_buffer, gso_max_size=gso if offload else 0,
+        ),
+    )
+
+
+def driver_config(
+    opts: Options, worker: tuple[int, int], directory: SlotDirectory | None
+) -> DriverConfig:
+    """The driver settings of one worker."""
+    return DriverConfig(
+        connect_timeout=opts.connect_timeout, udp=opts.udp, dns=opts.dns,
+        dns_addr=opts.dns_addr, virtual_dns_pool=opts.virtual_dns_pool,
+        virtual_dns_pool6=opts.virtual_dns_pool6, sniff=opts.sniff,
+        worker=worker, dns_directory=directory,
+    )
+
+
+class _Watch:
+    """The fds the serve loop watches (pidfds of the child and the workers), closed at the
+    end."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.fds: list[int] = []
+
+    def add(self, pid: int, callback: Callable[[int], None]) -> int:
+        fd = os.pidfd_open(pid)
+        self.fds.append(fd)
+        self.loop.add_reader(fd, callback, fd)
+        return fd
+
+    def close(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError, ValueError):
+                self.loop.remove_reader(fd)
+            os.close(fd)
+        self.fds.clear()
+
+
+async def serve(
+    plan: Plan,
+    addresses: list[str],
+    link: Link,
+    child: PrivateNamespace | None,
+    startup: StartupSignals,
+    worker: tuple[int, int] = (0, 1),
+    directory: SlotDirectory | None = None,
+    workers: WorkerSet | None = None,
+) -> int:
+    """Run the driver until a signal, a link failure or the child's exit (one worker's
+    driver with --workers; ``workers`` is given to the main process, which watches them).
+
+    The signal handlers are installed before anything else: a SIGINT/SIGTERM that arrived
+    while starting (recorded by ``startup``) or arrives before the driver runs ends the run
+    at once with exit code 0, the ``--unshare`` command never started.
+    """
+    opts = plan.options
+    loop = asyncio.get_running_loop()
+    exit_code = 0
+    driver: Driver | None = None
+    released = False
+    stop_requested = False
+    signals = (signal.SIGINT, signal.SIGTERM)
+
+    def on_signal(signum: int) -> None:
+        nonlocal stop_requested
+        if child is not None and released:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signum)
+            return
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop_requested = True
+        if driver is not None:
+            driver.stop()
+
+    for s in signals:
+        loop.add_signal_handler(s, on_signal, s)
+    watch = _Watch(loop)
+    try:
+        if startup.received is not None:
+            on_signal(startup.received)
+        if plan.impairment is not None:
+            imp, seed = plan.impairment
+            link = ImpairedLink(link, imp, seed)
+            log.warning("impairing the link on purpose: %s (seed %d)", opts.impair, seed)
+        upstream = build_upstream(plan, addresses)
+        stack = Driver.make_stack(
+            stack_config(opts, link.mtu, link.checksum_offload, link.gso_max_size, worker[1])
+        )
+        driver = Driver(stack, link, upstream, driver_config(opts, worker, directory))
+        if worker[0] == 0:
+            log.info("upstream %s", upstream.describe())
+
+        def on_usr1() -> None:
+            assert driver is not None
+            log.info("stats %s", json.dumps(driver.stats(), sort_keys=True, default=str))
+            if workers is not None:
+                workers.signal_all(signal.SIGUSR1)
+
+        loop.add_signal_handler(signal.SIGUSR1, on_usr1)
+        if workers is not None:
+            for index, wpid in workers.pids.items():
+
+                def on_worker_exit(wfd: int, index: int = index, wpid: int = wpid) -> None:
+                    loop.remove_reader(wfd)
+                    code = workers.reap(wpid)
+                    if driver is not None and not driver.stopping:  # a crash, not our stop
+                        log.error(
+                            "worker %d exited (status %s): its flows are gone; the kernel "
+                            "spreads new ones over the remaining queues", index, code,
+                        )
+
+                watch.add(wpid, on_worker_exit)
+        if child is not None:
+            pid = child.pid
+
+            def on_child_exit(fd: int) -> None:
+                nonlocal exit_code
+                loop.remove_reader(fd)
+                _, status = os.waitpid(pid, 0)
+                exit_code = os.waitstatus_to_exitcode(status)
+                if exit_code < 0:
+                    exit_code = 128 - exit_code
+                assert driver is not None
+                driver.stop()
+
+            if stop_requested:
+                child.abandon()  # it exits without running the command
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+            else:
+                watch.add(pid, on_child_exit)
+                child.release()
+                released = True
+        if stop_requested:
+            link.close()
+        else:
+            await driver.run()
+    finally:
+        for s in (*signals, signal.SIGUSR1):
+            loop.remove_signal_handler(s)
+        watch.close()
+        if driver is not None and worker[1] > 1:
+            st = driver.stats()
+            log.info(
+                "worker %d of %d done: %s TCP flows, %s upstream failures", worker[0],
+                worker[1], st.get("flows_opened"), st.get("flows_failed"),
+            )
+        if workers is not None and workers.pids:
+            if workers.stop() and exit_code == 0 and child is None:
+                exit_code = 1
+    if child is None and driver is not None and driver.link_error is not None:
+        return 1
+    return exit_code
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop --loop asks for: None for asyncio's own; uvloop's when chosen (or, with
+    ``auto``, when it is installed)."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run_on_loop(
+    choice: str, startup: StartupSignals, coro: Coroutine[object, object, int]
+) -> int:
+    """Run ``coro`` on the event loop ``choice`` names; from here on a start-up signal is
+    only recorded (the coroutine's own handlers take over)."""
+    factory = loop_factory(choice)
+    log.debug("event loop: %s", "asyncio" if factory is None else "uvloop")
+    startup.defer()
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)

@@ -1,0 +1,169 @@
+"""Start-up chores of the command: signals before the event loop runs, bounded blocking
+calls, logging, the file descriptor limit.
+
+A SIGINT or SIGTERM may arrive at any moment of start-up. Until the event loop runs, the
+signal raises :class:`StopEarly` in the main thread (every blocking start-up step waits in a
+way a signal interrupts: see :func:`call_bounded`), the steps already done are undone and
+the process exits 0. Just before the loop runs, :meth:`StartupSignals.defer` turns the handler
+into a recorder: an exception raised from a signal handler inside a running loop is lost
+(uvloop logs it from ``Loop._read_from_self`` and carries on), so the loop's own handlers take
+over and look at what was recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from ..errors import ConfigError
+
+__all__ = [
+    "TRACE",
+    "StartupSignals",
+    "StopEarly",
+    "TimedOut",
+    "call_bounded",
+    "raise_fd_limit",
+    "setup_logging",
+]
+
+log = logging.getLogger("tun2proxy")
+
+TRACE = 5
+_T = TypeVar("_T")
+
+
+class StopEarly(BaseException):
+    """SIGINT or SIGTERM arrived while starting (a BaseException: no ``except Exception``
+    on the way swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class StartupSignals:
+    """SIGINT and SIGTERM during start-up: a clean stop at any point.
+
+    :meth:`install` takes the signals whose handler is the default (an embedding program's
+    own handler, or an ignored signal, is left alone); :meth:`defer` is called just before an
+    event loop runs; :meth:`restore` puts the previous handlers back.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._raise = True
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        """Handle SIGINT/SIGTERM from now on (those still at their default)."""
+        for s in self.SIGNALS:
+            current = signal.getsignal(s)
+            if current in (signal.SIG_DFL, signal.default_int_handler, None):
+                self._previous[s] = current
+                signal.signal(s, self._handler)
+
+    def _handler(self, signum: int, frame: object) -> None:
+        self.received = signum
+        if self._raise:
+            raise StopEarly(signum)
+
+    def defer(self) -> None:
+        """From now on only record a signal (an event loop is about to run)."""
+        self._raise = False
+
+    def restore(self) -> None:
+        """Put back the handlers :meth:`install` replaced."""
+        for s, previous in self._previous.items():
+            with contextlib.suppress(ValueError, OSError):  # not the main thread
+                if signal.getsignal(s) == self._handler:
+                    signal.signal(s, previous)
+        self._previous.clear()
+
+
+class TimedOut(ConfigError):
+    """A bounded start-up call did not finish in time."""
+
+
+class _Result(Generic[_T]):
+    """What a bounded call returned or raised, and when it finished."""
+
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: list[_T] = []
+        self.error: BaseException | None = None
+
+
+def call_bounded(fn: Callable[[], _T], timeout: float, what: str) -> _T:
+    """``fn()`` on a daemon thread, waited for at most ``timeout`` seconds.
+
+    The wait is interruptible: a signal handler that raises (:class:`StopEarly`) ends it at
+    once. The thread is a daemon of its own, not an executor's, so a call that never
+    returns (a resolver that gets no answer) neither keeps the process alive at exit nor
+    delays it.
+
+    Raises:
+        TimedOut: ``fn`` took longer than ``timeout`` ("``what`` timed out after N s").
+        BaseException: whatever ``fn`` raised.
+    """
+    result: _Result[_T] = _Result()
+
+    def run() -> None:
+        try:
+            result.value.append(fn())
+        except BaseException as e:
+            result.error = e
+        finally:
+            result.done.set()
+
+    threading.Thread(target=run, name=f"tun2proxy {what}", daemon=True).start()
+    if not result.done.wait(timeout):
+        raise TimedOut(f"{what} timed out after {timeout:g} s")
+    if result.error is not None:
+        raise result.error
+    return result.value[0]
+
+
+def setup_logging(level: str, tag: str = "") -> None:
+    """Log to stderr at ``level`` (``off`` ... ``trace``), lines tagged with ``tag``."""
+    logging.addLevelName(TRACE, "TRACE")
+    levels = {
+        "off": logging.CRITICAL + 10,
+        "error": logging.ERROR,
+        "warn": logging.WARNING,
+        "info": logging.INFO,
+        "debug": logging.DEBUG,
+        "trace": TRACE,
+    }
+    logging.basicConfig(
+        level=levels[level], stream=sys.stderr,
+        format=f"tun2proxy{tag}: %(levelname)s %(message)s", force=True,
+    )
+
+
+def raise_fd_limit(flows: int) -> None:
+    """Every flow holds an upstream socket: lift the soft fd limit towards the hard one."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = flows + 256
+    if hard != resource.RLIM_INFINITY:
+        want = min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < flows + 64:
+        log.warning(
+            "the file descriptor limit (%d) is below --max-sessions %d; raise it with ulimit -n",
+            soft, flows,
+        )
