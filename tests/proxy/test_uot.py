@@ -155,7 +155,7 @@ def test_decode_address_truncated_is_none() -> None:
 
 
 _addrs = st.one_of(
-    st.ip_addresses().map(lambda ip: str(ip)),
+    st.ip_addresses().map(str),
     st.from_regex(r"[a-z]{1,20}(\.[a-z]{1,10}){0,3}", fullmatch=True),
 )
 
