@@ -10,6 +10,11 @@ together with the first datagram, and then frames every datagram with its destin
 stream reaches every destination the application endpoint talks to, and replies name their
 source.
 
+Datagrams over :data:`MAX_DATAGRAM` (16,384 bytes) payload are dropped and counted, not sent:
+sing-box (1.14, measured) resets the whole stream at a bigger frame — every destination of
+the session would lose it — and truncates bigger replies to that size, because it carries
+UoT packets in 16 KiB buffers.
+
 Bounded: at most :data:`MAX_BUFFERED` bytes wait in the stream's write buffer; above it
 (the proxy or the path is slower than the application) datagrams are dropped and counted,
 as a congested UDP path would. Replies are parsed as they arrive, at most one frame is held.
@@ -28,20 +33,27 @@ from ..proxy.address import Address
 from ..proxy.uot import UotDecoder, encode_packet, encode_request, magic_address
 from .base import DatagramReceiver, FlowInfo, UdpChannel, Upstream
 
-__all__ = ["MAX_BUFFERED", "UotUdpChannel", "open_uot_udp"]
+__all__ = ["MAX_BUFFERED", "MAX_DATAGRAM", "UotUdpChannel", "open_uot_udp"]
 
 log = logging.getLogger(__name__)
 
 #: Bytes a channel lets wait in its TCP stream's write buffer before it drops datagrams.
 MAX_BUFFERED: Final = 256 * 1024
+#: The largest datagram sent over UoT (sing-box's packet buffer; see the module doc).
+MAX_DATAGRAM: Final = 16384
 
 
 class UotUdpChannel(UdpChannel, asyncio.Protocol):
     """One UDP session over one UoT stream; also the stream's :class:`asyncio.Protocol`."""
 
-    def __init__(self, receiver: DatagramReceiver, first_dst: Address, version: int) -> None:
+    def __init__(
+        self, receiver: DatagramReceiver, first_dst: Address, version: int,
+        *, max_datagram: int = MAX_DATAGRAM,
+    ) -> None:
         self.receiver = receiver
         self.version = version
+        #: Datagrams with more payload than this are dropped (counted in dropped_too_big).
+        self.max_datagram = max_datagram
         self.transport: asyncio.Transport | None = None
         #: Bytes that go in front of the first datagram (the version 2 request).
         self._header = encode_request(first_dst) if version == 2 else b""
@@ -50,7 +62,7 @@ class UotUdpChannel(UdpChannel, asyncio.Protocol):
         self._closed = False
         #: Datagrams dropped because the stream's write buffer was full.
         self.dropped_congested = 0
-        #: Datagrams dropped because they do not fit a frame (over 65,535 bytes, long names).
+        #: Datagrams dropped because they are over ``max_datagram`` or do not fit a frame.
         self.dropped_too_big = 0
         #: Datagrams sent / received.
         self.sent = 0
@@ -110,6 +122,9 @@ class UotUdpChannel(UdpChannel, asyncio.Protocol):
         """Frame one datagram for ``dst`` and write it (congested or too big: dropped, counted)."""
         t = self.transport
         if t is None or self._closed:
+            return
+        if len(payload) > self.max_datagram:
+            self.dropped_too_big += 1
             return
         if self._paused or t.get_write_buffer_size() >= MAX_BUFFERED:
             self.dropped_congested += 1
