@@ -43,6 +43,7 @@ class UrlOption:
 
 
 def _uot_version(value: str) -> int:
+    """``1`` or ``2`` as an int; ValueError otherwise."""
     if value not in ("1", "2"):
         raise ValueError("not a UoT version")
     return int(value)
