@@ -5,7 +5,9 @@
   so UDP can only have gone as a stream; sing-box's own log names every UoT stream.
 * SOCKS5 UDP ASSOCIATE through a scripted SOCKS5 server in R that announces its relay as
   ``0.0.0.0`` (the proxy's own address) or as an unreachable ``192.0.2.1`` (a relay behind
-  NAT: ``?udp-relay=`` names the real one).
+  NAT: ``?udp-relay=`` names the real one). dante 1.4.2 cannot stand in for the first: it
+  names the control connection's local address (127.0.0.1) even with ``internal: 0.0.0.0``
+  (checked by hand in this lab).
 """
 
 from __future__ import annotations
