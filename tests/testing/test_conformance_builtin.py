@@ -678,3 +678,47 @@ async def test_ss_server_ending_the_stream_at_our_eof_is_named_beside_a_wrong_ke
         exc)
     assert "the server ended the stream at our EOF (it has no half-close)" in str(exc)
     assert (watch.data, watch.eof) == (b"", False)
+
+
+def _uot(make: Callable[[int], Upstream]) -> Callable[[int], Upstream]:
+    """The same upstream with ``?uot=2``: UDP as sing-box's UDP-over-TCP."""
+
+    def build(port: int) -> Upstream:
+        up = make(port)
+        up.uot = 2  # type: ignore[attr-defined]
+        return up
+
+    return build
+
+
+@pytest.mark.parametrize("host", [LOOPBACK, "::1"], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize(
+    ("key", "make"),
+    [("socks", _uot(_socks5)), ("2022-blake3-aes-256-gcm", _uot(_ss("2022-blake3-aes-256-gcm")))],
+    ids=["socks5-uot", "ss-2022-uot"],
+)
+def test_uot_carries_the_udp_check_through_sing_box(
+    sing_box: dict[str, int], key: str, make: Callable[[int], Upstream], host: str
+) -> None:
+    """UDP-over-TCP v2 through sing-box's SOCKS and Shadowsocks inbounds: the TCP checks are
+    the same upstream's above; the ``udp`` check goes over one UoT stream per channel."""
+    if host == "::1" and not _ipv6_loopback():
+        pytest.skip("no IPv6 loopback")
+    report = run_check_upstream(lambda: make(sing_box[key]), host=host, udp=True,
+                                checks=["udp"], timeout=20.0)
+    assert report.passed, str(report)
+
+    async def channel_kind() -> str:  # the check's channels were UoT ones, not UDP sockets
+        from tun2proxy.upstream.base import FlowInfo
+
+        class Quiet:
+            def datagram_received(self, payload: bytes, src: object) -> None: ...
+            def channel_lost(self, exc: BaseException | None) -> None: ...
+
+        up = make(sing_box[key])
+        ch = await up.open_udp(FlowInfo(1, ("10.0.0.1", 1), (host, 9), "udp"), Quiet())
+        ch.close()
+        await up.close()
+        return type(ch).__name__
+
+    assert asyncio.run(channel_kind()) == "UotUdpChannel"

@@ -11,7 +11,7 @@ import pytest
 from tun2proxy.errors import UpstreamError
 from tun2proxy.proxy.address import Address
 from tun2proxy.upstream.socks5 import Socks5Upstream
-from tun2proxy.upstream.udp import open_socks5_udp
+from tun2proxy.upstream.udp import Socks5UdpChannel, open_socks5_udp
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -48,9 +48,14 @@ class Server:
     """Control connections on TCP; one UDP relay per association; echoes each datagram back
     as if from its destination (FRAG byte set to 1 when the payload asks for it)."""
 
-    def __init__(self, rep: int = 0, bnd_zero: bool = True) -> None:
+    def __init__(
+        self, rep: int = 0, bnd_zero: bool = True, announce: str | None = None,
+        relay_port: int = 0,
+    ) -> None:
         self.rep = rep
+        self.relay_port = relay_port
         self.bnd_zero = bnd_zero
+        self.announce = announce  # a relay address to name instead of the real one
         self.controls: list[asyncio.StreamWriter] = []
         self.relays: list[socket.socket] = []
         self.requests = 0
@@ -72,16 +77,23 @@ class Server:
             await w.drain()
             w.close()
             return
-        relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        relay.bind(("127.0.0.1", 0))
-        relay.setblocking(False)
-        self.relays.append(relay)
+        fresh = not (self.relay_port and self.relays)  # a fixed port: one relay for all
+        if fresh:
+            relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            relay.bind(("127.0.0.1", self.relay_port))
+            relay.setblocking(False)
+            self.relays.append(relay)
+        relay = self.relays[-1]
         port = relay.getsockname()[1]
         bnd = bytes(4) if self.bnd_zero else socket.inet_aton("127.0.0.1")
+        if self.announce is not None:  # behind NAT: an address unreachable from the client
+            bnd = socket.inet_aton(self.announce)
+            port = 9
         w.write(b"\x05\x00\x00\x01" + bnd + struct.pack("!H", port))
         self.controls.append(w)
-        loop = asyncio.get_running_loop()
-        loop.add_reader(relay.fileno(), self._relay_readable, relay)
+        if fresh:
+            loop = asyncio.get_running_loop()
+            loop.add_reader(relay.fileno(), self._relay_readable, relay)
         await r.read()  # until the client closes its control connection
 
     def _relay_readable(self, relay: socket.socket) -> None:
@@ -177,4 +189,32 @@ async def test_unsupported_udp_is_remembered() -> None:
     with pytest.raises(UpstreamError):
         await up.open_udp(flow, Receiver())
     assert srv.requests == 1  # the second refusal came from memory: no handshake storm
+    srv.close()
+
+
+async def test_udp_relay_override_replaces_an_unreachable_announced_relay() -> None:
+    from tun2proxy.upstream.base import FlowInfo
+
+    flow = FlowInfo(1, ("10.0.0.1", 5000), ("192.0.2.1", 53), "udp")
+    free = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    free.bind(("127.0.0.1", 0))
+    relay_port = free.getsockname()[1]
+    free.close()
+    # Behind NAT: the server names TEST-NET-1 (nothing answers there) and port 9 while its
+    # relay listens on 127.0.0.1:relay_port.
+    srv = Server(announce="192.0.2.1", relay_port=relay_port)
+    port = await srv.start()
+    ch = await Socks5Upstream("127.0.0.1", port).open_udp(flow, Receiver())
+    assert isinstance(ch, Socks5UdpChannel)
+    assert ch.transport is not None
+    assert ch.transport.get_extra_info("peername") == ("192.0.2.1", 9)  # as announced
+    ch.close()
+    rcv = Receiver()
+    up = Socks5Upstream("127.0.0.1", port, udp_relay=Address("127.0.0.1", relay_port))
+    ch = await up.open_udp(flow, rcv)
+    assert isinstance(ch, Socks5UdpChannel)
+    ch.send(b"via the override", Address("198.51.100.7", 7))
+    await asyncio.wait_for(rcv.event.wait(), 5)
+    assert rcv.got == [(b"via the override", Address("198.51.100.7", 7))]
+    ch.close()
     srv.close()

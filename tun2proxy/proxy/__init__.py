@@ -5,7 +5,7 @@ Pure: no I/O. Each handshake is fed the upstream's bytes in any split and report
 followed the reply are never lost (see :mod:`tun2proxy.proxy.base`, whose
 :class:`~tun2proxy.proxy.base.HandshakeBase` they share). :mod:`tun2proxy.proxy.address` is
 the one SOCKS address codec; the Shadowsocks codecs are the :mod:`tun2proxy.proxy.shadowsocks`
-package.
+package; sing-box's UDP-over-TCP framing is :mod:`tun2proxy.proxy.uot`.
 """
 
 from __future__ import annotations

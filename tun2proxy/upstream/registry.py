@@ -1,9 +1,10 @@
 """``upstream_from_url``: build an Upstream from a proxy URL, with one-line errors.
 
 Supported: ``direct://``, ``reject://``, ``socks5://[user:pass@]host[:port]`` (also
-``socks5h://``; the default port is 1080), ``socks4://[userid@]host[:port]`` and
-``socks4a://...`` (port 1080), ``http://[user:pass@]host[:port]`` (HTTP CONNECT, port 8080;
-``https://`` is refused), ``ss://...`` (Shadowsocks, see :mod:`.ss_url`). Credentials may be
+``socks5h://``; the default port is 1080; parameters ``?uot=2`` and ``?udp-relay=ADDR:PORT``),
+``socks4://[userid@]host[:port]`` and ``socks4a://...`` (port 1080),
+``http://[user:pass@]host[:port]`` (HTTP CONNECT, port 8080; ``https://`` is refused),
+``ss://...`` (Shadowsocks, see :mod:`.ss_url`; parameter ``?uot=2``). Credentials may be
 percent-encoded. Every malformed URL raises :class:`~tun2proxy.errors.ConfigError` naming the
 part that is wrong, never showing a password.
 
@@ -19,9 +20,9 @@ from collections.abc import Callable
 from ..errors import ConfigError
 from . import direct, http, reject, socks4, socks5, ss_url
 from .base import Upstream
-from .url import redact_url
+from .url import query_options, redact_url
 
-__all__ = ["SCHEMES", "upstream_from_url"]
+__all__ = ["QUERY_SCHEMES", "SCHEMES", "upstream_from_url"]
 
 #: URL scheme -> the scheme module's ``from_url(split_url, raw_url)``.
 SCHEMES: dict[str, Callable[[urllib.parse.SplitResult, str], Upstream]] = {
@@ -36,6 +37,11 @@ SCHEMES: dict[str, Callable[[urllib.parse.SplitResult, str], Upstream]] = {
     "http": http.from_url,
     "https": http.from_url,  # refused with a message saying TLS to the proxy is not supported
 }
+
+
+#: The schemes whose ``from_url`` reads query parameters (see :func:`.url.query_options`);
+#: any query on another scheme is refused here, naming the parameter.
+QUERY_SCHEMES = frozenset({"socks5", "socks5h", "ss"})
 
 
 def upstream_from_url(url: str) -> Upstream:
@@ -67,6 +73,9 @@ def _build(raw: str) -> Upstream:
         raise ConfigError(
             f"proxy URL {raw!r}: unknown scheme {scheme!r} (known: {', '.join(sorted(SCHEMES))})"
         )
-    if (u.query or u.fragment) and scheme != "ss":  # ss:// checks its own (SIP002)
+    if u.fragment and scheme != "ss":  # ss:// checks its own (SIP002)
+        raise ConfigError(f"proxy URL {raw!r}: unexpected query or fragment")
+    if u.query and scheme not in QUERY_SCHEMES:
+        query_options(u.query, raw, scheme, {})  # raises, naming the parameter
         raise ConfigError(f"proxy URL {raw!r}: unexpected query or fragment")
     return builder(u, raw)

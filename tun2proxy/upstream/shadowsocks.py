@@ -22,9 +22,10 @@ server sends, and passes flow control (pause/resume reading, write buffer size a
 * ``write_eof`` half-closes the socket after its buffer is flushed (the header is sent first
   if it is still waiting).
 
-UDP: one UDP socket "connected" to the server per channel (the kernel drops datagrams from
-anyone else), packets built with ``encrypt_packet``/``decrypt_packet`` (AEAD-2017) or a
-:class:`~tun2proxy.proxy.shadowsocks.Ss2022UdpClient` (2022). Datagrams that fail
+UDP: with ``uot`` (``ss://...?uot=2``), sing-box's UDP-over-TCP, one stream per session
+(:mod:`.uot`); otherwise one UDP socket "connected" to the server per channel (the kernel
+drops datagrams from anyone else), packets built with ``encrypt_packet``/``decrypt_packet``
+(AEAD-2017) or a :class:`~tun2proxy.proxy.shadowsocks.Ss2022UdpClient` (2022). Datagrams that fail
 authentication are dropped and counted.
 """
 
@@ -58,6 +59,7 @@ from ..proxy.shadowsocks import (
 from .base import DatagramReceiver, FlowInfo, UdpChannel, Upstream, upstream_error_from_os
 from .datagram import DatagramChannel
 from .dial import connect_tcp
+from .uot import open_uot_udp
 
 __all__ = [
     "FIRST_WRITE_DELAY",
@@ -482,7 +484,12 @@ class ShadowsocksUpstream(Upstream):
         password_or_psk: str,
         *,
         first_write_delay: float = FIRST_WRITE_DELAY,
+        uot: int | None = None,
     ) -> None:
+        if uot not in (None, 1, 2):
+            raise ConfigError(f"UoT version {uot}: only 1 and 2 exist")
+        #: With 1 or 2: UDP goes as sing-box's UDP-over-TCP streams, not Shadowsocks UDP.
+        self.uot = uot
         self.host = host
         self.port = port
         self.method = _canonical(method)
@@ -538,7 +545,10 @@ class ShadowsocksUpstream(Upstream):
         return outer
 
     async def open_udp(self, flow: FlowInfo, receiver: DatagramReceiver) -> UdpChannel:
-        """A UDP channel through the server: one socket connected to it."""
+        """A UDP channel through the server: one socket connected to it, or with ``uot`` one
+        UDP-over-TCP stream."""
+        if self.uot is not None:
+            return await open_uot_udp(self, flow, receiver, self.uot)
         codec: _UdpCodec
         if self.is_2022:
             codec = Ss2022UdpClient(self.method, self._secret, os.urandom, time.time)
@@ -550,4 +560,5 @@ class ShadowsocksUpstream(Upstream):
 
     def describe(self) -> str:
         """``ss://method@host:port`` (the password or PSK is never shown)."""
-        return f"ss://{self.method}@{Address.from_host(self.host, self.port)}"
+        tail = f"?uot={self.uot}" if self.uot else ""
+        return f"ss://{self.method}@{Address.from_host(self.host, self.port)}{tail}"

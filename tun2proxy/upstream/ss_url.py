@@ -11,9 +11,10 @@ Accepted forms (the port is required; host names, IPv4 and bracketed IPv6 litera
     ss://BASE64(method:password@host:port)#tag  the legacy form before SIP002
 
 SIP003 plugins (``?plugin=obfs-local;...``) are not supported: the URL is refused, naming the
-plugin. ``#tag`` is ignored, and so is Outline's ``?outline=1``. Every malformed URL raises
-:class:`~tun2proxy.errors.ConfigError` with a one-line message naming the wrong part; the
-message never repeats the password or PSK.
+plugin. ``#tag`` is ignored, and so is Outline's ``?outline=1``. ``?uot=2`` (or ``1``)
+carries UDP as sing-box's UDP-over-TCP through the server instead of Shadowsocks UDP.
+Every malformed URL raises :class:`~tun2proxy.errors.ConfigError` with a one-line message
+naming the wrong part; the message never repeats the password or PSK.
 """
 
 from __future__ import annotations
@@ -22,15 +23,18 @@ import base64
 import binascii
 import re
 import urllib.parse
+from typing import Any
 
 from ..errors import ConfigError
 from .shadowsocks import METHODS, ShadowsocksUpstream
-from .url import parse_host_port, unquote_strict
+from .url import UOT_OPTION, UrlOption, parse_host_port, query_options, unquote_strict
 
-__all__ = ["from_url"]
+__all__ = ["OPTIONS", "from_url"]
 
 _B64 = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
 _IGNORED_QUERY = frozenset({"outline"})
+#: The query parameters of ``ss://`` URLs (besides ``plugin``, refused, and ``outline``).
+OPTIONS: dict[str, UrlOption] = {UOT_OPTION.key: UOT_OPTION}
 
 
 def _redact(raw: str) -> str:
@@ -89,23 +93,24 @@ def _split_credentials(userinfo: str, shown: str) -> tuple[str, str]:
     return method, password
 
 
-def _check_query(query: str, shown: str) -> None:
+def _check_query(query: str, shown: str) -> dict[str, Any]:
+    """The URL's options (:data:`OPTIONS`); a plugin or an unknown key is a ConfigError."""
     if not query:
-        return
+        return {}
     try:
         pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=True)
     except ValueError:
         raise ConfigError(f"proxy URL {shown!r}: malformed query {query!r}") from None
     for key, value in pairs:
-        if key == "plugin":
-            if value:
-                name = value.split(";", 1)[0]
-                raise ConfigError(
-                    f"proxy URL {shown!r}: SIP003 plugin {name!r} is not supported "
-                    "(run the plugin's client and point tun2proxy at it)"
-                )
-        elif key not in _IGNORED_QUERY:
-            raise ConfigError(f"proxy URL {shown!r}: unexpected query parameter {key!r}")
+        if key == "plugin" and value:
+            name = value.split(";", 1)[0]
+            raise ConfigError(
+                f"proxy URL {shown!r}: SIP003 plugin {name!r} is not supported "
+                "(run the plugin's client and point tun2proxy at it)"
+            )
+    return query_options(
+        query, shown, "ss", OPTIONS, ignored=_IGNORED_QUERY | {"plugin"}
+    )
 
 
 def from_url(u: urllib.parse.SplitResult, raw: str) -> ShadowsocksUpstream:
@@ -125,7 +130,7 @@ def from_url(u: urllib.parse.SplitResult, raw: str) -> ShadowsocksUpstream:
         raise ConfigError(f"proxy URL {shown!r}: not an ss:// URL")
     rest = rest.partition("#")[0]
     main, _, query = rest.partition("?")
-    _check_query(query, shown)
+    opts = _check_query(query, shown)
     if main.endswith("/"):
         main = main[:-1]
     if "@" not in main:
@@ -178,6 +183,6 @@ def from_url(u: urllib.parse.SplitResult, raw: str) -> ShadowsocksUpstream:
         key = password.strip().rstrip("=").replace("-", "+").replace("_", "/")
         password = key + "=" * (-len(key) % 4)
     try:
-        return ShadowsocksUpstream(host, port, method, password)
+        return ShadowsocksUpstream(host, port, method, password, uot=opts.get("uot"))
     except ConfigError as e:
         raise ConfigError(f"proxy URL {shown!r}: {e}") from None

@@ -189,9 +189,14 @@ class Socks5UdpChannel(DatagramChannel):
 
 async def open_socks5_udp(
     host: str, port: int, auth: tuple[str, str] | None, receiver: DatagramReceiver,
-    *, outbound: Outbound | None = None,
+    *, outbound: Outbound | None = None, relay: Address | None = None,
 ) -> Socks5UdpChannel:
     """UDP ASSOCIATE through the proxy at ``host:port``.
+
+    The datagrams go to the relay the reply names; ``0.0.0.0``/``::`` there means the proxy's
+    own address (RFC 1928's intent: the host we reached it at), with the reply's port. With
+    ``relay`` (``?udp-relay=ADDR:PORT``) they go there instead, whatever the reply says — for
+    a proxy behind NAT that announces an address unreachable from here.
 
     Raises:
         UpstreamError: the proxy refused (``unsupported`` for REP 7, as microsocks and others
@@ -216,6 +221,8 @@ async def open_socks5_udp(
         ip = bound.ip
         if (ip is not None and not ip.is_unspecified) or bound.is_domain:
             relay_host = bound.host
+    if relay is not None:
+        relay_host, relay_port = relay.host, relay.port
     if relay_port == 0:
         control.close()
         raise UpstreamError("SOCKS5 proxy named no UDP relay port", "protocol")

@@ -3,6 +3,10 @@
 Each scheme module (:mod:`.direct`, :mod:`.reject`, :mod:`.socks5`, :mod:`.socks4`,
 :mod:`.http`, :mod:`.ss_url`) turns its URL into an upstream with these; the registry
 (:mod:`.registry`) only picks the scheme.
+
+Query parameters (``socks5://host:port?uot=2&udp-relay=10.0.0.1:5000``) are declared per
+scheme as :class:`UrlOption` tables and read with :func:`query_options`: an unknown key, a
+repeated key or a bad value is one line naming the key and what is allowed.
 """
 
 from __future__ import annotations
@@ -10,10 +14,24 @@ from __future__ import annotations
 import ipaddress
 import re
 import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from ..errors import ConfigError
+from ..proxy.address import Address
 
-__all__ = ["credentials", "parse_host_port", "redact_url", "unquote_strict"]
+__all__ = [
+    "UDP_RELAY_OPTION",
+    "UOT_OPTION",
+    "UrlOption",
+    "credentials",
+    "parse_endpoint",
+    "parse_host_port",
+    "query_options",
+    "redact_url",
+    "unquote_strict",
+]
 
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
@@ -37,6 +55,96 @@ def unquote_strict(text: str, raw: str, what: str) -> str:
         raise ConfigError(
             f"proxy URL {raw!r}: the {what} is not UTF-8 once percent-decoded"
         ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class UrlOption:
+    """One query parameter a scheme accepts: its key, what values are allowed (for the
+    error message) and the parser (raises ValueError for a bad value)."""
+
+    key: str
+    allowed: str
+    parse: Callable[[str], Any]
+
+
+def _uot_version(value: str) -> int:
+    """``1`` or ``2`` as an int; ValueError otherwise."""
+    if value not in ("1", "2"):
+        raise ValueError("not a UoT version")
+    return int(value)
+
+
+def parse_endpoint(value: str) -> Address:
+    """``ADDR:PORT`` (IPv6 as ``[ADDR]:PORT``, or a host name) as an Address; the port is
+    1-65535. Raises ValueError."""
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError("not ADDR:PORT")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ValueError("unbalanced '['")
+        ipaddress.IPv6Address(host[1:-1])
+    elif ":" in host:
+        raise ValueError("an IPv6 address needs brackets: [ADDR]:PORT")
+    n = int(port)
+    if not 1 <= n <= 0xFFFF:
+        raise ValueError("port out of range")
+    addr = Address.from_host(host, n)
+    if addr.is_domain and not all(
+        part and len(part) < 64 for part in addr.host.rstrip(".").split(".")
+    ):
+        raise ValueError("bad host name")
+    return addr
+
+
+#: ``uot=1|2``: carry UDP as sing-box's UDP-over-TCP stream through the proxy.
+UOT_OPTION = UrlOption("uot", "1 or 2 (the UDP-over-TCP version)", _uot_version)
+#: ``udp-relay=ADDR:PORT``: send SOCKS5 UDP datagrams there, whatever the proxy announced.
+UDP_RELAY_OPTION = UrlOption(
+    "udp-relay", "ADDR:PORT, [IPV6]:PORT or NAME:PORT", parse_endpoint
+)
+
+
+def query_options(
+    query: str, raw: str, scheme: str, known: Mapping[str, UrlOption],
+    *, ignored: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """The parsed values of ``query`` (key -> value) for a scheme accepting ``known``.
+
+    Keys in ``ignored`` are accepted and dropped.
+
+    Raises:
+        ConfigError: a malformed query, an unknown or repeated key, or a bad value — one
+            line naming the key and what is allowed.
+    """
+    if not query:
+        return {}
+    try:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        raise ConfigError(
+            f"proxy URL {raw!r}: unexpected query {query!r} (expected key=value&...)"
+        ) from None
+    accepted = ", ".join(sorted(known)) or "none"
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in ignored:
+            continue
+        opt = known.get(key)
+        if opt is None:
+            raise ConfigError(
+                f"proxy URL {raw!r}: unexpected query parameter {key!r} "
+                f"({scheme}:// accepts: {accepted})"
+            )
+        if key in out:
+            raise ConfigError(f"proxy URL {raw!r}: query parameter {key!r} given twice")
+        try:
+            out[key] = opt.parse(value)
+        except ValueError:
+            raise ConfigError(
+                f"proxy URL {raw!r}: bad value {value!r} for {key!r} (allowed: {opt.allowed})"
+            ) from None
+    return out
 
 
 def parse_host_port(u: urllib.parse.SplitResult, raw: str, default_port: int) -> tuple[str, int]:
