@@ -16,13 +16,15 @@ How it is driven (smoltcp's shape, see ``docs/architecture.md``):
 * The application side (the relay towards the upstream) calls :meth:`recv`, :meth:`send`,
   :meth:`shutdown` and :meth:`abort`; it learns what happened from the ``notify`` bits.
 
-This module is the state machine: the calls of RFC 9293 §3.10.1-3.10.5, SEGMENT ARRIVES
-(§3.10.7) as one method per check, and the timeouts (§3.10.8). Every state change is made
-here, through :func:`~tun2proxy.tcp.state.next_state`. The work behind the steps is in the
-layers below: the variables in :mod:`~tun2proxy.tcp.tcb`, receiving text and acknowledging it
-in :mod:`~tun2proxy.tcp.receiver`, sending, ACK processing and loss recovery in
-:mod:`~tun2proxy.tcp.sender` (with :mod:`~tun2proxy.tcp.congestion` and
-:mod:`~tun2proxy.tcp.sack`), packet bytes in :mod:`~tun2proxy.tcp.segment_builder`.
+This module is the state machine, in the order of RFC 9293 §3.10: OPEN (passive and active),
+CLOSE and ABORT, SEGMENT ARRIVES (§3.10.7, one method per check of §3.10.7.4), and the
+timeouts (§3.10.8). Every state change is made here, through
+:func:`~tun2proxy.tcp.state.next_state`. The work behind the steps is in the layers below:
+the variables and option negotiation in :mod:`~tun2proxy.tcp.tcb`; the SEND call, output,
+ACK processing and loss recovery in :mod:`~tun2proxy.tcp.sender` (with
+:mod:`~tun2proxy.tcp.congestion` and :mod:`~tun2proxy.tcp.sack`); the RECEIVE call, text and
+acknowledgments in :mod:`~tun2proxy.tcp.receiver`; packet bytes in
+:mod:`~tun2proxy.tcp.segment_builder`.
 
 Sequence numbers inside are *unwrapped*: plain integers that keep growing past 2**32. Wire
 values are converted once at the boundary with :func:`~tun2proxy.wire.seq.unwrap` (inbound)
@@ -37,6 +39,7 @@ from ..wire.seq import SEQ_HALF, SEQ_MASK, unwrap
 from ..wire.tcp import ACK, FIN, RST, SYN, TcpSegment
 from .assembler import Assembler
 from .config import TcpConfig
+from .receiver import TcpReceiver
 from .sender import TcpSender
 from .state import (
     CAN_SEND,
@@ -68,7 +71,7 @@ __all__ = [
 ]
 
 
-class TcpConnection(TcpSender):
+class TcpConnection(TcpSender, TcpReceiver):
     """The state of one TCP connection and the rules that move it (passive or active open).
 
     The variables are documented on :class:`~tun2proxy.tcp.tcb.Tcb`; ``state`` is this
@@ -177,40 +180,6 @@ class TcpConnection(TcpSender):
         conn.rcv_wscale = config.recv_wscale if config.window_scale else 0
         return conn
 
-    def _take_syn(self, syn: TcpSegment) -> None:
-        """Take the peer's ISN, window and options from its SYN or SYN-ACK.
-
-        Passive and active open negotiate alike: options we did not offer in a SYN-ACK's
-        SYN are not in ``config`` either (``connect`` offered what the config allows).
-        """
-        c = self.config
-        self.irs = syn.seq
-        self.rcv_nxt = syn.seq + 1
-        # O2: MSS 0 is ignored; an absent MSS means the RFC 9293 default (MUST-15).
-        peer_mss = syn.mss if syn.mss else (536 if self.v4 else 1220)
-        peer_mss = max(peer_mss, c.min_mss)
-        # O3: window scale only when both sides send it; shifts above 14 are treated as 14.
-        if c.window_scale and syn.wscale is not None:
-            self.wscale_ok = True
-            self.snd_wscale = min(syn.wscale, 14)
-            self.rcv_wscale = c.recv_wscale
-        else:
-            self.snd_wscale = 0
-            self.rcv_wscale = 0
-            self.rcv_cap = min(self.rcv_cap, 0xFFFF)
-        self.sack_ok = c.sack and syn.sack_permitted
-        if c.timestamps and syn.ts_val is not None:
-            self.ts_ok = True
-            self.ts_recent = syn.ts_val
-        # The SYN's window is never scaled (RFC 7323 §2.2).
-        self.snd_wnd = syn.window
-        self.max_snd_wnd = syn.window
-        self.snd_wl1 = self.irs
-        # RFC 6691: the MSS counts no options; leave room for the timestamp option.
-        self.snd_mss = max(min(peer_mss, self.mss_limit) - (12 if self.ts_ok else 0), 32)
-        self.rcv_mss = min(self.mss_limit, 536)
-        self.cc.on_start(self.snd_mss, self.sack_ok)
-
     def accept(self) -> None:
         """The host accepted a pending SYN: move to SYN-RECEIVED; SYN-ACK at next dispatch."""
         if self.state is not LISTEN:
@@ -220,69 +189,6 @@ class TcpConnection(TcpSender):
 
     def _goto(self, event: str) -> None:
         self.state = next_state(self.state, event)
-
-    # ------------------------------------------------------------------ SEND, RECEIVE (§3.10.2-3)
-
-    def send(self, data: bytes | bytearray | memoryview) -> int:
-        """Queue bytes for the application; return how many were accepted (maybe 0).
-
-        Raises:
-            FlowStateError: the sending side is closed (after :meth:`shutdown` or close).
-        """
-        if self.fin_queued or self.state not in CAN_SEND:
-            raise FlowStateError(f"cannot send in state {self.state.value}")
-        room = self.snd_cap - len(self.sbuf)
-        n = len(data)
-        if n > room:
-            n = max(room, 0)
-            self.want_writable = True
-            if n == 0:
-                return 0
-            self.sbuf += memoryview(data)[:n]
-        else:
-            self.sbuf += data
-        return n
-
-    def recv(self, max_bytes: int = -1) -> bytes | bytearray:
-        """Take up to ``max_bytes`` (all when negative) received bytes; frees receive window."""
-        buf = self.rcv_buf
-        n = len(buf)
-        self.rd_armed = True
-        if not n:
-            return b""
-        if max_bytes < 0 or max_bytes >= n:
-            self.rcv_buf = bytearray()
-            data: bytes | bytearray = buf
-        else:
-            data = bytes(memoryview(buf)[:max_bytes])
-            del buf[:max_bytes]
-        # RFC 9293 §3.8.6.2.2: a window update is sent at once only when the window the peer
-        # knows was small and reading opened it a lot (Linux's tcp_cleanup_rbuf rule: it was at
-        # most half the buffer and at least doubles); otherwise it rides on the next ACK, so
-        # delayed ACKs keep working while the host reads promptly.
-        if self.state in SYNCHRONIZED and not self.peer_fin:
-            known = self.rcv_adv - self.rcv_nxt
-            free = self.rcv_cap - len(self.rcv_buf)
-            if (
-                2 * known <= self.rcv_cap
-                and free >= 2 * known
-                and free - known >= self._sws_threshold()
-            ):
-                self.ack_now()
-        return data
-
-    def limit_buffers(self, fraction: float) -> None:
-        """Scale both buffer caps to ``fraction`` of their configured size (>= 4 KiB).
-
-        Used under memory pressure. What was already advertised stays valid (the right edge
-        never moves back); only future window growth and future ``send`` room shrink.
-        """
-        c = self.config
-        base_rcv = c.recv_buffer if self.wscale_ok or self.state is LISTEN else min(
-            c.recv_buffer, 0xFFFF
-        )
-        self.rcv_cap = max(min(4096, base_rcv), int(base_rcv * fraction))
-        self.snd_cap = max(4096, int(c.send_buffer * fraction))
 
     # ------------------------------------------------------------------ CLOSE, ABORT (§3.10.4-5)
 

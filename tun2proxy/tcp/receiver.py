@@ -1,17 +1,20 @@
 """The receiving half of a connection: the peer's text into our buffer, and when to ACK it.
 
-Pure: no I/O. In-order bytes go straight into the receive buffer (the only copy); bytes past
-a hole wait in the bounded :class:`~tun2proxy.tcp.assembler.Assembler` and draw an immediate
-duplicate ACK with SACK blocks. ACKs are delayed (at most ``delayed_ack``, at least every
-second full segment), sent at once in quick-ACK mode after the handshake, when a hole fills
-or for anything unexpected; the unexpected ones are rate-limited (RFC 5961 §7). The peer's
-FIN and every state change are the connection's (:mod:`tun2proxy.tcp.connection`).
+Pure: no I/O. The host takes bytes with :meth:`TcpReceiver.recv` (RFC 9293 §3.10.3), which
+frees receive window (the backpressure towards the app). In-order bytes go straight into the
+receive buffer (the only copy); bytes past a hole wait in the bounded
+:class:`~tun2proxy.tcp.assembler.Assembler` and draw an immediate duplicate ACK with SACK
+blocks. ACKs are delayed (at most ``delayed_ack``, at least every second full segment), sent
+at once in quick-ACK mode after the handshake, when a hole fills or for anything unexpected;
+the unexpected ones are rate-limited (RFC 5961 §7). The peer's FIN and every state change are
+the connection's (:mod:`tun2proxy.tcp.connection`).
 """
 
 from __future__ import annotations
 
 from ..wire.tcp import ACK
 from .assembler import Assembler
+from .state import SYNCHRONIZED
 from .tcb import N_READABLE, Tcb
 
 __all__ = ["TcpReceiver"]
@@ -21,6 +24,34 @@ class TcpReceiver(Tcb):
     """Segment text into the receive buffer, and the acknowledgments that answer it."""
 
     __slots__ = ()
+
+    def recv(self, max_bytes: int = -1) -> bytes | bytearray:
+        """Take up to ``max_bytes`` (all when negative) received bytes; frees receive window."""
+        buf = self.rcv_buf
+        n = len(buf)
+        self.rd_armed = True
+        if not n:
+            return b""
+        if max_bytes < 0 or max_bytes >= n:
+            self.rcv_buf = bytearray()
+            data: bytes | bytearray = buf
+        else:
+            data = bytes(memoryview(buf)[:max_bytes])
+            del buf[:max_bytes]
+        # RFC 9293 §3.8.6.2.2: a window update is sent at once only when the window the peer
+        # knows was small and reading opened it a lot (Linux's tcp_cleanup_rbuf rule: it was at
+        # most half the buffer and at least doubles); otherwise it rides on the next ACK, so
+        # delayed ACKs keep working while the host reads promptly.
+        if self.state in SYNCHRONIZED and not self.peer_fin:
+            known = self.rcv_adv - self.rcv_nxt
+            free = self.rcv_cap - len(self.rcv_buf)
+            if (
+                2 * known <= self.rcv_cap
+                and free >= 2 * known
+                and free - known >= self._sws_threshold()
+            ):
+                self.ack_now()
+        return data
 
     def _send_ack_now(self, now: float, limited: bool) -> None:
         """Queue an immediate ACK; ``limited`` ones obey the RFC 5961 §7 rate limit."""

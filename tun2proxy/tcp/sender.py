@@ -1,6 +1,7 @@
 """The sending half of a connection: segments out, ACKs in, loss recovery, RTO and probes.
 
-Pure: no I/O. :meth:`TcpSender.dispatch` turns the send buffer into segments as the windows
+Pure: no I/O. The host queues bytes with :meth:`TcpSender.send` (RFC 9293 §3.10.2), bounded
+by the send buffer. :meth:`TcpSender.dispatch` turns the send buffer into segments as the windows
 allow (retransmissions first, RFC 6675 NextSeg; then new data within
 ``min(cwnd - pipe, peer window)``, with sender SWS avoidance; the FIN). :meth:`_process_ack`
 is what an acceptable ACK does to this side: RTT samples (RFC 6298, RFC 7323 §4), freeing the
@@ -12,10 +13,10 @@ given up; the connection does that (every state change is in :mod:`tun2proxy.tcp
 
 from __future__ import annotations
 
+from ..errors import FlowStateError
 from ..wire.seq import SEQ_HALF, SEQ_MASK, unwrap
 from ..wire.tcp import ACK, FIN, PSH, SYN, TcpSegment, build_options
 from .congestion.newreno import DUP_THRESH
-from .receiver import TcpReceiver
 from .state import (
     CAN_SEND,
     CLOSED,
@@ -26,7 +27,7 @@ from .state import (
     SYNCHRONIZED,
     TIME_WAIT,
 )
-from .tcb import N_WRITABLE, Recovery
+from .tcb import N_WRITABLE, Recovery, Tcb
 
 __all__ = ["TcpSender"]
 
@@ -35,10 +36,30 @@ _FAST = Recovery.FAST
 _RTO = Recovery.RTO
 
 
-class TcpSender(TcpReceiver):
+class TcpSender(Tcb):
     """What we send, and what the peer's ACKs tell us about it."""
 
     __slots__ = ()
+
+    def send(self, data: bytes | bytearray | memoryview) -> int:
+        """Queue bytes for the application; return how many were accepted (maybe 0).
+
+        Raises:
+            FlowStateError: the sending side is closed (after :meth:`shutdown` or close).
+        """
+        if self.fin_queued or self.state not in CAN_SEND:
+            raise FlowStateError(f"cannot send in state {self.state.value}")
+        room = self.snd_cap - len(self.sbuf)
+        n = len(data)
+        if n > room:
+            n = max(room, 0)
+            self.want_writable = True
+            if n == 0:
+                return 0
+            self.sbuf += memoryview(data)[:n]
+        else:
+            self.sbuf += data
+        return n
 
     # ------------------------------------------------------------------ output
 

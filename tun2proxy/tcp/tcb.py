@@ -1,16 +1,19 @@
 """The transmission control block: every variable of one connection (RFC 9293 §3.3.1).
 
-Pure: no I/O. :class:`Tcb` holds the state and the few helpers both halves of a connection
-use: the fields every segment we send carries (the acknowledgment, the window we advertise,
-the timestamp and SACK options), the buffer views the host asks about, and the timer
-deadline. It is the base of the layers that make a connection, each in its own module:
+Pure: no I/O. :class:`Tcb` holds the variables and what both halves of a connection share:
+option negotiation from the peer's SYN, the buffer views and limits the host uses, the next
+timer deadline, and the fields every segment we send carries (the acknowledgment, the window
+we advertise, the timestamp and SACK options). It is the base of the layers that make one
+connection, each in its own module, over the same object (as Linux splits ``tcp_input.c``,
+``tcp_output.c`` and ``tcp_timer.c`` over one ``struct tcp_sock``; no extra object and no
+extra call per segment):
 
-* :class:`~tun2proxy.tcp.receiver.TcpReceiver`: the receiving half (text in, when to ACK);
-* :class:`~tun2proxy.tcp.sender.TcpSender`: the sending half (segments out, ACKs in, loss
-  recovery, with :mod:`~tun2proxy.tcp.congestion` and :mod:`~tun2proxy.tcp.sack`);
-* :class:`~tun2proxy.tcp.connection.TcpConnection`: the state machine (RFC 9293 §3.10).
+* :class:`~tun2proxy.tcp.receiver.TcpReceiver`: the receiving half (text in, ``recv``, ACKs);
+* :class:`~tun2proxy.tcp.sender.TcpSender`: the sending half (``send``, segments out, ACKs
+  in, loss recovery, with :mod:`~tun2proxy.tcp.congestion` and :mod:`~tun2proxy.tcp.sack`);
+* :class:`~tun2proxy.tcp.connection.TcpConnection` (both halves): the state machine.
 
-Only the connection changes ``state``: it is the connection class's own slot.
+Only the connection changes ``state``; it is the connection class's own slot.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from __future__ import annotations
 import enum
 
 from ..wire.seq import SEQ_MASK
+from ..wire.tcp import TcpSegment
 from .assembler import Assembler
 from .config import TcpConfig
 from .congestion import CongestionControl, new_controller
 from .rtt import RttEstimator
 from .sack import SackScoreboard
 from .segment_builder import SACK_EDGES, SACK_HEAD, TS_OPTION, TS_WORD, SegmentBuilder
-from .state import CAN_SEND, CLOSED, CloseReason, State
+from .state import CAN_SEND, CLOSED, LISTEN, CloseReason, State
 
 __all__ = [
     "N_CLOSED",
@@ -270,6 +274,55 @@ class Tcb:
         self.sched: float | None = None
         self.dirty = False
         self.accounted = 0  # bytes the owner last counted for this connection
+
+    # ------------------------------------------------------------------ handshake and buffers
+
+    def _take_syn(self, syn: TcpSegment) -> None:
+        """Take the peer's ISN, window and options from its SYN (or, active, its SYN-ACK).
+
+        Negotiation per RFC 7323 §1.3, RFC 2018 §2 and RFC 6691. Both opens use it: our SYN
+        offers exactly what ``config`` enables, so a SYN-ACK is judged like a SYN.
+        """
+        c = self.config
+        self.irs = syn.seq
+        self.rcv_nxt = syn.seq + 1
+        # O2: MSS 0 is ignored; an absent MSS means the RFC 9293 default (MUST-15).
+        peer_mss = syn.mss if syn.mss else (536 if self.v4 else 1220)
+        peer_mss = max(peer_mss, c.min_mss)
+        # O3: window scale only when both sides send it; shifts above 14 are treated as 14.
+        if c.window_scale and syn.wscale is not None:
+            self.wscale_ok = True
+            self.snd_wscale = min(syn.wscale, 14)
+            self.rcv_wscale = c.recv_wscale
+        else:
+            self.snd_wscale = 0
+            self.rcv_wscale = 0
+            self.rcv_cap = min(self.rcv_cap, 0xFFFF)
+        self.sack_ok = c.sack and syn.sack_permitted
+        if c.timestamps and syn.ts_val is not None:
+            self.ts_ok = True
+            self.ts_recent = syn.ts_val
+        # The SYN's window is never scaled (RFC 7323 §2.2).
+        self.snd_wnd = syn.window
+        self.max_snd_wnd = syn.window
+        self.snd_wl1 = self.irs
+        # RFC 6691: the MSS counts no options; leave room for the timestamp option.
+        self.snd_mss = max(min(peer_mss, self.mss_limit) - (12 if self.ts_ok else 0), 32)
+        self.rcv_mss = min(self.mss_limit, 536)
+        self.cc.on_start(self.snd_mss, self.sack_ok)
+
+    def limit_buffers(self, fraction: float) -> None:
+        """Scale both buffer caps to ``fraction`` of their configured size (>= 4 KiB).
+
+        Used under memory pressure. What was already advertised stays valid (the right edge
+        never moves back); only future window growth and future ``send`` room shrink.
+        """
+        c = self.config
+        base_rcv = c.recv_buffer if self.wscale_ok or self.state is LISTEN else min(
+            c.recv_buffer, 0xFFFF
+        )
+        self.rcv_cap = max(min(4096, base_rcv), int(base_rcv * fraction))
+        self.snd_cap = max(4096, int(c.send_buffer * fraction))
 
     # ------------------------------------------------------------------ views
 
