@@ -369,7 +369,6 @@ class TcpConnection(TcpSender, TcpReceiver):
         if ack > self.snd_max or ack < self.snd_una - max(self.max_snd_wnd, 1):
             self._send_ack_now(now, limited=True)
             return False
-        self.last_activity = now
         self.keepalive_probes = 0
         # RFC 7323 §4.3: TS.Recent from acceptable segments that cover Last.ACK.sent.
         if self.ts_ok and seg.ts_val is not None and seq <= self.last_ack_sent:

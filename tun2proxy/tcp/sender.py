@@ -336,9 +336,8 @@ class TcpSender(Tcb):
         """What an acceptable ACK (RFC 9293 §3.10.7.4, fifth check) does to the sending side."""
         wnd = seg.window << self.snd_wscale
         snd_una = self.snd_una
-        sb = self.scoreboard
         if self.sack_ok and seg.sack:
-            sb.update(seg.sack, snd_una, self.snd_max)
+            self.scoreboard.update(seg.sack, snd_una, self.snd_max)
         if ack > snd_una:
             acked = ack - snd_una
             # RTT: timestamps on every new ACK (RFC 7323 §4.1), else one timed segment with
@@ -360,6 +359,7 @@ class TcpSender(Tcb):
                 del self.sbuf[: data_ack - self.sbuf_seq]
                 self.sbuf_seq = data_ack
             self.snd_una = ack
+            sb = self.scoreboard
             if sb.ranges:
                 sb.prune(ack)
             if self.rexmit_high < ack:
@@ -406,12 +406,14 @@ class TcpSender(Tcb):
                 self.persist_backoff = 0
         # Loss detection: DupThresh duplicate ACKs or DupThresh segments SACKed (RFC 6675 §5).
         if self.recovery is _OPEN:
-            if self.snd_max > self.snd_una and (self.dupacks or sb.nbytes):
-                thresh = self._dup_thresh()
-                if self.dupacks >= thresh or (sb.nbytes and sb.nbytes >= thresh * self.snd_mss):
-                    self._enter_fast_recovery()
-        elif sb.ranges:
-            lp = sb.loss_point(self.snd_una, DUP_THRESH * self.snd_mss)
+            if self.snd_max > self.snd_una:
+                sacked = self.scoreboard.nbytes
+                if self.dupacks or sacked:
+                    thresh = self._dup_thresh()
+                    if self.dupacks >= thresh or (sacked and sacked >= thresh * self.snd_mss):
+                        self._enter_fast_recovery()
+        elif self.scoreboard.ranges:
+            lp = self.scoreboard.loss_point(self.snd_una, DUP_THRESH * self.snd_mss)
             if lp > self.lost_upto:
                 self.lost_upto = lp
 

@@ -408,7 +408,9 @@ class Tcb:
         rcv_nxt = self.rcv_nxt
         right = rcv_nxt + (free if free > 0 else 0)
         adv = self.rcv_adv
-        if right < adv + self._sws_threshold() and adv >= rcv_nxt:
+        half = self.rcv_cap >> 1  # receiver SWS avoidance threshold (_sws_threshold, inline)
+        sws = half if half < self.rcv_mss else self.rcv_mss
+        if right < adv + sws and adv >= rcv_nxt:
             right = adv  # receiver SWS avoidance: hold the edge until it can move a lot
         if right < adv:
             right = adv
