@@ -1,4 +1,5 @@
-"""The Literal types of close and reject reasons match the values the code checks at run time."""
+"""The Literal types (close and reject reasons, state-machine events) match the values the
+code checks at run time."""
 
 from __future__ import annotations
 
@@ -9,12 +10,18 @@ import pytest
 from tun2proxy.stack import REJECT_REASONS
 from tun2proxy.stack.events import RejectReason
 from tun2proxy.tcp import CLOSE_REASONS, TcpConfig
+from tun2proxy.tcp.state import EVENTS, TRANSITIONS, Event
 
 from .helpers import ACK, RST, Rig
 
 
 def test_reject_reasons_literal_matches_the_runtime_tuple() -> None:
     assert get_args(RejectReason) == REJECT_REASONS
+
+
+def test_event_literal_matches_the_documented_events_and_the_table() -> None:
+    assert set(get_args(Event)) == set(EVENTS)
+    assert {e for _s, e in TRANSITIONS} == set(EVENTS)
 
 
 @pytest.mark.parametrize("how", ["orderly", "reset", "aborted", "timeout", "idle"])

@@ -57,6 +57,7 @@ from .state import (
     SYNCHRONIZED,
     TIME_WAIT,
     CloseReason,
+    Event,
     next_state,
 )
 from .tcb import N_CLOSED, N_ESTABLISHED, N_PEER_CLOSED, N_READABLE, N_WRITABLE
@@ -187,7 +188,8 @@ class TcpConnection(TcpSender, TcpReceiver):
         self._goto("accept")
         self.syn_ack_due = True
 
-    def _goto(self, event: str) -> None:
+    def _goto(self, event: Event) -> None:
+        """Take the transition for ``event`` (the only way ``state`` changes, but for aborts)."""
         self.state = next_state(self.state, event)
 
     # ------------------------------------------------------------------ CLOSE, ABORT (§3.10.4-5)
@@ -231,6 +233,7 @@ class TcpConnection(TcpSender, TcpReceiver):
         self._release()
 
     def _close(self, reason: CloseReason) -> None:
+        """Go to CLOSED now (no RST) and release everything."""
         self.state = next_state(self.state, "abort") if self.state is not CLOSED else CLOSED
         self._mark_closed(reason)
         self._release()
@@ -242,6 +245,7 @@ class TcpConnection(TcpSender, TcpReceiver):
             self.notify |= N_CLOSED
 
     def _release(self) -> None:
+        """Stop every timer and free the buffers: the connection is over."""
         self.rtx_deadline = None
         self.persist_deadline = None
         self.delack_deadline = None
@@ -255,6 +259,7 @@ class TcpConnection(TcpSender, TcpReceiver):
             self.asm = None
 
     def _enter_time_wait(self, now: float) -> None:
+        """TIME-WAIT: only the 2 MSL timer runs (short: the app is local); the flow is over."""
         self.close_deadline = now + self.config.time_wait
         self.rtx_deadline = None
         self.persist_deadline = None

@@ -34,6 +34,7 @@ __all__ = [
     "TIME_WAIT",
     "TRANSITIONS",
     "CloseReason",
+    "Event",
     "State",
     "next_state",
 ]
@@ -68,8 +69,14 @@ CLOSING = State.CLOSING
 LAST_ACK = State.LAST_ACK
 TIME_WAIT = State.TIME_WAIT
 
+#: The events that move the state machine (:data:`EVENTS` says what each means).
+Event = Literal[
+    "accept", "connect", "rcv_syn_ack", "rcv_ack_of_syn", "rcv_fin", "close", "rcv_ack_of_fin",
+    "timeout", "rcv_rst", "abort",
+]
+
 #: Event names and what they mean.
-EVENTS = {
+EVENTS: dict[Event, str] = {
     "accept": "the host accepted a pending SYN; we send SYN-ACK",
     "connect": "active open (test peers); we send SYN",
     "rcv_syn_ack": "our SYN was answered with an acceptable SYN-ACK",
@@ -88,7 +95,7 @@ _SYNCHRONIZED = (
 )
 
 #: (state, event) -> next state. A pair not listed is a bug in the caller.
-TRANSITIONS: dict[tuple[State, str], State] = {
+TRANSITIONS: dict[tuple[State, Event], State] = {
     (LISTEN, "accept"): SYN_RECEIVED,
     (CLOSED, "connect"): SYN_SENT,
     (SYN_SENT, "rcv_syn_ack"): ESTABLISHED,
@@ -107,7 +114,7 @@ TRANSITIONS: dict[tuple[State, str], State] = {
 }
 
 
-def next_state(state: State, event: str) -> State:
+def next_state(state: State, event: Event) -> State:
     """The state after ``event`` in ``state``.
 
     Raises:
