@@ -41,6 +41,8 @@ class TcpSender(Tcb):
 
     __slots__ = ()
 
+    # ------------------------------------------------------------------ SEND (§3.10.2)
+
     def send(self, data: bytes | bytearray | memoryview) -> int:
         """Queue bytes for the application; return how many were accepted (maybe 0).
 
