@@ -285,7 +285,10 @@ class TcpConnection(TcpSender, TcpReceiver):
         # §3.10.7.4: SYN-RECEIVED and the synchronized states.
         flags = seg.flags
         plen = len(seg.payload)
-        seq = unwrap(seg.seq, self.rcv_nxt)
+        # Unwrap relative to RCV.NXT; the usual segment is exactly there (no call needed).
+        seq = self.rcv_nxt
+        if seg.seq != seq & SEQ_MASK:
+            seq = unwrap(seg.seq, seq)
         # Any segment of this connection shows the peer is alive (keep-alive probes and
         # retransmissions included): it defers the idle and half-close timeouts.
         self.last_activity = now
@@ -362,7 +365,9 @@ class TcpConnection(TcpSender, TcpReceiver):
 
     def _check_ack(self, seg: TcpSegment, seq: int, plen: int, now: float) -> bool:
         """Fifth check: the ACK field; False when processing of the segment ends here."""
-        ack = unwrap(seg.ack, self.snd_una)
+        ack = self.snd_una
+        if seg.ack != ack & SEQ_MASK:
+            ack = unwrap(seg.ack, ack)
         if self.state is SYN_RECEIVED:
             if self.snd_una < ack <= self.snd_max:
                 self._established(seg, seq, ack, now)
