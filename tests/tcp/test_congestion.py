@@ -193,7 +193,7 @@ def test_the_connection_reports_each_congestion_event(
     assert ("on_dup_ack",) not in rec.calls  # the three came before recovery started
     assert out and out[0].seq == 1000  # fast retransmit
     r.send(ACK, ack=1000, sack=[(2000, 6000)] if sack else None)
-    assert rec.calls[-1] == ("on_dup_ack",)
+    assert rec.calls[-1:] == [("on_dup_ack",)]
     r.send(ACK, ack=5000)  # a partial ACK: 5000-6000 is missing too
     assert rec.calls[-1] == ("on_partial_ack", 4000)
     r.send(ACK, ack=8000)
