@@ -25,6 +25,7 @@ from ..proxy.address import Address
 from ..routing.sniff import sniff_host
 from ..stack.config import StackConfig
 from ..stack.events import (
+    RejectReason,
     TcpClosed,
     TcpConnectRequest,
     TcpPeerClosed,
@@ -49,7 +50,7 @@ UDP_POLICIES = ("proxy", "direct", "reject")
 log = logging.getLogger("tun2proxy")
 
 #: How an upstream failure is reported to the app: RST, or an ICMP unreachable.
-_REJECT = {
+_REJECT: dict[str, RejectReason] = {
     "refused": "reset",
     "denied": "reset",
     "auth": "reset",

@@ -8,10 +8,15 @@ are ``(host, port)`` tuples with the host in text form, ready for ``socket.conne
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+from ..tcp.state import CloseReason
 
 __all__ = [
+    "CloseReason",
     "Endpoint",
     "Event",
+    "RejectReason",
     "TcpClosed",
     "TcpConnectRequest",
     "TcpPeerClosed",
@@ -22,6 +27,11 @@ __all__ = [
 ]
 
 Endpoint = tuple[str, int]
+
+#: How the host refuses a flow (``NetStack.tcp_reject``, ``udp_reject``): ``reset`` (TCP
+#: only: an RST), or an ICMP unreachable: ``net``, ``host``, ``port``, ``admin``
+#: (administratively prohibited).
+RejectReason = Literal["reset", "net", "host", "port", "admin"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +72,11 @@ class TcpPeerClosed:
 @dataclass(frozen=True, slots=True)
 class TcpClosed:
     """The flow is over; ``reason`` is ``closed`` (orderly), ``reset`` (the app sent RST),
-    ``timeout``, ``idle``, ``aborted`` (by the host), ``rejected`` or ``evicted``."""
+    ``timeout``, ``idle``, ``aborted`` (by the host), ``rejected`` or ``evicted`` (a
+    :data:`~tun2proxy.tcp.state.CloseReason`)."""
 
     flow_id: int
-    reason: str
+    reason: CloseReason
 
 
 @dataclass(frozen=True, slots=True)

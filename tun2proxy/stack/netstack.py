@@ -61,6 +61,7 @@ from .config import StackConfig
 from .events import (
     Endpoint,
     Event,
+    RejectReason,
     TcpClosed,
     TcpConnectRequest,
     TcpPeerClosed,
@@ -669,7 +670,7 @@ class NetStack:
         """Whether new SYNs are answered handshake-first (see ``syn_flood_threshold``)."""
         return self._adm.flood
 
-    def tcp_reject(self, flow_id: int, reason: str = "reset") -> None:
+    def tcp_reject(self, flow_id: int, reason: RejectReason = "reset") -> None:
         """Refuse a pending flow: RST (``reset``) or ICMP unreachable (``net``, ``host``,
         ``port``, ``admin``). A ``TcpClosed(flow_id, "rejected")`` event follows."""
         if reason not in REJECT_REASONS:
@@ -809,7 +810,7 @@ class NetStack:
         self.stats_counters.udp_datagrams_out += 1
         return True
 
-    def udp_reject(self, flow_id: int, reason: str = "port") -> None:
+    def udp_reject(self, flow_id: int, reason: RejectReason = "port") -> None:
         """End a UDP session with an ICMP unreachable (``port``, ``host``, ``net``, ``admin``)
         quoting its latest datagram, so the app's socket sees ``ECONNREFUSED`` at once."""
         if reason not in REJECT_REASONS or reason == "reset":

@@ -1,12 +1,17 @@
-"""One TCP connection's state machine, buffers, timers and congestion control.
+"""One TCP connection: its state machine, buffers, timers, loss recovery and congestion control.
 
-Pure: no I/O, no clock. See :class:`TcpConnection` for how it is driven.
+Pure: no I/O, no clock. See :class:`TcpConnection` for how it is driven and
+``docs/architecture.md`` for the modules: ``state`` (states and transitions), ``tcb`` (the
+variables), ``receiver`` and ``sender`` (the two halves), ``connection`` (the RFC 9293 §3.10
+event processing), ``congestion`` (the window, behind :class:`CongestionControl`), ``sack``
+(the scoreboard), ``segment_builder`` (packet bytes), ``assembler`` and ``rtt``.
 """
 
 from __future__ import annotations
 
 from .assembler import Assembler
 from .config import TcpConfig
+from .congestion import CongestionControl, NewReno
 from .connection import (
     N_CLOSED,
     N_ESTABLISHED,
@@ -16,9 +21,13 @@ from .connection import (
     TcpConnection,
 )
 from .rtt import RttEstimator
-from .state import TRANSITIONS, State, next_state
+from .sack import SackScoreboard
+from .segment_builder import SegmentBuilder
+from .state import CLOSE_REASONS, TRANSITIONS, CloseReason, State, next_state
+from .tcb import Recovery
 
 __all__ = [
+    "CLOSE_REASONS",
     "N_CLOSED",
     "N_ESTABLISHED",
     "N_PEER_CLOSED",
@@ -26,7 +35,13 @@ __all__ = [
     "N_WRITABLE",
     "TRANSITIONS",
     "Assembler",
+    "CloseReason",
+    "CongestionControl",
+    "NewReno",
+    "Recovery",
     "RttEstimator",
+    "SackScoreboard",
+    "SegmentBuilder",
     "State",
     "TcpConfig",
     "TcpConnection",

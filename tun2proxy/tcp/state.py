@@ -3,28 +3,38 @@
 Pure: no I/O. Rule, borrowed from h11's ``_state.py``: every state change of
 :class:`~tun2proxy.tcp.connection.TcpConnection` goes through :func:`next_state` with one of
 the event names below, so this table is the complete state machine; ``docs/tcp.md`` renders
-its diagram from :data:`TRANSITIONS`. Segment acceptability, windows and timers are code in
-``connection.py``, commented with RFC sections.
+its diagram from :data:`TRANSITIONS`. The event processing that picks the events (segment
+acceptability, the RFC 9293 §3.10 steps) is ``connection.py``. Also here: the groups of states
+the code tests against, and :data:`CloseReason`, the ways a connection can end.
 """
 
 from __future__ import annotations
 
 import enum
+from typing import Literal, get_args
 
 __all__ = [
+    "CAN_RECEIVE_DATA",
+    "CAN_SEND",
     "CLOSED",
+    "CLOSE_REASONS",
     "CLOSE_WAIT",
     "CLOSING",
+    "DATA_STATES",
     "ESTABLISHED",
     "EVENTS",
     "FIN_WAIT_1",
     "FIN_WAIT_2",
+    "HALF_CLOSED",
     "LAST_ACK",
     "LISTEN",
+    "SYNCHRONIZED",
     "SYN_RECEIVED",
     "SYN_SENT",
     "TIME_WAIT",
     "TRANSITIONS",
+    "CloseReason",
+    "Event",
     "State",
     "next_state",
 ]
@@ -59,8 +69,14 @@ CLOSING = State.CLOSING
 LAST_ACK = State.LAST_ACK
 TIME_WAIT = State.TIME_WAIT
 
+#: The events that move the state machine (:data:`EVENTS` says what each means).
+Event = Literal[
+    "accept", "connect", "rcv_syn_ack", "rcv_ack_of_syn", "rcv_fin", "close", "rcv_ack_of_fin",
+    "timeout", "rcv_rst", "abort",
+]
+
 #: Event names and what they mean.
-EVENTS = {
+EVENTS: dict[Event, str] = {
     "accept": "the host accepted a pending SYN; we send SYN-ACK",
     "connect": "active open (test peers); we send SYN",
     "rcv_syn_ack": "our SYN was answered with an acceptable SYN-ACK",
@@ -79,7 +95,7 @@ _SYNCHRONIZED = (
 )
 
 #: (state, event) -> next state. A pair not listed is a bug in the caller.
-TRANSITIONS: dict[tuple[State, str], State] = {
+TRANSITIONS: dict[tuple[State, Event], State] = {
     (LISTEN, "accept"): SYN_RECEIVED,
     (CLOSED, "connect"): SYN_SENT,
     (SYN_SENT, "rcv_syn_ack"): ESTABLISHED,
@@ -98,7 +114,7 @@ TRANSITIONS: dict[tuple[State, str], State] = {
 }
 
 
-def next_state(state: State, event: str) -> State:
+def next_state(state: State, event: Event) -> State:
     """The state after ``event`` in ``state``.
 
     Raises:
@@ -108,3 +124,28 @@ def next_state(state: State, event: str) -> State:
         return TRANSITIONS[(state, event)]
     except KeyError:
         raise RuntimeError(f"illegal TCP transition: {event!r} in {state.value}") from None
+
+
+#: States after the SYN exchange began on our side (sequence numbers are synchronized).
+SYNCHRONIZED = frozenset((*_SYNCHRONIZED, TIME_WAIT))
+#: States in which text from the peer is accepted into the receive buffer.
+CAN_RECEIVE_DATA = frozenset((ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2))
+#: States in which the application may queue bytes to send (before our FIN).
+CAN_SEND = frozenset((SYN_RECEIVED, SYN_SENT, ESTABLISHED, CLOSE_WAIT))
+#: Half-closed states, bounded by the half-close timeout.
+HALF_CLOSED = frozenset((FIN_WAIT_2, CLOSE_WAIT))
+#: States in which segments we sent may still be in flight (a "packet too big" can apply).
+DATA_STATES = frozenset((ESTABLISHED, FIN_WAIT_1, CLOSE_WAIT, CLOSING, LAST_ACK))
+
+#: Why a connection ended (``TcpConnection.close_reason``, the stack's ``TcpClosed.reason``):
+#: ``closed`` orderly; ``reset`` the peer sent an RST; ``refused`` our SYN was answered with
+#: an RST; ``timeout`` retransmissions, keep-alives or a half-close ran out; ``idle`` no
+#: traffic for the idle timeout; ``aborted`` by the host; ``rejected`` the host refused the
+#: SYN; ``evicted`` dropped silently (SYN flood); ``unreachable`` the test tools' active
+#: opener could not reach its peer.
+CloseReason = Literal[
+    "closed", "reset", "refused", "timeout", "idle", "aborted", "rejected", "evicted",
+    "unreachable",
+]
+#: Every :data:`CloseReason`, for checks at run time.
+CLOSE_REASONS: tuple[CloseReason, ...] = get_args(CloseReason)
