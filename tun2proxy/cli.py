@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .dns.pool import SlotDirectory
     from .routing.rules import Rule, Rules
     from .upstream.base import Upstream
+    from .upstream.egress import Egress
     from .workers import WorkerSet
 
 __all__ = ["DEFAULT_MTU", "Options", "build_parser", "main", "parse_args"]
@@ -605,6 +606,7 @@ async def _serve(
             virtual_dns_pool6=args.virtual_dns_pool6, sniff=args.sniff,
             worker=worker, dns_directory=directory,
         ),
+        egress=_egress(args),
     )
     if worker[0] == 0:
         log.info("upstream %s", upstream.describe())
@@ -689,16 +691,19 @@ async def _serve(
     return exit_code
 
 
+def _egress(args: argparse.Namespace) -> Egress:
+    """The tunnel's Egress: --outbound-interface and --fwmark on every socket it opens."""
+    from .upstream.egress import Egress, Outbound
+
+    return Egress(Outbound(interface=args.outbound_interface, fwmark=args.fwmark))
+
+
 async def _build_upstream(args: argparse.Namespace) -> Upstream:
     """The --proxy upstream, wrapped in a RoutingUpstream when routing applies.
 
     Routing applies with rules, --bypass or extra upstreams, and whenever the proxy is a
     server (its own addresses then always go direct, so no flow is proxied through itself).
     """
-    from .upstream.dial import Outbound, set_default_outbound
-
-    if args.outbound_interface or args.fwmark is not None:
-        set_default_outbound(Outbound(interface=args.outbound_interface, fwmark=args.fwmark))
     main = args.main_upstream
     extra: dict[str, Upstream] = args.extra_upstreams
     servers = [u for u in (main, *extra.values()) if isinstance(getattr(u, "host", None), str)]

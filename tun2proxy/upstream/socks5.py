@@ -43,14 +43,18 @@ class Socks5Upstream(Upstream):
         """CONNECT to ``dst`` (or to ``flow.domain`` when known) through the proxy."""
         target = Address(flow.domain, dst.port) if flow.domain else dst
         hs = Socks5Handshake(target, auth=self.auth)
-        return await open_via_handshake(self.host, self.port, hs, protocol, "SOCKS5 proxy")
+        return await open_via_handshake(
+            self.host, self.port, hs, protocol, "SOCKS5 proxy", egress=self.egress
+        )
 
     async def open_udp(self, flow: FlowInfo, receiver: DatagramReceiver) -> UdpChannel:
         """UDP ASSOCIATE through the proxy (remembered for a while if the proxy refuses)."""
         if time.monotonic() < self._udp_unsupported_until:
             raise UpstreamError("SOCKS5 proxy does not support UDP ASSOCIATE", "unsupported")
         try:
-            return await open_socks5_udp(self.host, self.port, self.auth, receiver)
+            return await open_socks5_udp(
+                self.host, self.port, self.auth, receiver, egress=self.egress
+            )
         except UpstreamError as e:
             if e.reason in ("unsupported", "denied", "error", "protocol"):
                 self._udp_unsupported_until = time.monotonic() + UDP_UNSUPPORTED_BACKOFF
