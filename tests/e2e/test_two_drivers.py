@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(120)
 
 PORT = 7010
 
-ECHO = r"""
+ECHO = f"PORT = {PORT}\n" + r"""
 import asyncio
 async def echo(r, w):
     while data := await r.read(65536):
@@ -33,13 +33,13 @@ async def echo(r, w):
         await w.drain()
     w.close()
 async def main():
-    srv = await asyncio.start_server(echo, "0.0.0.0", %d)
+    srv = await asyncio.start_server(echo, "0.0.0.0", PORT)
     print("LISTENING", flush=True)
     await srv.serve_forever()
 asyncio.run(main())
-""" % PORT
+"""
 
-SCRIPT = r"""
+SCRIPT = f"PORT = {PORT}\n" + r"""
 import asyncio, hashlib, json, os, sys
 from tun2proxy.driver import Driver, DriverConfig
 from tun2proxy.link.netconf import InterfaceConfig
@@ -54,7 +54,7 @@ def driver(name, addr, mark):
                   DirectUpstream(fwmark=mark), DriverConfig(connect_timeout=5.0, udp="reject"))
 
 async def echo(host, n):
-    r, w = await asyncio.wait_for(asyncio.open_connection(host, %d), 10)
+    r, w = await asyncio.wait_for(asyncio.open_connection(host, PORT), 10)
     data = os.urandom(n)
     w.write(data)
     w.write_eof()
@@ -87,7 +87,7 @@ async def main():
     print("RESULT " + json.dumps(out, default=str), flush=True)
 
 asyncio.run(main())
-""" % PORT
+"""
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tun2proxy.upstream import dial
-from tun2proxy.upstream.own_dns import OwnResolver, build_query, parse_answer
 from tun2proxy.upstream.egress import Egress
+from tun2proxy.upstream.own_dns import OwnResolver, build_query, parse_answer
 
 ZONE = {"proxy.test": ["192.0.2.9", "2001:db8::9"], "v4only.test": ["192.0.2.10"]}
 
