@@ -37,7 +37,6 @@ from tun2proxy.link.packet_flow import PacketFlowLink
 from tun2proxy.proxy.address import Address
 from tun2proxy.stack import StackConfig
 from tun2proxy.testing import udp_packet
-from tun2proxy.upstream import dial
 from tun2proxy.upstream.base import DatagramReceiver, FlowInfo, UdpChannel, Upstream
 from tun2proxy.upstream.udp import open_direct_udp
 
@@ -97,7 +96,7 @@ class ToEcho(Upstream):
         raise OSError("UDP only")
 
     async def open_udp(self, flow: FlowInfo, receiver: DatagramReceiver) -> UdpChannel:
-        ch = await open_direct_udp(socket.AF_INET, receiver)
+        ch = await open_direct_udp(socket.AF_INET, receiver, egress=self.egress)
         send = ch.send
         port = self.port
         ch.send = lambda payload, dst: send(payload, Address("127.0.0.1", port))  # type: ignore[method-assign]
@@ -144,7 +143,7 @@ async def run(args: argparse.Namespace) -> None:
             f"{m['bytes in allocated blocks'] / 2**20:.2f} MiB in {m['arenas allocated current']}"
             f" arenas (high-water {m['arenas highwater mark']}), {len(gc.get_objects())} objects;"
             f" sessions {st['udp_sessions']}, relays {st['udp_relays']}, timers "
-            f"{st['timer_heap']}, own endpoints {len(dial._own)}, fds "
+            f"{st['timer_heap']}, own endpoints {driver.egress.own_count}, fds "
             f"{len(os.listdir('/proc/self/fd'))}; opened so far {st['udp_sessions_opened']}",
             flush=True,
         )

@@ -294,17 +294,15 @@ async def test_udp_upstream_raising_anything_ends_the_session_with_port_unreacha
 
 
 async def test_own_connection_coming_back_through_the_tun_is_refused() -> None:
-    from tun2proxy.upstream import dial
-
     up = LoopbackUpstream({80: 1})
     async with running(up) as (host, driver):
         key = ("10.0.0.2", host._next_port + 1)  # the port the next app connection uses
-        dial._own[key] = 1  # as if tun2proxy were dialling from that endpoint right now
+        driver.egress._own[key] = 1  # as if tun2proxy were dialling from that endpoint now
         try:
             app = host.connect("192.0.2.1", 80)
             await host.wait(app, lambda a: a.closed, timeout=5)
         finally:
-            dial._own.pop(key, None)
+            driver.egress._own.pop(key, None)
         assert app.close_reason == "refused"
         assert driver.stats()["flows_looped"] == 1
         assert up.opened == []  # never dialled again
@@ -314,7 +312,6 @@ async def test_own_udp_socket_coming_back_through_the_tun_is_refused_once_logged
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     from tun2proxy.testing import udp_packet
-    from tun2proxy.upstream import dial
     from tun2proxy.upstream.base import DatagramReceiver, UdpChannel
 
     class Counting(LoopbackUpstream):
@@ -325,9 +322,9 @@ async def test_own_udp_socket_coming_back_through_the_tun_is_refused_once_logged
             raise UpstreamError("not here", "refused")
 
     key = ("10.0.0.2", 40000)
-    dial._own[key] = 1  # as if one of our UDP sockets sent from that endpoint
-    try:
-        async with running(Counting({})) as (host, driver):
+    async with running(Counting({})) as (host, driver):
+        driver.egress._own[key] = 1  # as if one of our UDP sockets sent from that endpoint
+        try:
             for _ in range(3):
                 host.link.feed([udp_packet("10.0.0.2", "192.0.2.1", 40000, 9999, b"again")])
                 await asyncio.sleep(0.01)
@@ -335,8 +332,8 @@ async def test_own_udp_socket_coming_back_through_the_tun_is_refused_once_logged
             assert st["udp_looped"] == 3
             assert st["drops"]["udp-routing-loop"] == 3  # type: ignore[index]
             assert st["udp_sessions"] == 0 and st["udp_relays"] == 0  # nothing kept
-    finally:
-        dial._own.pop(key, None)
+        finally:
+            driver.egress._own.pop(key, None)
     assert Counting.udp_opened == 0  # never relayed
     assert sum("routing loop" in r.getMessage() for r in caplog.records) == 1
 
@@ -345,7 +342,6 @@ async def test_udp_sessions_from_many_sources_leave_every_table_empty_when_they_
     # Issue 15, item 11: RSS stayed up after 5,000 sources' sessions expired. Nothing may be
     # kept: sessions, relays, timers, our own-endpoint registry and sockets all go back.
     from tun2proxy.testing import udp_packet
-    from tun2proxy.upstream import dial
     from tun2proxy.upstream.base import DatagramReceiver, UdpChannel
     from tun2proxy.upstream.udp import open_direct_udp
 
@@ -364,7 +360,9 @@ async def test_udp_sessions_from_many_sources_leave_every_table_empty_when_they_
     class ToEcho(LoopbackUpstream):
         async def open_udp(self, flow: FlowInfo, receiver: DatagramReceiver) -> UdpChannel:
             # The echo server is on loopback, which the direct upstream refuses by default.
-            ch = await open_direct_udp(socket.AF_INET, receiver, refuse_local=False)
+            ch = await open_direct_udp(
+                socket.AF_INET, receiver, refuse_local=False, egress=self.egress
+            )
             send = ch.send
             ch.send = lambda payload, dst: send(payload, Address("127.0.0.1", port))  # type: ignore[method-assign]
             return ch
@@ -386,7 +384,7 @@ async def test_udp_sessions_from_many_sources_leave_every_table_empty_when_they_
             assert any(parse_ip(p).protocol == 17 for p in host.other_packets), "no replies"
             assert (st["udp_sessions"], st["udp_relays"], st["timer_heap"]) == (0, 0, 0)
             assert driver._udp == {} and driver.stack._udp_by_id == {}
-            assert dial._own == {}
+            assert driver.egress.own_count == 0
             await asyncio.sleep(0.05)
             assert len(os.listdir("/proc/self/fd")) <= fds
     finally:

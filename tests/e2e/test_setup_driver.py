@@ -48,18 +48,18 @@ from tun2proxy.link.tun_linux import TunLink, open_tun
 from tun2proxy.service import notify_ready, notify_stopping
 from tun2proxy.stack import StackConfig
 from tun2proxy.upstream import upstream_from_url
-from tun2proxy.upstream.dial import Outbound, set_default_outbound
+from tun2proxy.upstream.egress import Egress, Outbound
 
 cfg = json.loads(sys.argv[1])
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s %(message)s")
 outbound = Outbound(fwmark=DEFAULT_FWMARK)
-set_default_outbound(outbound)  # our own sockets stay out
+egress = Egress(outbound)  # our own sockets stay out
 dev = open_tun(cfg["tun"], config=InterfaceConfig(
     addresses=("10.0.0.33/24", "fdfe:dcba:9876::1/125"), mtu=1500))
 link = TunLink(dev)
 driver = Driver(Driver.make_stack(StackConfig(mtu=link.mtu)), link,
                 upstream_from_url(cfg["proxy"]),
-                DriverConfig(dns="virtual", dns_addr=("8.8.8.8", 53)))
+                DriverConfig(dns="virtual", dns_addr=("8.8.8.8", 53)), egress=egress)
 plan = SetupPlan(tun=dev.name, proxies=[cfg["proxy_addr"]], dns="8.8.8.8",
                  exclude=cfg["bypass"], resolv_conf=cfg["resolv"], tun_created=True)
 
@@ -72,9 +72,8 @@ async def main() -> None:
         subprocess.run(["umount", "/etc/resolv.conf"], check=True)
         subprocess.run(["mount", "--bind", cfg["resolv"], "/etc/resolv.conf"], check=True)
         if cfg["own_resolver"]:  # our own lookups ask the original nameservers, marked
-            from tun2proxy.upstream.dial import set_resolver
             from tun2proxy.upstream.own_dns import OwnResolver
-            set_resolver(OwnResolver(s.original_nameservers, outbound).getaddrinfo)
+            egress.resolver = OwnResolver(s.original_nameservers, outbound).getaddrinfo
         notify_ready("routing")
         print("READY", flush=True)
         await driver.run()

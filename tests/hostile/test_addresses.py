@@ -482,7 +482,8 @@ async def test_a_rebinding_name_is_dialled_only_at_its_other_addresses(
     async def fake_getaddrinfo(host: str, port: int, **kw: object) -> list[tuple[object, ...]]:
         return answer
 
-    async def fake_attempt(loop: object, family: int, addr: tuple[str, int], ob: object) -> None:
+    async def fake_attempt(loop: object, family: int, addr: tuple[str, int], ob: object,
+                           eg: object) -> None:
         tried.append(addr[0])
         raise ConnectionRefusedError("recorded, not dialled")
 

@@ -1,4 +1,5 @@
-"""upstream.dial: outbound options, RFC 8305 racing, and the own-endpoint registry."""
+"""upstream.dial and upstream.egress: outbound options, RFC 8305 racing, and the own-endpoint
+registry (an Egress's, here one shared by these tests)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,20 @@ from typing import Any
 import pytest
 
 from tun2proxy.upstream import dial
-from tun2proxy.upstream.dial import (
-    Outbound,
-    connect_tcp,
-    forget_endpoint,
-    is_own_endpoint,
-    remember_endpoint,
-    udp_socket,
-)
+from tun2proxy.upstream.dial import Outbound, udp_socket
+from tun2proxy.upstream.egress import Egress
+
+#: The egress these tests dial through (a Driver has one of its own).
+EG = Egress()
+remember_endpoint = EG.remember
+forget_endpoint = EG.forget
+is_own_endpoint = EG.is_own
+
+
+async def connect_tcp(host: str, port: int, factory: Any, outbound: Outbound | None = None,
+                      **kw: Any) -> Any:
+    """``dial.connect_tcp`` through :data:`EG`."""
+    return await dial.connect_tcp(host, port, factory, outbound, egress=EG, **kw)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -70,7 +77,7 @@ async def test_refused_raises_oserror_and_leaves_nothing_registered() -> None:
     s.close()
     with pytest.raises(OSError):
         await connect_tcp("127.0.0.1", port, _Sink)
-    assert dial._own == {}
+    assert EG.own_count == 0
 
 
 async def test_race_takes_the_address_that_answers(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -103,7 +110,7 @@ async def test_race_takes_the_address_that_answers(monkeypatch: pytest.MonkeyPat
     t.close()
     srv.close()
     await asyncio.sleep(0)
-    assert dial._own == {}  # the losing attempt was cancelled and forgotten
+    assert EG.own_count == 0  # the losing attempt was cancelled and forgotten
 
 
 def test_interleave_alternates_families() -> None:
@@ -204,14 +211,14 @@ async def test_a_direct_udp_session_registers_its_socket_until_closed() -> None:
         def channel_lost(self, exc: BaseException | None) -> None:
             pass
 
-    ch = await open_direct_udp(socket.AF_INET, Receiver())
+    ch = await open_direct_udp(socket.AF_INET, Receiver(), egress=EG)
     assert ch.transport is not None
     port = ch.transport.get_extra_info("sockname")[1]
     assert is_own_endpoint("127.0.0.1", port)
     ch.close()
     await asyncio.sleep(0)
     assert not is_own_endpoint("127.0.0.1", port)
-    assert dial._own == {}
+    assert EG.own_count == 0
 
 
 @pytest.mark.parametrize("mark", [1 << 31, (1 << 32) - 1])

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tun2proxy.upstream import dial
+from tun2proxy.upstream.egress import Egress
 from tun2proxy.upstream.own_dns import OwnResolver, build_query, parse_answer
 
 ZONE = {"proxy.test": ["192.0.2.9", "2001:db8::9"], "v4only.test": ["192.0.2.10"]}
@@ -128,12 +129,18 @@ async def test_dial_uses_the_installed_resolver() -> None:
         asked.append(host)
         return [(socket.AF_INET, type, 0, "", ("127.0.0.1", port))]
 
+    eg = Egress(resolver=fake)
+    infos = await eg.getaddrinfo("anything.test", 80)
+    assert infos[0][4] == ("127.0.0.1", 80)
+    await eg.getaddrinfo("127.0.0.1", 80)  # literals never ask
+    assert asked == ["anything.test"]
+    assert (await Egress().getaddrinfo("localhost", 80, socket.AF_INET))[0][4][0] == "127.0.0.1"
+    # The deprecated process-wide hook still applies to egresses made afterwards.
     dial.set_resolver(fake)
     try:
-        infos = await dial.getaddrinfo("anything.test", 80)
+        infos = await dial.getaddrinfo("other.test", 80)
         assert infos[0][4] == ("127.0.0.1", 80)
-        await dial.getaddrinfo("127.0.0.1", 80)  # literals never ask
-        assert asked == ["anything.test"]
+        assert asked == ["anything.test", "other.test"]
     finally:
         dial.set_resolver(None)
     assert (await dial.getaddrinfo("localhost", 80, family=socket.AF_INET))[0][4][0] == "127.0.0.1"

@@ -23,7 +23,7 @@ from .links import close_links, open_links
 from .plan import Plan, check_host, prepare
 from .serve import run_on_loop, serve
 from .startup import StartupSignals, raise_fd_limit, setup_logging
-from .upstreams import apply_outbound, proxy_hosts, resolve_hosts
+from .upstreams import proxy_hosts, resolve_hosts
 
 __all__ = ["configure", "run"]
 
@@ -84,7 +84,6 @@ def run(argv: Sequence[str], startup: StartupSignals) -> int:
     for note in opts.notes:
         log.warning("%s", note)
     raise_fd_limit(opts.max_sessions)
-    apply_outbound(plan)
     try:
         addresses = resolve_hosts(proxy_hosts(plan), opts.connect_timeout)
     except ConfigError as e:

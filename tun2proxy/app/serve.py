@@ -24,7 +24,7 @@ from ..tcp.config import TcpConfig
 from ..workers import WorkerSet
 from .plan import Plan
 from .startup import StartupSignals
-from .upstreams import build_upstream
+from .upstreams import build_upstream, make_egress
 
 __all__ = ["driver_config", "loop_factory", "run_on_loop", "serve", "stack_config"]
 
@@ -145,7 +145,10 @@ async def serve(
         stack = Driver.make_stack(
             stack_config(opts, link.mtu, link.checksum_offload, link.gso_max_size, worker[1])
         )
-        driver = Driver(stack, link, upstream, driver_config(opts, worker, directory))
+        driver = Driver(
+            stack, link, upstream, driver_config(opts, worker, directory),
+            egress=make_egress(plan),
+        )
         if worker[0] == 0:
             log.info("upstream %s", upstream.describe())
 

@@ -12,21 +12,21 @@ import socket
 from ..errors import ConfigError
 from ..routing.rules import Rules
 from ..upstream.base import Upstream
-from ..upstream.dial import Outbound, set_default_outbound
+from ..upstream.egress import Egress, Outbound
 from ..upstream.router import RoutingUpstream
 from .plan import Plan
 from .startup import TimedOut, call_bounded
 
-__all__ = ["apply_outbound", "build_upstream", "proxy_hosts", "resolve_hosts"]
+__all__ = ["build_upstream", "make_egress", "proxy_hosts", "resolve_hosts"]
 
 log = logging.getLogger("tun2proxy")
 
 
-def apply_outbound(plan: Plan) -> None:
-    """``--outbound-interface`` and ``--fwmark`` for every socket tun2proxy opens."""
+def make_egress(plan: Plan) -> Egress:
+    """The tunnel's Egress: ``--outbound-interface`` and ``--fwmark`` on every socket it
+    opens, and its own-endpoint registry (loop detection)."""
     o = plan.options
-    if o.outbound_interface or o.fwmark is not None:
-        set_default_outbound(Outbound(interface=o.outbound_interface, fwmark=o.fwmark))
+    return Egress(Outbound(interface=o.outbound_interface, fwmark=o.fwmark))
 
 
 def _servers(plan: Plan) -> list[Upstream]:

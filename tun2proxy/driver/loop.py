@@ -36,8 +36,9 @@ from ..stack.events import (
 )
 from ..stack.netstack import NetStack
 from ..upstream.base import FlowInfo, Upstream
-from ..upstream.dial import is_own_endpoint
+from ..upstream.dial import default_egress
 from ..upstream.direct import DirectUpstream
+from ..upstream.egress import Egress
 from .dialing import Dialer
 from .dns import DNS_MODES, DnsHandler
 from .relay import TcpRelay
@@ -127,6 +128,10 @@ class Driver:
 
     Use ``await driver.run()`` (returns after :meth:`stop` or a link failure), or
     :meth:`run_forever` on a thread of its own for hosts that feed packets from elsewhere.
+
+    ``egress`` (default: a new :class:`~tun2proxy.upstream.egress.Egress`) holds this
+    tunnel's outbound options, own-endpoint registry and resolver; it is bound into
+    ``upstream`` here, so two Drivers in one process never share loop detection.
     """
 
     def __init__(
@@ -135,10 +140,17 @@ class Driver:
         link: Link,
         upstream: Upstream,
         config: DriverConfig | None = None,
+        *,
+        egress: Egress | None = None,
     ) -> None:
         self.stack = stack
         self.link = link
         self.upstream = upstream
+        #: This tunnel's outbound options, own-endpoint registry and resolver.
+        self.egress = egress if egress is not None else default_egress()
+        bind = getattr(upstream, "bind_egress", None)
+        if callable(bind):  # an upstream not derived from Upstream may lack it
+            bind(self.egress)
         self.config = config or DriverConfig()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._relays: dict[int, TcpRelay] = {}
@@ -155,6 +167,8 @@ class Driver:
         self.udp_upstream: Upstream = (
             DirectUpstream() if self.config.udp == "direct" else upstream
         )
+        if self.udp_upstream is not upstream:
+            self.udp_upstream.bind_egress(self.egress)
         c = self.config
         self.dns = DnsHandler(
             self, c.dns, Address.from_host(*c.dns_addr), c.virtual_dns_pool, c.virtual_dns_pool6,
@@ -406,7 +420,7 @@ class Driver:
         if relay is not None:
             relay.send(ev.payload, dst)
             return
-        if is_own_endpoint(ev.src[0], ev.src[1]):
+        if self.egress.is_own(ev.src[0], ev.src[1]):
             # Our own UDP socket's datagram came back through the TUN: relaying it would open
             # another socket whose datagram comes back too, for ever. Drop it, and the session.
             self.udp_looped += 1
@@ -496,7 +510,7 @@ class Driver:
         self.schedule_pump()
 
     def _on_connect_request(self, ev: TcpConnectRequest) -> None:
-        if is_own_endpoint(ev.src[0], ev.src[1]):
+        if self.egress.is_own(ev.src[0], ev.src[1]):
             # One of our own upstream connections came back through the TUN: dialling again
             # would loop until every fd is gone (tun2proxy#215). Refuse it.
             self.flows_looped += 1

@@ -17,6 +17,8 @@ from typing import Protocol
 from ..errors import UpstreamError
 from ..proxy.address import Address
 from ..stack.events import Endpoint
+from .dial import default_egress
+from .egress import Egress
 
 __all__ = [
     "DatagramReceiver",
@@ -79,6 +81,25 @@ class Upstream(abc.ABC):
 
     #: Short name for logs (``direct``, ``socks5``, ...).
     name: str = "upstream"
+    #: Set by :meth:`bind_egress`; until then :attr:`egress` makes the upstream its own.
+    _egress: Egress | None = None
+
+    @property
+    def egress(self) -> Egress:
+        """Where this upstream's sockets leave from and whose own-endpoint registry they join:
+        the Driver's once it bound it (:meth:`bind_egress`), else one of the upstream's own."""
+        if self._egress is None:
+            self._egress = default_egress()
+        return self._egress
+
+    def bind_egress(self, egress: Egress) -> None:
+        """Open every socket through ``egress`` from now on (a Driver does this with its own).
+
+        An upstream that wraps others (routing, udpgw) passes it on to them; a custom
+        upstream that opens sockets some other way may ignore it (its sockets are then not
+        recognised by loop detection).
+        """
+        self._egress = egress
 
     @abc.abstractmethod
     async def open_tcp(

@@ -2,8 +2,8 @@
 
 The direct, SOCKS5 and Shadowsocks UDP channels differ only in how a datagram is wrapped and
 unwrapped; this base holds what they share: the socket under asyncio, its endpoint in the
-own-endpoint registry (routing-loop detection), the size check of wrapped datagrams, and
-the end of the channel, which the receiver hears of once.
+own-endpoint registry of its :class:`~.egress.Egress` (routing-loop detection), the size
+check of wrapped datagrams, and the end of the channel, which the receiver hears of once.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import socket
 from typing import Any, Final
 
 from .base import DatagramReceiver, UdpChannel, upstream_error_from_os
-from .dial import Outbound, forget_endpoint, getaddrinfo, remember_endpoint, udp_socket
+from .dial import Egress, Outbound, default_egress, udp_socket
 
 __all__ = ["MAX_UDP_PAYLOAD", "DatagramChannel"]
 
@@ -50,8 +50,10 @@ class DatagramChannel(UdpChannel):
     relay or server, so the kernel drops datagrams from anyone else).
     """
 
-    def __init__(self, receiver: DatagramReceiver) -> None:
+    def __init__(self, receiver: DatagramReceiver, egress: Egress | None = None) -> None:
         self.receiver = receiver
+        #: Whose socket this is: its endpoint goes in this egress's own-endpoint registry.
+        self.egress = egress if egress is not None else default_egress()
         self.transport: asyncio.DatagramTransport | None = None
         #: Datagrams not sent because, wrapped, they exceed :data:`MAX_UDP_PAYLOAD`.
         self.dropped_too_big = 0
@@ -78,7 +80,7 @@ class DatagramChannel(UdpChannel):
             sock.close()
             raise upstream_error_from_os(e, what) from None
         self.transport = transport
-        self._endpoint = remember_endpoint(sock)
+        self._endpoint = self.egress.remember(sock)
 
     async def attach_connected(
         self, host: str, port: int, what: str, outbound: Outbound | None = None
@@ -89,11 +91,11 @@ class DatagramChannel(UdpChannel):
             UpstreamError: the name did not resolve or the socket could not be set up.
         """
         try:
-            infos = await getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            infos = await self.egress.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
             if not infos:
                 raise OSError(f"cannot resolve {host}")
             remote = (str(infos[0][4][0]), int(infos[0][4][1]))
-            sock = udp_socket(infos[0][0], outbound, remote=remote)
+            sock = udp_socket(infos[0][0], self.egress.outbound_for(outbound), remote=remote)
         except OSError as e:
             raise upstream_error_from_os(e, what) from None
         await self.attach(sock, what)
@@ -124,7 +126,7 @@ class DatagramChannel(UdpChannel):
     def close(self) -> None:
         """Close the socket (idempotent); the receiver is not told."""
         self._closed = True
-        forget_endpoint(self._endpoint)
+        self.egress.forget(self._endpoint)
         self._endpoint = None
         if self.transport is not None:
             self.transport.close()

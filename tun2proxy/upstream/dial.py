@@ -1,16 +1,20 @@
-"""Outbound sockets: where upstream connections leave from, and routing-loop detection (I/O).
+"""Outbound sockets: how upstream connections are opened (I/O).
 
-Every upstream opens its sockets here, so two things hold for all of them:
+Every upstream opens its sockets here, through the :class:`~.egress.Egress` its Driver bound
+into it, so for all of them:
 
-* :class:`Outbound` options (``SO_BINDTODEVICE``, ``SO_MARK``, a source address) apply to
-  every outgoing socket — proxy connections, direct flows, UDP — which is how tun2proxy's
-  own traffic is kept out of a TUN device that the routes would otherwise send it into
-  (``--outbound-interface``, ``--fwmark``);
-* the local endpoint of every socket being dialled, and of every open UDP socket, is
-  remembered, so when one of them shows up as the *source* of a new flow arriving from the
-  TUN, the driver knows it is looking at its own connection routed back into the tunnel (a
-  routing loop) and refuses it instead of dialling again and again (tun2proxy#215,
-  xjasonlyu/tun2socks#267).
+* the egress's :class:`Outbound` options (``SO_BINDTODEVICE``, ``SO_MARK``, a source address)
+  apply to every outgoing socket — proxy connections, direct flows, UDP — which is how
+  tun2proxy's own traffic is kept out of a TUN device that the routes would otherwise send
+  it into (``--outbound-interface``, ``--fwmark``);
+* the local endpoint of every socket being dialled, and of every open UDP socket, is in the
+  egress's registry, so when one of them shows up as the *source* of a new flow arriving
+  from that Driver's TUN, the driver knows it is looking at its own connection routed back
+  into the tunnel (a routing loop) and refuses it instead of dialling again and again
+  (tun2proxy#215, xjasonlyu/tun2socks#267). Another Driver's sockets are not in it.
+
+No registry is process-wide. :func:`set_default_outbound` and :func:`set_resolver` remain as
+deprecated defaults for Egress objects made afterwards (:func:`default_egress`).
 
 TCP connections to a name with several addresses are raced the RFC 8305 way: the next
 address is tried when the previous attempt has not completed within 250 ms, alternating
@@ -29,178 +33,73 @@ import contextlib
 import errno
 import ipaddress
 import socket
-import struct
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from ..wire.addrclass import dial_refused
+from .egress import Egress, Outbound, Resolver, literal_infos
 
 __all__ = [
     "ATTEMPT_DELAY",
+    "Egress",
     "Outbound",
     "connect_tcp",
+    "default_egress",
     "default_outbound",
-    "forget_endpoint",
     "getaddrinfo",
-    "is_own_endpoint",
     "local_destination",
-    "remember_endpoint",
     "set_default_outbound",
     "set_resolver",
     "udp_socket",
 ]
 
-_U32 = struct.Struct("=I")
 
 #: RFC 8305 §5 "Connection Attempt Delay" (the recommended 250 ms).
 ATTEMPT_DELAY = 0.25
 
 
-@dataclass(frozen=True)
-class Outbound:
-    """Options applied to every outgoing socket.
-
-    Attributes:
-        interface: bind to this device (``SO_BINDTODEVICE``): traffic leaves through it
-            whatever the routing table says.
-        fwmark: ``SO_MARK`` for policy routing (``ip rule add fwmark N lookup main``).
-        bind: a local source address (of the right family; others are left unbound).
-    """
-
-    interface: str | None = None
-    fwmark: int | None = None
-    bind: str | None = None
-
-    def apply(self, sock: socket.socket) -> None:
-        """Set the options on ``sock`` (before it connects or binds)."""
-        if self.interface:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.interface.encode())
-        if self.fwmark is not None:
-            # As 4 bytes: the int form of setsockopt takes a C int, and a mark of 2^31 or
-            # more (a valid unsigned 32-bit SO_MARK) would not fit it.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, _U32.pack(self.fwmark))
-        if self.bind and (":" in self.bind) == (sock.family == socket.AF_INET6):
-            sock.bind((self.bind, 0))
-
-    def describe(self) -> str:
-        """``interface=eth0 fwmark=1`` (empty when nothing is set)."""
-        parts = []
-        if self.interface:
-            parts.append(f"interface={self.interface}")
-        if self.fwmark is not None:
-            parts.append(f"fwmark={self.fwmark}")
-        if self.bind:
-            parts.append(f"bind={self.bind}")
-        return " ".join(parts)
-
-
-_default = Outbound()
-_own: dict[tuple[str, int], int] = {}
+# Deprecated process-wide defaults, read only when an Egress is made without options
+# (:func:`default_egress`): immutable values, no registry. Prefer ``Driver(egress=Egress(...))``.
+_compat_outbound = Outbound()
+_compat_resolver: Resolver | None = None
 
 
 def set_default_outbound(outbound: Outbound) -> None:
-    """Set the options used by upstreams that were not given their own (the CLI does this)."""
-    global _default  # noqa: PLW0603 - one process-wide setting, like the socket defaults
-    _default = outbound
+    """Deprecated: the options of Egress objects made afterwards without their own (each
+    Driver makes one at construction). Pass ``Driver(egress=Egress(outbound))`` instead."""
+    global _compat_outbound  # noqa: PLW0603 - deprecated compatibility setting
+    _compat_outbound = outbound
 
 
 def default_outbound() -> Outbound:
-    """The process-wide default :class:`Outbound`."""
-    return _default
-
-
-#: Resolves names for our own sockets: ``(host, port, family, type) -> getaddrinfo list``.
-Resolver = Callable[[str, "int | None", int, int], Awaitable[list[Any]]]
-_resolver: Resolver | None = None
+    """Deprecated: what :func:`set_default_outbound` set (``Outbound()`` if nothing)."""
+    return _compat_outbound
 
 
 def set_resolver(resolver: Resolver | None) -> None:
-    """Resolve the names tun2proxy connects to with ``resolver`` instead of the system's
-    (``--setup`` installs an :class:`~tun2proxy.upstream.own_dns.OwnResolver`: the system
-    resolver then points into the tunnel); None restores the system resolver."""
-    global _resolver  # noqa: PLW0603 - one process-wide setting, like the default outbound
-    _resolver = resolver
+    """Deprecated: the resolver of Egress objects made afterwards (``--setup`` uses an
+    :class:`~tun2proxy.upstream.own_dns.OwnResolver`); None: the system resolver. Pass
+    ``Egress(resolver=...)`` instead."""
+    global _compat_resolver  # noqa: PLW0603 - deprecated compatibility setting
+    _compat_resolver = resolver
+
+
+def default_egress() -> Egress:
+    """A new :class:`Egress` with the deprecated defaults (its own, empty registry)."""
+    return Egress(_compat_outbound, _compat_resolver)
 
 
 async def getaddrinfo(
-    host: str, port: int | None, family: int = 0, type: int = socket.SOCK_STREAM
+    host: str, port: int | None, family: int = 0, type: int = socket.SOCK_STREAM,
+    *, egress: Egress | None = None,
 ) -> list[Any]:
-    """``loop.getaddrinfo`` for tun2proxy's own sockets, through :func:`set_resolver`'s."""
-    if _resolver is not None and _literal(host, port or 0) is None:
-        return await _resolver(host, port, family, type)
-    return await asyncio.get_running_loop().getaddrinfo(host, port, family=family, type=type)
-
-
-def _key(host: str, port: int) -> tuple[str, int]:
-    ip = ipaddress.ip_address(host.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return str(ip), port
-
-
-def remember_endpoint(sock: socket.socket) -> tuple[str, int] | None:
-    """Remember ``sock``'s local endpoint as ours; returns the key for :func:`forget_endpoint`."""
-    try:
-        name = sock.getsockname()
-        key = _key(name[0], name[1])
-    except (OSError, ValueError):
-        return None
-    if key[1] == 0:
-        return None
-    _own[key] = _own.get(key, 0) + 1
-    return key
-
-
-def forget_endpoint(key: tuple[str, int] | None) -> None:
-    """Undo one :func:`remember_endpoint`."""
-    if key is None:
-        return
-    n = _own.get(key, 0) - 1
-    if n > 0:
-        _own[key] = n
-    else:
-        _own.pop(key, None)
-
-
-#: The unspecified addresses, as :func:`_key` spells them.
-_WILDCARDS = ("0.0.0.0", "::")
-
-
-def is_own_endpoint(host: str, port: int) -> bool:
-    """Whether ``host:port`` is the local end of a socket tun2proxy is dialling or holds (UDP).
-
-    A new flow from the TUN with this source is tun2proxy's own traffic come back: a loop.
-    A socket bound to the wildcard address (a direct UDP session's) sends from whichever
-    local address the route picks, so it matches any address of this host on its port.
-    """
-    if not _own:
-        return False
-    try:
-        key = _key(host, port)
-    except ValueError:
-        return False
-    if key in _own:
-        return True
-    # An IPv6 wildcard socket is dual-stack: it may send IPv4 too.
-    wildcards = _WILDCARDS[1:] if ":" in key[0] else _WILDCARDS
-    return any((w, port) in _own for w in wildcards) and _is_local_address(key[0])
-
-
-def _is_local_address(host: str) -> bool:
-    """Whether ``host`` is an address of this host (in this network namespace): only then can
-    a wildcard-bound socket of ours have sent from it."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as s:
-            s.bind((host, 0))
-    except OSError:
-        return False
-    return True
+    """``loop.getaddrinfo`` for tun2proxy's own sockets, through ``egress``'s resolver."""
+    eg = egress if egress is not None else default_egress()
+    return await eg.getaddrinfo(host, port, family, type)
 
 
 async def _attempt(
-    loop: asyncio.AbstractEventLoop, family: int, addr: Any, outbound: Outbound
+    loop: asyncio.AbstractEventLoop, family: int, addr: Any, outbound: Outbound, egress: Egress
 ) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     key = None
@@ -212,7 +111,7 @@ async def _attempt(
             connected = True
         except BlockingIOError:
             connected = False  # in progress: the local port is chosen, the SYN is on its way
-        key = remember_endpoint(sock)
+        key = egress.remember(sock)
         if not connected:
             await loop.sock_connect(sock, addr)  # EALREADY: waits for the outcome
         return sock
@@ -220,20 +119,7 @@ async def _attempt(
         sock.close()
         raise
     finally:
-        forget_endpoint(key)
-
-
-def _literal(host: str, port: int) -> list[Any] | None:
-    """``getaddrinfo``'s answer for an IP address literal, without asyncio's thread-pool hop
-    (a proxy given by address is dialled once per flow)."""
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-        except (OSError, ValueError):
-            continue
-        addr = (host, port) if family == socket.AF_INET else (host, port, 0, 0)
-        return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", addr)]
-    return None
+        egress.forget(key)
 
 
 def local_destination(host: str) -> str:
@@ -278,8 +164,13 @@ async def connect_tcp(
     outbound: Outbound | None = None,
     *,
     refuse_local: bool = False,
+    egress: Egress | None = None,
 ) -> tuple[asyncio.Transport, asyncio.Protocol]:
     """Connect to ``host:port`` (a name is resolved and its addresses raced), attach a protocol.
+
+    The socket leaves with ``outbound`` if given, else ``egress``'s options; its local
+    endpoint is in ``egress``'s registry while it connects (None: a new :func:`default_egress`,
+    whose registry nobody watches — the upstreams always pass their bound one).
 
     With ``refuse_local`` (an application's destination), addresses of this host itself
     (:func:`local_destination`) are never dialled.
@@ -289,17 +180,18 @@ async def connect_tcp(
             :class:`PermissionError` when ``refuse_local`` left no address to try.
     """
     loop = asyncio.get_running_loop()
-    ob = outbound if outbound is not None else _default
-    infos = _literal(host, port) or await getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    eg = egress if egress is not None else default_egress()
+    ob = eg.outbound_for(outbound)
+    infos = literal_infos(host, port) or await eg.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     if not infos:
         raise OSError(f"cannot resolve {host}")
     if refuse_local:
         infos = _refuse_local(host, infos)
     infos = _interleave(infos)
     if len(infos) == 1:
-        sock = await _attempt(loop, infos[0][0], infos[0][4], ob)
+        sock = await _attempt(loop, infos[0][0], infos[0][4], ob, eg)
     else:
-        sock = await _race(loop, infos, ob)
+        sock = await _race(loop, infos, ob, eg)
     try:
         transport, protocol = await loop.create_connection(protocol_factory, sock=sock)
     except BaseException:
@@ -308,7 +200,9 @@ async def connect_tcp(
     return transport, protocol
 
 
-async def _race(loop: asyncio.AbstractEventLoop, infos: list[Any], ob: Outbound) -> socket.socket:
+async def _race(
+    loop: asyncio.AbstractEventLoop, infos: list[Any], ob: Outbound, eg: Egress
+) -> socket.socket:
     """Staggered attempts (RFC 8305 §5); the first connected socket wins, the rest close."""
     tasks: list[asyncio.Task[socket.socket]] = []
     errors: list[BaseException] = []
@@ -318,7 +212,7 @@ async def _race(loop: asyncio.AbstractEventLoop, infos: list[Any], ob: Outbound)
         while True:
             if nxt < len(infos):  # start the next attempt (after a delay or a failure)
                 fam, addr = infos[nxt][0], infos[nxt][4]
-                tasks.append(loop.create_task(_attempt(loop, fam, addr, ob)))
+                tasks.append(loop.create_task(_attempt(loop, fam, addr, ob, eg)))
                 nxt += 1
             pending = [t for t in tasks if not t.done()]
             if not pending:
@@ -353,12 +247,13 @@ def udp_socket(
     family: int, outbound: Outbound | None = None, remote: tuple[str, int] | None = None
 ) -> socket.socket:
     """A non-blocking UDP socket with the outbound options, bound (and connected to
-    ``remote`` when given). Remember its endpoint with :func:`remember_endpoint`.
+    ``remote`` when given). Remember its endpoint with :meth:`Egress.remember`. None: the
+    deprecated default options (:func:`default_outbound`).
 
     Raises:
         OSError: the socket could not be set up.
     """
-    ob = outbound if outbound is not None else _default
+    ob = outbound if outbound is not None else _compat_outbound
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)

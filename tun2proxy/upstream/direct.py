@@ -60,7 +60,7 @@ class DirectUpstream(Upstream):
     def _outbound(self) -> Outbound | None:
         if self.interface or self.fwmark is not None or self.bind:
             return Outbound(interface=self.interface, fwmark=self.fwmark, bind=self.bind)
-        return None  # the process-wide default (--outbound-interface, --fwmark)
+        return None  # the egress's (--outbound-interface, --fwmark)
 
     async def open_tcp(
         self, dst: Address, protocol: asyncio.Protocol, flow: FlowInfo
@@ -69,7 +69,7 @@ class DirectUpstream(Upstream):
         try:
             transport, _ = await connect_tcp(
                 dst.host, dst.port, lambda: protocol, self._outbound(),
-                refuse_local=not self.allow_local,
+                refuse_local=not self.allow_local, egress=self.egress,
             )
         except OSError as e:
             raise upstream_error_from_os(e, f"direct connection to {dst}") from None
@@ -79,7 +79,8 @@ class DirectUpstream(Upstream):
         """An unconnected UDP socket of the app's address family."""
         family = socket.AF_INET6 if ":" in flow.src[0] else socket.AF_INET
         return await open_direct_udp(
-            family, receiver, outbound=self._outbound(), refuse_local=not self.allow_local
+            family, receiver, outbound=self._outbound(), refuse_local=not self.allow_local,
+            egress=self.egress,
         )
 
     def describe(self) -> str:

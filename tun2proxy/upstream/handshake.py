@@ -15,7 +15,7 @@ from typing import cast
 from ..errors import UpstreamError
 from ..proxy.base import Established, Failed, Handshake
 from .base import upstream_error_from_os
-from .dial import Outbound, connect_tcp
+from .dial import Egress, Outbound, connect_tcp
 
 __all__ = ["open_via_handshake"]
 
@@ -78,7 +78,7 @@ class _HandshakeProtocol(asyncio.Protocol):
 
 async def open_via_handshake(
     host: str, port: int, hs: Handshake, protocol: asyncio.Protocol, what: str,
-    *, outbound: Outbound | None = None,
+    *, outbound: Outbound | None = None, egress: Egress | None = None,
 ) -> asyncio.Transport:
     """Connect to the proxy at ``host:port``, run ``hs``, attach ``protocol``; return the transport.
 
@@ -90,7 +90,7 @@ async def open_via_handshake(
     done: asyncio.Future[asyncio.Transport] = loop.create_future()
     hp = _HandshakeProtocol(hs, protocol, done, what)
     try:
-        await connect_tcp(host, port, lambda: hp, outbound)
+        await connect_tcp(host, port, lambda: hp, outbound, egress=egress)
     except OSError as e:
         raise upstream_error_from_os(e, f"{what} at {host}:{port}") from None
     try:

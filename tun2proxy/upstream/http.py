@@ -53,7 +53,9 @@ class HttpConnectUpstream(Upstream):
             raise UpstreamError(msg, "unsupported") from None
         what = f"HTTP proxy {Address(self.host, self.port)}"
         try:
-            return await open_via_handshake(self.host, self.port, hs, protocol, what)
+            return await open_via_handshake(
+                self.host, self.port, hs, protocol, what, egress=self.egress
+            )
         except UpstreamError as e:
             code = hs.status_code
             if code == 407 or code == 401:

@@ -5,7 +5,8 @@ not carry our ``SO_MARK``: a lookup tun2proxy makes for itself (a proxy given by
 ``direct`` flow to a name from virtual DNS) would enter its own TUN and come back as a
 virtual address. :class:`OwnResolver` asks the host's *original* nameservers over UDP from
 sockets made by :func:`~tun2proxy.upstream.dial.udp_socket` (marked, or bound to the uplink),
-after ``/etc/hosts``; install it with :func:`~tun2proxy.upstream.dial.set_resolver`.
+after ``/etc/hosts``; install it as the tunnel's ``Egress(resolver=r.getaddrinfo)`` (or set
+``driver.egress.resolver``).
 
 A and AAAA only, over UDP (a truncated answer keeps the addresses it holds), each query
 bounded by ``timeout`` and tried on each nameserver in turn; answers are cached for their

@@ -38,6 +38,7 @@ from ..proxy.address import Address
 from ..routing.rules import IPAddress, NetworkSet, Rule, Rules, parse_network
 from .base import DatagramReceiver, FlowInfo, UdpChannel, Upstream
 from .direct import DirectUpstream
+from .egress import Egress
 
 __all__ = [
     "MAX_PENDING_DATAGRAMS",
@@ -148,6 +149,12 @@ class RoutingUpstream(Upstream):
                     "proxy address %s lies in the virtual DNS pool: resolve the proxy host"
                     " before virtual DNS answers for it, or flows to it will loop", net,
                 )
+
+    def bind_egress(self, egress: Egress) -> None:
+        """Bind ``egress`` here and into every target upstream (one tunnel, one registry)."""
+        super().bind_egress(egress)
+        for up in self.upstreams.values():
+            up.bind_egress(egress)
 
     # ---------------------------------------------------------------------- decisions
 

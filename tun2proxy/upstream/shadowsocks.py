@@ -429,7 +429,7 @@ class ShadowsocksUdpChannel(DatagramChannel):
         self, codec: _UdpCodec, receiver: DatagramReceiver,
         upstream: ShadowsocksUpstream | None = None,
     ) -> None:
-        super().__init__(receiver)
+        super().__init__(receiver, upstream.egress if upstream is not None else None)
         self.codec = codec
         self.upstream = upstream
         #: Replies dropped because they failed authentication or validation.
@@ -534,7 +534,7 @@ class ShadowsocksUpstream(Upstream):
             first_write_delay=self.first_write_delay, on_auth_failure=self._count_failure,
         )
         try:
-            await connect_tcp(self.host, self.port, lambda: outer._lower)
+            await connect_tcp(self.host, self.port, lambda: outer._lower, egress=self.egress)
         except OSError as e:
             raise upstream_error_from_os(e, self._what) from None
         if outer._error is not None or outer._inner is None:

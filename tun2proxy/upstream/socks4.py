@@ -77,7 +77,9 @@ class Socks4Upstream(Upstream):
         except ValueError as e:  # 0.0.0.x, or a name SOCKS4a cannot carry
             raise UpstreamError(f"{self.name} proxy: {e}", "unsupported") from None
         what = f"{self.name.upper()} proxy {Address(self.host, self.port)}"
-        return await open_via_handshake(self.host, self.port, hs, protocol, what)
+        return await open_via_handshake(
+            self.host, self.port, hs, protocol, what, egress=self.egress
+        )
 
     def describe(self) -> str:
         """``socks4://host:port`` or ``socks4a://...`` (the user id hidden)."""

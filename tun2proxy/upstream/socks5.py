@@ -66,7 +66,9 @@ class Socks5Upstream(Upstream):
         """CONNECT to ``dst`` (or to ``flow.domain`` when known) through the proxy."""
         target = Address(flow.domain, dst.port) if flow.domain else dst
         hs = Socks5Handshake(target, auth=self.auth)
-        return await open_via_handshake(self.host, self.port, hs, protocol, "SOCKS5 proxy")
+        return await open_via_handshake(
+            self.host, self.port, hs, protocol, "SOCKS5 proxy", egress=self.egress
+        )
 
     async def open_udp(self, flow: FlowInfo, receiver: DatagramReceiver) -> UdpChannel:
         """UDP ASSOCIATE through the proxy (remembered for a while if the proxy refuses), or
@@ -77,7 +79,8 @@ class Socks5Upstream(Upstream):
             raise UpstreamError("SOCKS5 proxy does not support UDP ASSOCIATE", "unsupported")
         try:
             return await open_socks5_udp(
-                self.host, self.port, self.auth, receiver, relay=self.udp_relay
+                self.host, self.port, self.auth, receiver, relay=self.udp_relay,
+                egress=self.egress,
             )
         except UpstreamError as e:
             if e.reason in ("unsupported", "denied", "error", "protocol"):

@@ -23,7 +23,7 @@ from ..proxy.address import Address
 from ..proxy.socks5 import UDP_ASSOCIATE, Socks5Handshake, decode_udp_datagram, encode_udp_datagram
 from .base import DatagramReceiver, upstream_error_from_os
 from .datagram import DatagramChannel
-from .dial import Outbound, getaddrinfo, local_destination, udp_socket
+from .dial import Egress, Outbound, local_destination, udp_socket
 from .handshake import open_via_handshake
 
 __all__ = ["DirectUdpChannel", "Socks5UdpChannel", "open_direct_udp", "open_socks5_udp"]
@@ -40,9 +40,10 @@ class DirectUdpChannel(DatagramChannel):
     """An unconnected UDP socket sending to any destination; names resolved and cached."""
 
     def __init__(
-        self, family: int, receiver: DatagramReceiver, *, refuse_local: bool = True
+        self, family: int, receiver: DatagramReceiver, *, refuse_local: bool = True,
+        egress: Egress | None = None,
     ) -> None:
-        super().__init__(receiver)
+        super().__init__(receiver, egress)
         self.family = family
         #: Drop datagrams to this host's own addresses (loopback...): see :mod:`.direct`.
         self.refuse_local = refuse_local
@@ -99,7 +100,7 @@ class DirectUdpChannel(DatagramChannel):
 
     async def _resolve(self, name: str) -> None:
         try:
-            infos = await getaddrinfo(name, None, family=self.family, type=socket.SOCK_DGRAM)
+            infos = await self.egress.getaddrinfo(name, None, self.family, socket.SOCK_DGRAM)
             ip = str(infos[0][4][0]) if infos else None
         except OSError:
             ip = None
@@ -121,12 +122,13 @@ async def open_direct_udp(
     *,
     outbound: Outbound | None = None,
     refuse_local: bool = True,
+    egress: Egress | None = None,
 ) -> DirectUdpChannel:
     """A :class:`DirectUdpChannel` bound to an ephemeral port of ``family``; with
     ``refuse_local`` it drops datagrams to this host's own addresses."""
-    ch = DirectUdpChannel(family, receiver, refuse_local=refuse_local)
+    ch = DirectUdpChannel(family, receiver, refuse_local=refuse_local, egress=egress)
     try:
-        sock = udp_socket(family, outbound)
+        sock = udp_socket(family, ch.egress.outbound_for(outbound))
     except OSError as e:
         raise upstream_error_from_os(e, "direct UDP socket") from None
     await ch.attach(sock, "direct UDP socket")
@@ -154,8 +156,8 @@ class Socks5UdpChannel(DatagramChannel):
     and sent to the relay the proxy named; the association lives as long as its TCP control
     connection."""
 
-    def __init__(self, receiver: DatagramReceiver) -> None:
-        super().__init__(receiver)
+    def __init__(self, receiver: DatagramReceiver, egress: Egress | None = None) -> None:
+        super().__init__(receiver, egress)
         self.control: asyncio.Transport | None = None
         #: Replies dropped because they were fragments (RFC 1928 §7: not reassembled).
         self.dropped_fragments = 0
@@ -190,6 +192,7 @@ class Socks5UdpChannel(DatagramChannel):
 async def open_socks5_udp(
     host: str, port: int, auth: tuple[str, str] | None, receiver: DatagramReceiver,
     *, outbound: Outbound | None = None, relay: Address | None = None,
+    egress: Egress | None = None,
 ) -> Socks5UdpChannel:
     """UDP ASSOCIATE through the proxy at ``host:port``.
 
@@ -202,10 +205,11 @@ async def open_socks5_udp(
         UpstreamError: the proxy refused (``unsupported`` for REP 7, as microsocks and others
             without UDP answer).
     """
-    ch = Socks5UdpChannel(receiver)
+    ch = Socks5UdpChannel(receiver, egress)
     hs = Socks5Handshake(Address("0.0.0.0", 0), auth=auth, command=UDP_ASSOCIATE)
     control = await open_via_handshake(
-        host, port, hs, _ControlProtocol(ch), "SOCKS5 proxy", outbound=outbound
+        host, port, hs, _ControlProtocol(ch), "SOCKS5 proxy", outbound=outbound,
+        egress=ch.egress,
     )
     ch.control = control
     sock = control.get_extra_info("socket")

@@ -49,6 +49,7 @@ from ..proxy.udpgw import (
     max_payload,
 )
 from .base import DatagramReceiver, FlowInfo, UdpChannel, Upstream
+from .egress import Egress
 
 __all__ = [
     "UDPGW_MODES",
@@ -461,6 +462,11 @@ class UdpgwUpstream(Upstream):
         self.pool = UdpgwPool(inner, settings)
         #: Sessions the upstream carried itself (``auto`` mode, the upstream has UDP).
         self.native_sessions = 0
+
+    def bind_egress(self, egress: Egress) -> None:
+        """Bind ``egress`` here and into the main upstream (the udpgw connections' dialler)."""
+        super().bind_egress(egress)
+        self.inner.bind_egress(egress)
 
     async def open_tcp(
         self, dst: Address, protocol: asyncio.Protocol, flow: FlowInfo
