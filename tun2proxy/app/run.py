@@ -6,8 +6,10 @@ start-up signal arrives (:class:`~tun2proxy.app.startup.StopEarly`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -45,7 +47,7 @@ def configure(argv: Sequence[str]) -> Plan:
     """
     try:
         opts = parse_args(argv)
-        plan = prepare(opts)
+        plan = dataclasses.replace(prepare(opts), argv=tuple(argv))
         if not opts.print_config:
             check_host(opts)
     except UsageError as e:
@@ -71,6 +73,10 @@ def _drop_child(child: PrivateNamespace | None) -> None:
             os.waitpid(child.pid, 0)
 
 
+def _no_reload_yet(signum: int, frame: object) -> None:
+    """A SIGHUP before the serve loop runs: ignored (the run is starting)."""
+
+
 def run(argv: Sequence[str], startup: StartupSignals) -> int:
     """Run the command ``argv`` asks for; its exit code."""
     plan = configure(argv)
@@ -81,6 +87,10 @@ def run(argv: Sequence[str], startup: StartupSignals) -> int:
         sys.stdout.write(render_config(opts))
         return 0
     setup_logging(opts.verbosity)
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
+        # Until the serve loop takes it over, a SIGHUP (a reload) must not end the run or a
+        # worker still starting; a handler, not SIG_IGN, so commands we exec do not inherit it.
+        signal.signal(signal.SIGHUP, _no_reload_yet)
     for note in opts.notes:
         log.warning("%s", note)
     raise_fd_limit(opts.max_sessions)

@@ -29,6 +29,7 @@ __all__ = [
     "TimedOut",
     "call_bounded",
     "raise_fd_limit",
+    "set_log_level",
     "setup_logging",
 ]
 
@@ -133,21 +134,29 @@ def call_bounded(fn: Callable[[], _T], timeout: float, what: str) -> _T:
     return result.value[0]
 
 
+#: ``--verbosity`` -> the logging level.
+LOG_LEVELS = {
+    "off": logging.CRITICAL + 10,
+    "error": logging.ERROR,
+    "warn": logging.WARNING,
+    "info": logging.INFO,
+    "debug": logging.DEBUG,
+    "trace": TRACE,
+}
+
+
 def setup_logging(level: str, tag: str = "") -> None:
     """Log to stderr at ``level`` (``off`` ... ``trace``), lines tagged with ``tag``."""
     logging.addLevelName(TRACE, "TRACE")
-    levels = {
-        "off": logging.CRITICAL + 10,
-        "error": logging.ERROR,
-        "warn": logging.WARNING,
-        "info": logging.INFO,
-        "debug": logging.DEBUG,
-        "trace": TRACE,
-    }
     logging.basicConfig(
-        level=levels[level], stream=sys.stderr,
+        level=LOG_LEVELS[level], stream=sys.stderr,
         format=f"tun2proxy{tag}: %(levelname)s %(message)s", force=True,
     )
+
+
+def set_log_level(level: str) -> None:
+    """Log at ``level`` from now on (a reload), keeping the handler and its tag."""
+    logging.getLogger().setLevel(LOG_LEVELS[level])
 
 
 def raise_fd_limit(flows: int) -> None:
