@@ -107,3 +107,34 @@ def test_sighup_without_a_config_file_is_one_line(lab: Lab, tun2proxy: Tun2Proxy
     s.sendall(b"ECHO\n")
     _echo(s, b"still serving")
     s.close()
+
+
+@pytest.mark.usefixtures("dante")
+def test_sighup_reaches_every_worker(lab: Lab) -> None:
+    from .test_workers import _start, _stop
+
+    conf = lab.tmp / "reload-workers.toml"
+    _write(conf, f'rule = ["port:{STREAM_PORT} -> proxy"]\n')
+    p = _start(lab, "--config", str(conf))
+    try:
+        # the parent reloads, then passes SIGHUP on: each worker re-reads the file itself
+        _write(conf, f'rule = ["port:{STREAM_PORT} -> reject"]\n')
+        os.kill(p.pid, signal.SIGHUP)
+        assert wait_for(lambda: all(
+            f"tun2proxy[{i}]: INFO reloaded {conf}: changed rules" in p.output()
+            for i in (0, 1)), timeout=15), p.output()[-3000:]
+        refused = 0
+        for _ in range(6):  # the kernel spreads them over both queues: all refused
+            try:
+                connect(lab, 4, timeout=20).close()
+            except ConnectionRefusedError:
+                refused += 1
+        assert refused == 6, p.output()[-3000:]
+        # a broken file: the parent's one error line, and the workers are not asked
+        _write(conf, "rule = [\n")
+        os.kill(p.pid, signal.SIGHUP)
+        assert wait_for(lambda: "rejected, the previous configuration stays" in p.output(),
+                        timeout=15), p.output()[-3000:]
+        assert p.output().count("rejected, the previous configuration stays") == 1
+    finally:
+        _stop(lab, p)
