@@ -223,3 +223,13 @@ async def test_stack_refuses_a_reconfigure_of_what_needs_a_new_stack() -> None:
         stack.reconfigure(dataclasses.replace(stack.config, mtu=1400))
     stack.reconfigure(dataclasses.replace(stack.config, udp_timeout=3.0))
     assert stack.config.udp_timeout == 3.0
+
+
+def test_the_docs_name_every_setting_as_live_or_needing_a_restart() -> None:
+    docs = Path(__file__).parents[2] / "docs" / "config.md"
+    section = docs.read_text().split("## Reload (SIGHUP)", 1)[1].split("\n## ", 1)[0]
+    live = section.split("- **Live**:", 1)[1].split("- **Needs a restart**:", 1)[0]
+    restart = section.split("- **Needs a restart**:", 1)[1].split("\n\n", 1)[0]
+    for opt in options():
+        where = live if opt.name in LIVE else restart
+        assert f"`{opt.key}`" in where, opt.key
