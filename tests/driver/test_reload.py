@@ -233,3 +233,19 @@ def test_the_docs_name_every_setting_as_live_or_needing_a_restart() -> None:
     for opt in options():
         where = live if opt.name in LIVE else restart
         assert f"`{opt.key}`" in where, opt.key
+
+
+def test_a_sighup_while_starting_is_kept_for_the_serve_loop() -> None:
+    import signal
+
+    from tun2proxy.app.startup import StartupSignals
+
+    previous = signal.getsignal(signal.SIGHUP)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        startup = StartupSignals()
+        startup.install_reload()
+        os.kill(os.getpid(), signal.SIGHUP)  # would end the process at its default action
+        assert startup.reload_requested
+    finally:
+        signal.signal(signal.SIGHUP, previous)

@@ -9,7 +9,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 
@@ -73,10 +72,6 @@ def _drop_child(child: PrivateNamespace | None) -> None:
             os.waitpid(child.pid, 0)
 
 
-def _no_reload_yet(signum: int, frame: object) -> None:
-    """A SIGHUP before the serve loop runs: ignored (the run is starting)."""
-
-
 def run(argv: Sequence[str], startup: StartupSignals) -> int:
     """Run the command ``argv`` asks for; its exit code."""
     plan = configure(argv)
@@ -87,10 +82,7 @@ def run(argv: Sequence[str], startup: StartupSignals) -> int:
         sys.stdout.write(render_config(opts))
         return 0
     setup_logging(opts.verbosity)
-    if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
-        # Until the serve loop takes it over, a SIGHUP (a reload) must not end the run or a
-        # worker still starting; a handler, not SIG_IGN, so commands we exec do not inherit it.
-        signal.signal(signal.SIGHUP, _no_reload_yet)
+    startup.install_reload()  # a SIGHUP while starting must not end the run (or a worker)
     for note in opts.notes:
         log.warning("%s", note)
     raise_fd_limit(opts.max_sessions)

@@ -128,6 +128,9 @@ async def serve(
             task.add_done_callback(reloads.discard)
 
         loop.add_signal_handler(signal.SIGHUP, on_hup)
+        if startup.reload_requested:  # a SIGHUP came while starting: reload now
+            startup.reload_requested = False
+            on_hup()
         if workers is not None:
             for index, wpid in workers.pids.items():
 

@@ -49,7 +49,8 @@ class StopEarly(BaseException):
 
 
 class StartupSignals:
-    """SIGINT and SIGTERM during start-up: a clean stop at any point.
+    """SIGINT and SIGTERM during start-up: a clean stop at any point; a SIGHUP is kept for
+    the serve loop (:meth:`install_reload`).
 
     :meth:`install` takes the signals whose handler is the default (an embedding program's
     own handler, or an ignored signal, is left alone); :meth:`defer` is called just before an
@@ -60,6 +61,8 @@ class StartupSignals:
 
     def __init__(self) -> None:
         self.received: int | None = None
+        #: A SIGHUP (reload) arrived while starting: the serve loop reloads once it runs.
+        self.reload_requested = False
         self._raise = True
         self._previous: dict[int, Any] = {}
 
@@ -70,6 +73,16 @@ class StartupSignals:
             if current in (signal.SIG_DFL, signal.default_int_handler, None):
                 self._previous[s] = current
                 signal.signal(s, self._handler)
+
+    def install_reload(self) -> None:
+        """Record a SIGHUP from now on until the serve loop takes it over (if its handler is
+        the default: one that would end the run). A Python handler, not SIG_IGN, so commands
+        exec'd later do not inherit an ignored SIGHUP."""
+        if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
+            signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _on_hup(self, signum: int, frame: object) -> None:
+        self.reload_requested = True
 
     def _handler(self, signum: int, frame: object) -> None:
         self.received = signum
