@@ -30,7 +30,7 @@ from ..upstream.base import Upstream
 from ..upstream.router import resolve_proxy_addresses
 from .plan import Plan, prepare
 from .settings import stack_config
-from .startup import set_log_level
+from .startup import raise_fd_limit, set_log_level
 from .upstreams import build_upstream, proxy_hosts
 
 __all__ = ["LIVE", "Changes", "ReloadResult", "Reloader", "diff", "load_new_plan", "merge"]
@@ -231,6 +231,8 @@ class Reloader:
             return ReloadResult(False, path, error=one_line(str(e)))
         if "verbosity" in changes.changed:
             set_log_level(plan.options.verbosity)
+        if "max-sessions" in changes.changed:
+            raise_fd_limit(plan.options.max_sessions)  # every flow holds an upstream socket
         self.plan = plan
         return ReloadResult(True, path, changes.changed, changes.restart, kept)
 
