@@ -38,6 +38,8 @@ class Plan:
         extra: the ``--upstream`` upstreams by name.
         rules: ``--rule`` and ``--rules`` together (None when there are none).
         impairment: ``--impair`` and its seed.
+        argv: the command line the settings came from (a reload parses it again, so its
+            flags still win over the re-read config file).
     """
 
     options: Options
@@ -45,6 +47,7 @@ class Plan:
     extra: dict[str, Upstream]
     rules: Rules | None
     impairment: tuple[Impairment, int] | None
+    argv: tuple[str, ...] = ()
 
 
 def _rules(opts: Options, known: set[str]) -> Rules | None:

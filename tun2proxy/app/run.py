@@ -6,6 +6,7 @@ start-up signal arrives (:class:`~tun2proxy.app.startup.StopEarly`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -45,7 +46,7 @@ def configure(argv: Sequence[str]) -> Plan:
     """
     try:
         opts = parse_args(argv)
-        plan = prepare(opts)
+        plan = dataclasses.replace(prepare(opts), argv=tuple(argv))
         if not opts.print_config:
             check_host(opts)
     except UsageError as e:
@@ -81,6 +82,7 @@ def run(argv: Sequence[str], startup: StartupSignals) -> int:
         sys.stdout.write(render_config(opts))
         return 0
     setup_logging(opts.verbosity)
+    startup.install_reload()  # a SIGHUP while starting must not end the run (or a worker)
     for note in opts.notes:
         log.warning("%s", note)
     raise_fd_limit(opts.max_sessions)

@@ -1,6 +1,7 @@
 """The serve loop: one Driver on one link until a signal, a link failure or the ``--unshare``
-command's exit; signal handling (SIGINT/SIGTERM stop, SIGUSR1 logs the counters); watching
-the worker processes; the event loop choice.
+command's exit; signal handling (SIGINT/SIGTERM stop, SIGUSR1 logs the counters, SIGHUP
+reloads ``--config``: :mod:`.reload`; the main process passes SIGUSR1 and a successful
+SIGHUP on to the workers); watching the worker processes; the event loop choice.
 """
 
 from __future__ import annotations
@@ -14,63 +15,20 @@ import signal
 from collections.abc import Callable, Coroutine
 
 from ..dns.pool import SlotDirectory
-from ..driver.loop import Driver, DriverConfig
+from ..driver.loop import Driver
 from ..link.base import Link
 from ..link.impair import ImpairedLink
 from ..link.unshare import PrivateNamespace
-from ..options import Options
-from ..stack.config import StackConfig
-from ..tcp.config import TcpConfig
 from ..workers import WorkerSet
 from .plan import Plan
+from .reload import Reloader, ReloadResult
+from .settings import driver_config, stack_config
 from .startup import StartupSignals
 from .upstreams import build_upstream, make_egress
 
 __all__ = ["driver_config", "loop_factory", "run_on_loop", "serve", "stack_config"]
 
 log = logging.getLogger("tun2proxy")
-
-
-def _share(total: int, workers: int) -> int:
-    """One worker's share of a limit (the shares add up to at least the limit)."""
-    return max(1, -(-total // workers))
-
-
-def stack_config(
-    opts: Options, mtu: int, offload: bool = False, gso: int = 0, workers: int = 1
-) -> StackConfig:
-    """The stack settings of one worker's driver (limits divided among ``workers``)."""
-    pending = _share(opts.max_pending, workers)
-    memory = opts.memory_limit
-    return StackConfig(
-        isn_secret=os.urandom(16),
-        mtu=mtu,
-        checksum_offload=offload,
-        max_flows=_share(opts.max_sessions, workers),
-        max_pending=pending,
-        syn_flood_threshold=max(1, pending // 2),
-        memory_limit=None if memory is None else max(1 << 20, memory // workers),
-        max_udp_sessions=_share(opts.max_udp_sessions, workers),
-        udp_timeout=opts.udp_timeout,
-        dns_timeout=min(10.0, opts.udp_timeout),
-        icmp_echo=opts.icmp,
-        tcp=TcpConfig(
-            idle_timeout=opts.tcp_timeout, recv_buffer=opts.tcp_buffer,
-            send_buffer=opts.tcp_buffer, gso_max_size=gso if offload else 0,
-        ),
-    )
-
-
-def driver_config(
-    opts: Options, worker: tuple[int, int], directory: SlotDirectory | None
-) -> DriverConfig:
-    """The driver settings of one worker."""
-    return DriverConfig(
-        connect_timeout=opts.connect_timeout, udp=opts.udp, dns=opts.dns,
-        dns_addr=opts.dns_addr, virtual_dns_pool=opts.virtual_dns_pool,
-        virtual_dns_pool6=opts.virtual_dns_pool6, sniff=opts.sniff,
-        worker=worker, dns_directory=directory,
-    )
 
 
 class _Watch:
@@ -159,6 +117,23 @@ async def serve(
                 workers.signal_all(signal.SIGUSR1)
 
         loop.add_signal_handler(signal.SIGUSR1, on_usr1)
+
+        def forward(result: ReloadResult) -> None:
+            if workers is not None and result.path is not None:
+                workers.signal_all(signal.SIGHUP)  # each worker re-reads the file itself
+
+        reloader = Reloader(plan, driver, worker, forward)
+        reloads: set[asyncio.Task[ReloadResult]] = set()
+
+        def on_hup() -> None:
+            task = loop.create_task(reloader.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        if startup.reload_requested:  # a SIGHUP came while starting: reload now
+            startup.reload_requested = False
+            on_hup()
         if workers is not None:
             for index, wpid in workers.pids.items():
 
@@ -198,7 +173,7 @@ async def serve(
         else:
             await driver.run()
     finally:
-        for s in (*signals, signal.SIGUSR1):
+        for s in (*signals, signal.SIGUSR1, signal.SIGHUP):
             loop.remove_signal_handler(s)
         watch.close()
         if driver is not None and worker[1] > 1:

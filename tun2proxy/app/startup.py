@@ -29,6 +29,7 @@ __all__ = [
     "TimedOut",
     "call_bounded",
     "raise_fd_limit",
+    "set_log_level",
     "setup_logging",
 ]
 
@@ -48,7 +49,8 @@ class StopEarly(BaseException):
 
 
 class StartupSignals:
-    """SIGINT and SIGTERM during start-up: a clean stop at any point.
+    """SIGINT and SIGTERM during start-up: a clean stop at any point; a SIGHUP is kept for
+    the serve loop (:meth:`install_reload`).
 
     :meth:`install` takes the signals whose handler is the default (an embedding program's
     own handler, or an ignored signal, is left alone); :meth:`defer` is called just before an
@@ -59,6 +61,8 @@ class StartupSignals:
 
     def __init__(self) -> None:
         self.received: int | None = None
+        #: A SIGHUP (reload) arrived while starting: the serve loop reloads once it runs.
+        self.reload_requested = False
         self._raise = True
         self._previous: dict[int, Any] = {}
 
@@ -69,6 +73,16 @@ class StartupSignals:
             if current in (signal.SIG_DFL, signal.default_int_handler, None):
                 self._previous[s] = current
                 signal.signal(s, self._handler)
+
+    def install_reload(self) -> None:
+        """Record a SIGHUP from now on until the serve loop takes it over (if its handler is
+        the default: one that would end the run). A Python handler, not SIG_IGN, so commands
+        exec'd later do not inherit an ignored SIGHUP."""
+        if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
+            signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _on_hup(self, signum: int, frame: object) -> None:
+        self.reload_requested = True
 
     def _handler(self, signum: int, frame: object) -> None:
         self.received = signum
@@ -133,21 +147,29 @@ def call_bounded(fn: Callable[[], _T], timeout: float, what: str) -> _T:
     return result.value[0]
 
 
+#: ``--verbosity`` -> the logging level.
+LOG_LEVELS = {
+    "off": logging.CRITICAL + 10,
+    "error": logging.ERROR,
+    "warn": logging.WARNING,
+    "info": logging.INFO,
+    "debug": logging.DEBUG,
+    "trace": TRACE,
+}
+
+
 def setup_logging(level: str, tag: str = "") -> None:
     """Log to stderr at ``level`` (``off`` ... ``trace``), lines tagged with ``tag``."""
     logging.addLevelName(TRACE, "TRACE")
-    levels = {
-        "off": logging.CRITICAL + 10,
-        "error": logging.ERROR,
-        "warn": logging.WARNING,
-        "info": logging.INFO,
-        "debug": logging.DEBUG,
-        "trace": TRACE,
-    }
     logging.basicConfig(
-        level=levels[level], stream=sys.stderr,
+        level=LOG_LEVELS[level], stream=sys.stderr,
         format=f"tun2proxy{tag}: %(levelname)s %(message)s", force=True,
     )
+
+
+def set_log_level(level: str) -> None:
+    """Log at ``level`` from now on (a reload), keeping the handler and its tag."""
+    logging.getLogger().setLevel(LOG_LEVELS[level])
 
 
 def raise_fd_limit(flows: int) -> None:

@@ -26,7 +26,8 @@ command line win. Keep credentials there, mode 0600, not on the command line (ev
 user can read /proc/PID/cmdline). --print-config shows the result. See docs/config.md.
 
 signals: SIGINT/SIGTERM shut down cleanly (also while starting); SIGUSR1 logs the counters
-(flows, drops by reason, DNS, link) as one JSON line.
+(flows, drops by reason, DNS, link) as one JSON line; SIGHUP re-reads --config and applies
+rules, bypass, upstreams, log level and limits to new flows (open flows keep theirs).
 
 examples:
   # run one command with all its traffic going through a SOCKS5 proxy

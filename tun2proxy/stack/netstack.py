@@ -14,6 +14,7 @@ sessions, bytes per flow); all timers live in one heap with lazy deletion.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import heapq
@@ -973,6 +974,25 @@ class NetStack:
             if at is None or first < at:
                 at = first
         return at
+
+    def reconfigure(self, config: StackConfig) -> None:
+        """Use ``config``'s limits and timeouts from now on (a reload): new flows get them,
+        open ones keep the TCP settings they started with.
+
+        Raises:
+            ConfigError: ``config`` changes what only a new stack can (ISN secret, MTU,
+                checksum handling, the TCP settings other than ``idle_timeout``).
+        """
+        c = self.config
+        same = (c.isn_secret, c.mtu, c.verify_checksums, c.checksum_offload, c.accept_policy)
+        if same != (config.isn_secret, config.mtu, config.verify_checksums,
+                    config.checksum_offload, config.accept_policy) or (
+            dataclasses.replace(config.tcp, idle_timeout=c.tcp.idle_timeout) != c.tcp
+        ):
+            raise ConfigError("only limits and timeouts can change on a running stack")
+        self.config = config
+        self._tcp_cfg = config.tcp
+        self._adm.cfg = config
 
     # ------------------------------------------------------------------ introspection
 
