@@ -193,6 +193,8 @@ async def test_an_open_flow_keeps_its_upstream_while_new_flows_take_the_new_one(
             kept = driver.reconfigure(new, stack=dataclasses.replace(
                 driver.stack.config, max_flows=10))
             assert kept == 1 and driver.upstream is new and driver.udp_upstream is new
+            # the new upstream opens its sockets through this tunnel's Egress (loop detection)
+            assert new.egress is driver.egress
             b = host.connect("192.0.2.1", 80)
             await host.send_all(b, b"new flow")
             await host.wait(b, lambda x: bytes(x.received) == b"new flow")

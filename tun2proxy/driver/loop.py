@@ -151,9 +151,7 @@ class Driver:
         self.upstream = upstream
         #: This tunnel's outbound options, own-endpoint registry and resolver.
         self.egress = egress if egress is not None else default_egress()
-        bind = getattr(upstream, "bind_egress", None)
-        if callable(bind):  # an upstream not derived from Upstream may lack it
-            bind(self.egress)
+        self._bind(upstream)
         self.config = config or DriverConfig()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._relays: dict[int, TcpRelay] = {}
@@ -171,7 +169,7 @@ class Driver:
             DirectUpstream() if self.config.udp == "direct" else upstream
         )
         if self.udp_upstream is not upstream:
-            self.udp_upstream.bind_egress(self.egress)
+            self._bind(self.udp_upstream)
         c = self.config
         self.dns = DnsHandler(
             self, c.dns, Address.from_host(*c.dns_addr), c.virtual_dns_pool, c.virtual_dns_pool6,
@@ -678,17 +676,25 @@ class Driver:
             self.config = config
         before = self.upstream, self.udp_upstream
         if upstream is not None:
+            self._bind(upstream)
             self.upstream = upstream
         if self.config.udp != "direct":
             self.udp_upstream = self.upstream
         elif before[1] is before[0]:
             self.udp_upstream = DirectUpstream()
+            self._bind(self.udp_upstream)
         for up in before:
             if up is not self.upstream and up is not self.udp_upstream and all(
                 up is not r[0] for r in self._retired
             ):
                 self._retired.append((up, live))
         return len(live)
+
+    def _bind(self, upstream: Upstream) -> None:
+        """Let ``upstream`` open its sockets through this tunnel's Egress."""
+        bind = getattr(upstream, "bind_egress", None)
+        if callable(bind):  # an upstream not derived from Upstream may lack it
+            bind(self.egress)
 
     # ------------------------------------------------------------------ introspection
 
