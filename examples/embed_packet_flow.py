@@ -43,7 +43,12 @@ class EchoServerUpstream(Upstream):
 
 def main() -> None:
     outbox: queue.Queue[bytes] = queue.Queue()
-    link = PacketFlowLink(lambda pkts, fams: [outbox.put(bytes(p)) for p in pkts] and None)
+
+    def write_packets(pkts: list[bytes | bytearray], fams: list[int]) -> None:
+        for p in pkts:
+            outbox.put(bytes(p))
+
+    link = PacketFlowLink(write_packets)
     ready = threading.Event()
     holder: dict[str, object] = {}
 

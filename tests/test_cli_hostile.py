@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
 
@@ -26,11 +27,13 @@ def _isolated() -> list[str]:
     return []
 
 
-def _run(*args: str, stdin: object = subprocess.DEVNULL) -> subprocess.CompletedProcess[str]:
+def _run(
+    *args: str, stdin: int | IO[Any] | None = subprocess.DEVNULL
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*_isolated(), sys.executable, "-m", "tun2proxy", *args], capture_output=True,
         text=True, timeout=60,
-        check=False, stdin=stdin, preexec_fn=_limits,  # type: ignore[arg-type]
+        check=False, stdin=stdin, preexec_fn=_limits,
     )
 
 

@@ -80,7 +80,11 @@ async def tun2proxy_on_socketpair(
     theirs.close()
     ours.setblocking(False)
     loop = asyncio.get_running_loop()
-    host = AppHost(transmit=lambda pkts: [ours.send(p) for p in pkts] and None)
+    def transmit(pkts: list[bytes]) -> None:
+        for p in pkts:
+            ours.send(p)
+
+    host = AppHost(transmit=transmit)
 
     def readable() -> None:
         batch = []

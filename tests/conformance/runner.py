@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from tun2proxy.errors import FlowStateError
 from tun2proxy.stack import (
@@ -41,6 +41,9 @@ from tun2proxy.stack import (
 )
 from tun2proxy.tcp import TcpConfig
 from tun2proxy.testing import ExpectationError, parse_tcp_packet
+
+if TYPE_CHECKING:
+    from tun2proxy.stack.events import RejectReason
 from tun2proxy.wire import (
     ACK,
     CWR,
@@ -357,7 +360,7 @@ def _parse_options(text: str) -> list[OptSpec]:
                 raise ScriptError(f"option {item!r}: expected 'TS val V ecr E'")
             opts.append(OptSpec(k, [None if w == "*" else w for w in (words[2], words[4])]))
         elif k == "sack":
-            opts.append(OptSpec(k, words[1:]))
+            opts.append(OptSpec(k, list[str | None](words[1:])))
         elif k == "raw":
             opts.append(OptSpec(k, ["".join(words[1:])]))
         else:
@@ -556,6 +559,7 @@ class Run:
                 break
             self._poll(max(d, self.now))
         else:
+            assert d is not None
             self.fail(f"poll_at() keeps reporting a due deadline ({self._rel(d)})")
         if t > self.now:
             self.now = t
@@ -692,6 +696,8 @@ class Run:
         specials = SPECIAL_ADDRS[self.version]
         src = specials.get(mods.get("from", "app"), mods.get("from"))
         dst = specials.get(mods.get("to", "self"), mods.get("to"))
+        if src is None or dst is None:
+            raise ScriptError("'from' and 'to' need an address")
         try:
             src_b = ipaddress.ip_address(src).packed
             dst_b = ipaddress.ip_address(dst).packed
@@ -947,7 +953,7 @@ class Run:
                 self.stack.tcp_accept(fid)
             else:
                 reason = words[1] if len(words) > 1 else "reset"
-                self.stack.tcp_reject(fid, reason)
+                self.stack.tcp_reject(fid, cast("RejectReason", reason))  # the stack checks it
             self.unpolled = True
             self._drain(self.now)
         elif verb == "upstream":
@@ -988,9 +994,9 @@ class Run:
                     self.fail(f"recv({n}) returned {len(data)} bytes")
             else:
                 data = st.recv(fid)
-            want = APP_STREAM.get(self.app_read, len(data))
-            if bytes(data) != want:
-                bad = next(i for i in range(len(data)) if data[i] != want[i])
+            expected = APP_STREAM.get(self.app_read, len(data))
+            if bytes(data) != expected:
+                bad = next(i for i in range(len(data)) if data[i] != expected[i])
                 self.fail(
                     f"upstream received wrong bytes at app stream offset {self.app_read + bad}"
                 )

@@ -9,6 +9,7 @@ the day the bug is fixed the suite says so.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,7 @@ VERSIONS = (4, 6)
 SCRIPT_PATHS = sorted(SCRIPTS.glob("*.pkt"))
 
 
-def _params() -> list[object]:
+def _params() -> list[Any]:
     params = []
     for path in SCRIPT_PATHS:
         reason = KNOWN_BUGS.get(path.name)

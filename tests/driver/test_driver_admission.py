@@ -60,7 +60,7 @@ class _HalfDead(Upstream):
             await asyncio.sleep(3600)
         loop = asyncio.get_running_loop()
         t, _ = await loop.create_connection(lambda: protocol, "127.0.0.1", self.port)
-        return t  # type: ignore[return-value]
+        return t
 
 
 async def test_a_hanging_destination_does_not_starve_the_others() -> None:

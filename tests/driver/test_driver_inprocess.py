@@ -49,7 +49,7 @@ class LoopbackUpstream(Upstream):
             t, _ = await loop.create_connection(lambda: protocol, "127.0.0.1", port)
         except OSError as e:
             raise upstream_error_from_os(e, str(dst)) from None
-        return t  # type: ignore[return-value]
+        return t
 
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], "asyncio.Future[None]"]

@@ -60,7 +60,7 @@ def lab() -> Iterator[Lab]:
     lab = Lab()
     try:
         lab.setup()
-        servers = [
+        servers: list[StreamServer | HttpServer] = [
             StreamServer(lab.S, SERVER_V4, STREAM_PORT),
             StreamServer(lab.S, SERVER_V6, STREAM_PORT),
             HttpServer(lab.S, SERVER_V4, HTTP_PORT),
@@ -137,7 +137,7 @@ def udp_servers(lab: Lab) -> Iterator[dict[int, tuple[str, ...]]]:
         run("ip", "-n", lab.S, "addr", "add", f"{a}/24", "dev", lab.server_if)
     for a in EXTRA_V6:
         run("ip", "-n", lab.S, "addr", "add", f"{a}/64", "dev", lab.server_if, "nodad")
-    addrs = {4: (SERVER_V4, *EXTRA_V4), 6: (SERVER_V6, *EXTRA_V6)}
+    addrs: dict[int, tuple[str, ...]] = {4: (SERVER_V4, *EXTRA_V4), 6: (SERVER_V6, *EXTRA_V6)}
     servers = [UdpEchoServer(lab.S, a, UDP_PORT) for v in addrs.values() for a in v]
     yield addrs
     for s in servers:
@@ -215,7 +215,7 @@ def tun2proxy(lab: Lab) -> Iterator[Tun2Proxy]:
         p.stop()
 
 
-UPSTREAMS = {
+UPSTREAMS: dict[str, Callable[[], str]] = {
     "direct": lambda: "direct://",
     "microsocks": lambda: f"socks5://127.0.0.1:{MICROSOCKS_PORT}",
     "dante": lambda: f"socks5://127.0.0.1:{DANTE_PORT}",

@@ -262,8 +262,7 @@ def test_iperf3_10_flows_memory_stays_within_budget(
             client.kill()
         client.wait(10)
     srv.stop()
-    out = out_file.read_text()
-    result = json.loads(out)
+    result = json.loads(out_file.read_text())
     gbps = result["end"]["sum_received"]["bits_per_second"] / 1e9
     print(f"\niperf3 -P 10 {direction}: {gbps:.2f} Gbit/s; RSS baseline {baseline / 1024:.1f} "
           f"MiB, peak {peak / 1024:.1f} MiB, budget {budget_mib} MiB")

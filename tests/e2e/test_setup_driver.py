@@ -157,11 +157,11 @@ def world(tmp_path: Path) -> Iterator[World]:
         w.resolv.write_bytes(b"nameserver 192.0.2.1\n")
         # dante resolves the names it is given from its namespace's hosts file
         (etc[1] / "hosts").write_text(f"{FAR_V4} far.test\n{FAR_V6} far.test\n")
-        conf = tmp_path / "sockd.conf"
-        conf.write_text(DANTE.format(log=w.dante_log, proxy=PROXY, external=f"{n}f"))
+        sockd = tmp_path / "sockd.conf"
+        sockd.write_text(DANTE.format(log=w.dante_log, proxy=PROXY, external=f"{n}f"))
         log = open(tmp_path / "danted.out", "wb")  # noqa: SIM115 - the Popen owns it
         procs.append(subprocess.Popen(
-            ["ip", "netns", "exec", w.I, "danted", "-f", str(conf), "-p",
+            ["ip", "netns", "exec", w.I, "danted", "-f", str(sockd), "-p",
              str(tmp_path / "sockd.pid")], stdout=log, stderr=subprocess.STDOUT))
         log.close()
         assert wait_for(lambda: w.dante_log.exists() and _listening(w.I, PROXY, 1080))

@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
     async def with_udpgw(args: argparse.Namespace) -> Upstream:
         return UdpgwUpstream(await build(args), settings)
 
-    cli._build_upstream = with_udpgw  # type: ignore[assignment]
+    cli._build_upstream = with_udpgw
     return cli.main(rest)
 
 

@@ -220,11 +220,11 @@ async def test_eio_on_write_is_down_and_a_good_write_is_back_up(
     real_write = os.write
     try:
         assert device_state(link.fd) == "unknown"  # not a TUN: traffic tells
-        monkeypatch.setattr(fdmod.os, "write", _raising(errno.EIO))
+        monkeypatch.setattr(os, "write", _raising(errno.EIO))
         link.write_batch([b"E" * 40, b"E" * 40, b"E" * 40])
         assert link.down_since is not None and watch.errors == []
         assert link.stats()["down_drops"] == 3  # the rest of the batch is not even tried
-        monkeypatch.setattr(fdmod.os, "write", real_write)
+        monkeypatch.setattr(os, "write", real_write)
         link.write_batch([b"E" * 40])
         assert link.down_since is None
         assert peer.recv(100) == b"E" * 40
@@ -243,7 +243,7 @@ async def test_gone_errors_fail_the_link_once_with_a_clear_message(
     watch = _Watch()
     watch.start(link)
     try:
-        monkeypatch.setattr(fdmod.os, "write", _raising(code))
+        monkeypatch.setattr(os, "write", _raising(code))
         link.write_batch([b"E" * 40])
         link.write_batch([b"E" * 40])  # a shutdown's last packets: not a second failure
         assert len(watch.errors) == 1
@@ -269,14 +269,14 @@ async def test_eio_on_read_stops_reading_until_the_probe_looks_again(
         raise OSError(errno.EIO, "Input/output error")
 
     real_read = os.read
-    monkeypatch.setattr(fdmod.os, "read", read)
+    monkeypatch.setattr(os, "read", read)
     watch.start(link)
     try:
         peer.send(b"R" * 40)  # readable, for ever, as far as the reader is concerned
         await asyncio.sleep(0.3)
         assert link.down_since is not None and watch.errors == []
         assert calls <= 10, f"{calls} reads in 0.3 s: a busy loop"
-        monkeypatch.setattr(fdmod.os, "read", real_read)
+        monkeypatch.setattr(os, "read", real_read)
         assert await _until(lambda: link.down_since is None)  # a read succeeds: back up
         assert [p for b in watch.batches for p in b] == [b"R" * 40]
     finally:

@@ -7,6 +7,8 @@ random byte flips, every truncation of every seed packet, and seeds with bytes a
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from typing import TypeVar
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -77,11 +79,12 @@ def _seeds() -> list[bytes]:
 
 
 SEEDS = _seeds()
+T = TypeVar("T")
 
 
-def _call(fn: object, *args: object) -> object | None:
+def _call(fn: Callable[..., T], *args: object) -> T | None:
     try:
-        return fn(*args)  # type: ignore[operator]
+        return fn(*args)
     except MalformedPacket as e:
         reason = e.reason
     assert isinstance(reason, str) and reason

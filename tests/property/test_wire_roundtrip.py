@@ -62,7 +62,9 @@ def segments(draw: st.DrawFn) -> tuple[TcpSegment, TcpSegment]:
     sent = TcpSegment(sport, dport, seq, ack, flags, window, urgent, payload, mss=mss,
                       wscale=wscale, sack_permitted=sack_permitted, sack=sack, ts_val=ts_val,
                       ts_ecr=ts_ecr)
-    other = {"mss": mss, "wscale": wscale, "sack_permitted": sack_permitted, "timestamp": ts}
+    other: dict[str, object] = {
+        "mss": mss, "wscale": wscale, "sack_permitted": sack_permitted, "timestamp": ts,
+    }
     expected = TcpSegment(sport, dport, seq, ack, flags, window, urgent, payload, mss=mss,
                           wscale=wscale, sack_permitted=sack_permitted,
                           sack=_fitting_sack(other, sack), ts_val=ts_val, ts_ecr=ts_ecr)

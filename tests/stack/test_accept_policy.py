@@ -92,7 +92,7 @@ def test_peer_fin_before_the_host_accepts_is_kept() -> None:
     p.expect(st.poll(0.0), flags=SYN | ACK)
     st.receive(p.data(b"bye", flags=ACK | 0x01), 0.1)  # data + FIN on the third segment
     evs = st.events()
-    fid = evs[0].flow_id  # type: ignore[union-attr]
+    fid = evs[0].flow_id
     assert evs[1:] == [TcpReadable(fid), TcpPeerClosed(fid)]
     assert st.connection(fid).peer_fin
 
@@ -101,7 +101,7 @@ def test_icmp_errors_are_rate_limited() -> None:
     st = make_stack(icmp_error_rate=5)
     for port in range(6000, 6020):
         st.receive(udp_packet("10.0.0.1", "192.0.2.1", port, 9, b"x"), 0.0)
-    fids = [e.flow_id for e in st.events()]  # type: ignore[union-attr]
+    fids = [e.flow_id for e in st.events()]
     for fid in fids:
         st.udp_reject(fid)
     icmps = [p for p in st.poll(0.0) if parse_ip(p).protocol == 1]

@@ -73,7 +73,7 @@ def test_held_handshakes_expire_early_under_pressure_and_silently() -> None:
     # the five it never heard of end with nothing; no packet goes to any spoofed source.
     assert all(isinstance(e, TcpClosed) for e in evs)
     assert len(evs) == 10 and {e.reason for e in evs} == {"timeout"}  # type: ignore[union-attr]
-    assert real not in {e.flow_id for e in evs}  # type: ignore[union-attr]
+    assert real not in {e.flow_id for e in evs}
     st.poll(3.5)
     assert not [f for f in _flags(out) + _flags(st.poll(3.6)) if f & RST]
     s = st.stats()
@@ -131,7 +131,7 @@ def test_handshake_first_answers_no_more_syns_than_the_host_can_queue() -> None:
     st.receive(peers[3].syn(), 0.0)
     peers[3].expect_none(st.poll(0.0))  # no handshake it cannot be served: the app retries
     assert st.stats()["drops"]["tcp-queue-limit"] == 1  # type: ignore[index]
-    st.tcp_accept(queued[0].flow_id)  # type: ignore[union-attr]
+    st.tcp_accept(queued[0].flow_id)
     st.receive(peers[3].syn(), 1.0)  # the app's retransmission
     peers[3].expect(st.poll(1.0), flags=SYN | ACK)
 
@@ -174,7 +174,7 @@ def test_a_pending_request_handed_back_completes_its_handshake_first() -> None:
 def test_a_handed_back_request_nobody_answers_costs_no_event() -> None:
     st = make_stack(syn_flood_threshold=4, half_open_timeout=3.0)
     _spoofed(st, 5, 0.0)  # four requests; the fifth finds the flood mode on
-    fids = [e.flow_id for e in st.events()]  # type: ignore[union-attr]
+    fids = [e.flow_id for e in st.events()]
     assert len(fids) == 4 and st.syn_flood_mode
     for fid in fids:
         st.tcp_handshake_first(fid)

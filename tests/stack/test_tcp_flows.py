@@ -135,7 +135,7 @@ def test_reject_with_icmp_quotes_the_syn(version: int, reason: str) -> None:
     syn = p.syn()
     st.receive(syn, 0.0)
     (ev,) = st.events()
-    st.tcp_reject(ev.flow_id, reason)
+    st.tcp_reject(ev.flow_id, reason)  # type: ignore[arg-type]  # each reason by name
     (pkt,) = st.poll(0.0)
     ip = parse_ip(pkt)
     assert ip.protocol == (1 if version == 4 else 58)
@@ -313,7 +313,7 @@ def test_api_misuse_raises_flow_state_error() -> None:
     with pytest.raises(FlowStateError):
         st.send(fid, b"late")
     with pytest.raises(ValueError, match="reason"):
-        st.tcp_reject(fid, "bogus")
+        st.tcp_reject(fid, "bogus")  # type: ignore[arg-type]  # refused on purpose
 
 
 def test_isn_is_keyed_by_secret_and_tuple() -> None:

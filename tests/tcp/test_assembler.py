@@ -1,3 +1,5 @@
+# mypy: disable-error-code="comparison-overlap"
+# (mypy keeps a narrowed attribute such as ``conn.state`` narrowed across calls that change it)
 """The out-of-order Assembler on its own: ranges, merging, first-copy-wins, caps, SACK order."""
 
 from __future__ import annotations

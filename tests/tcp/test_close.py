@@ -1,3 +1,5 @@
+# mypy: disable-error-code="comparison-overlap"
+# (mypy keeps a narrowed attribute such as ``conn.state`` narrowed across calls that change it)
 """Closing: FIN-WAIT-1/2, CLOSING, TIME-WAIT, CLOSE-WAIT, LAST-ACK, simultaneous close,
 half-close both ways, FIN retransmission, abort (C1-C5).
 """

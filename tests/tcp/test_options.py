@@ -1,3 +1,5 @@
+# mypy: disable-error-code="comparison-overlap"
+# (mypy keeps a narrowed attribute such as ``conn.state`` narrowed across calls that change it)
 """Options after the handshake: timestamps (RFC 7323 §3-4), PAWS (§5), window scale applied to
 the peer's window, options that reduce the payload (RFC 6691). Checklist O3, O5, O6, S1.
 """

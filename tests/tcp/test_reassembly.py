@@ -1,3 +1,5 @@
+# mypy: disable-error-code="comparison-overlap"
+# (mypy keeps a narrowed attribute such as ``conn.state`` narrowed across calls that change it)
 """Out-of-order data: reassembly, SACK blocks, duplicate ACKs, bounds, FIN out of order.
 
 Checklist R3, R4, R5 (dup ACKs), O4 (receiver side).
@@ -22,7 +24,7 @@ def chunk(a: int, b: int) -> bytes:
 
 def _sack_rig(**syn: object) -> Rig:
     r = Rig()
-    r.establish(mss=1460, sack_permitted=True, **syn)  # type: ignore[arg-type]
+    r.establish(mss=1460, sack_permitted=True, **syn)
     return r
 
 
@@ -129,12 +131,12 @@ def test_sack_blocks_most_recent_first() -> None:
     assert out[0].sack == ((900, 1000), (700, 800), (500, 600), (300, 400))  # 4 at most
     # A segment that lands in an older range makes that block first.
     out = r.send(ACK, chunk(150, 250), seq=150, advance=False)
-    assert out[0].sack[0] == (100, 250)
+    assert (out[0].sack or ())[0] == (100, 250)
     # After the gap fills the acknowledged block disappears.
     out = r.send(ACK, chunk(0, 100), seq=0, advance=False)
     assert out[0].ack == 250
     assert (100, 250) not in (out[0].sack or ())
-    assert all(s >= 250 for s, _ in out[0].sack)
+    assert all(s >= 250 for s, _ in out[0].sack or ())
 
 
 def test_sack_at_most_three_blocks_with_timestamps() -> None:
@@ -176,6 +178,7 @@ def test_sack_blocks_across_the_wrap(isn: int) -> None:
     r = Rig(remote_isn=isn)
     r.establish(mss=1460, sack_permitted=True)
     out = r.send(ACK, chunk(100, 200), seq=100, advance=False)
+    assert out[0].seg.sack is not None
     (left, right) = out[0].seg.sack[0]
     assert left == (isn + 1 + 100) & 0xFFFFFFFF
     assert right == (isn + 1 + 200) & 0xFFFFFFFF

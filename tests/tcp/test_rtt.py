@@ -49,6 +49,7 @@ def test_granularity_floor_in_k_rttvar() -> None:
     for _ in range(200):
         e.sample(0.05)
     assert e.rttvar < G / 4
+    assert e.srtt is not None
     assert e.rto == pytest.approx(e.srtt + G)
 
 

@@ -1,3 +1,5 @@
+# mypy: disable-error-code="comparison-overlap"
+# (mypy keeps a narrowed attribute such as ``conn.state`` narrowed across calls that change it)
 """Timers: delayed ACK (R5), keep-alive towards the app, idle timeout, half-close timeout and
 TIME-WAIT (T2, C6, C7).
 """

@@ -55,12 +55,13 @@ async def test_connect_tcp_to_a_literal_and_the_endpoint_is_ours_only_while_dial
         await real_sock_connect(sock, addr)
 
     loop = asyncio.get_running_loop()
-    loop.sock_connect = spy  # type: ignore[method-assign]
+    loop.sock_connect = spy  # type: ignore[method-assign, assignment]
     try:
         t, p = await connect_tcp("127.0.0.1", port, _Sink)
     finally:
         del loop.sock_connect
     assert isinstance(p, _Sink) and p.transport is t
+    assert t is not None
     local = t.get_extra_info("sockname")
     assert not is_own_endpoint(local[0], local[1])  # forgotten once connected
     t.close()

@@ -92,7 +92,7 @@ async def test_a_tcp_dial_is_in_its_egress_s_registry_only() -> None:
         seen.append((a.is_own(*local), b.is_own(*local)))
         await real(sock, addr)
 
-    loop.sock_connect = spy  # type: ignore[method-assign]
+    loop.sock_connect = spy  # type: ignore[method-assign, assignment]
     try:
         t, _ = await dial.connect_tcp("127.0.0.1", port, asyncio.Protocol, egress=a)
     finally:
@@ -200,9 +200,9 @@ def test_no_module_level_mutable_state_in_upstream_and_driver() -> None:
                     if isinstance(t, ast.Name) and _mutable(value) and t.id != "__all__":
                         if (mod, t.id) not in ALLOWED_MODULE_STATE:
                             found.append(f"{mod}: {t.id}")
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Global):
-                    rebound += [f"{mod}: {n}" for n in node.names]
+            for any_node in ast.walk(tree):
+                if isinstance(any_node, ast.Global):
+                    rebound += [f"{mod}: {n}" for n in any_node.names]
     assert found == []
     assert sorted(rebound) == ["upstream/dial.py: _compat_outbound",
                                "upstream/dial.py: _compat_resolver"]

@@ -58,7 +58,7 @@ def ref_sum(data: bytes) -> int:
     """RFC 1071 sum with end-around carry, 0..0xFFFF (independent of tun2proxy)."""
     if len(data) % 2:
         data += b"\x00"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return s

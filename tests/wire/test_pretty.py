@@ -28,7 +28,7 @@ B6 = ipaddress.ip_address("2001:db8::2").packed
 def test_format_address() -> None:
     assert format_address(A4) == "192.0.2.1"
     assert format_address(B6) == "2001:db8::2"
-    assert format_address(bytearray(16)) == "::"
+    assert format_address(bytes(16)) == "::"
 
 
 def test_tcp_syn_with_options() -> None:

@@ -36,7 +36,7 @@ DST6 = ipaddress.ip_address("2001:db8::2").packed
 def ref_sum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\x00"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return s
@@ -239,7 +239,7 @@ def test_basic_fields_and_payload_view() -> None:
         assert (seg.flags, seg.window, seg.urgent, seg.header_len) == (ACK | URG, 0xFFFF, 7, 20)
         assert isinstance(seg.payload, memoryview)
         assert bytes(seg.payload) == b"hello"
-        assert seg.mss is seg.wscale is seg.sack is seg.ts_val is seg.ts_ecr is None
+        assert (seg.mss, seg.wscale, seg.sack, seg.ts_val, seg.ts_ecr) == (None,) * 5
         assert seg.sack_permitted is False and seg.bad_options is False
 
 

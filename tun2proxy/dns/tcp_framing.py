@@ -15,7 +15,7 @@ MAX_MESSAGE = 65535
 _PREFIX = 2
 
 
-def frame(message: bytes) -> bytes:
+def frame(message: bytes | bytearray | memoryview) -> bytes:
     """``message`` with its 2-byte big-endian length in front.
 
     Raises :class:`ValueError` for a message longer than 65535 bytes (API misuse).
