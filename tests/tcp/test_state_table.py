@@ -26,7 +26,7 @@ class RecordingConnection(TcpConnection):
     changes: list[tuple[State, State]] = []
 
     @classmethod
-    def from_syn(cls, *args: object, **kw: object) -> TcpConnection:
+    def from_syn(cls, *args: object, **kw: object) -> TcpConnection:  # type: ignore[override]
         conn = super().from_syn(*args, **kw)  # type: ignore[arg-type]
         # construction, not a transition: a new connection is put in LISTEN (CLOSED -> LISTEN)
         assert cls.changes.pop() == (State.CLOSED, State.LISTEN)

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from ..tcp.connection import TcpConnection
 from .config import StackConfig
+from .flow import StackConnection
 
 __all__ = ["Admission"]
 
@@ -58,10 +58,10 @@ class Admission:
         self.pending = 0
         self.pending_by_src: dict[bytes, int] = {}
         #: Flows the host accepted whose SYN-ACK is unanswered: id -> (connection, since).
-        self.held: OrderedDict[int, tuple[TcpConnection, float]] = OrderedDict()
+        self.held: OrderedDict[int, tuple[StackConnection, float]] = OrderedDict()
         #: Handshakes completing before the host hears of them: id -> (connection, since),
         #: oldest first.
-        self.half_open: OrderedDict[int, tuple[TcpConnection, float]] = OrderedDict()
+        self.half_open: OrderedDict[int, tuple[StackConnection, float]] = OrderedDict()
         #: The half-open ones that were pending requests the host handed back
         #: (``tcp_handshake_first``): still load, not yet validated.
         self.converted: set[int] = set()
@@ -88,7 +88,7 @@ class Admission:
             self.pending_by_src.pop(src, None)
 
     def add_half_open(
-        self, fid: int, conn: TcpConnection, now: float, converted: bool = False
+        self, fid: int, conn: StackConnection, now: float, converted: bool = False
     ) -> None:
         """A handshake the stack completes before the host hears of the flow."""
         self.half_open[fid] = (conn, now)
@@ -174,13 +174,13 @@ class Admission:
                     at = t
         return at
 
-    def expire(self, now: float) -> tuple[list[TcpConnection], list[TcpConnection]]:
+    def expire(self, now: float) -> tuple[list[StackConnection], list[StackConnection]]:
         """Take out the half-open and the held handshakes older than ``half_open_timeout``
         (only under pressure); the caller ends them."""
         if not self.under_pressure:
             return [], []
         limit = now - self.cfg.half_open_timeout
-        out: list[list[TcpConnection]] = [[], []]
+        out: list[list[StackConnection]] = [[], []]
         for i, table in enumerate((self.half_open, self.held)):
             while table:
                 fid, (conn, since) = next(iter(table.items()))
@@ -193,7 +193,7 @@ class Admission:
             self.unanswered_at = now
         return out[0], out[1]
 
-    def evict_oldest(self, now: float) -> TcpConnection | None:
+    def evict_oldest(self, now: float) -> StackConnection | None:
         """Take out the oldest half-open handshake (to make room), or None if there is none."""
         if not self.half_open:
             return None

@@ -10,43 +10,25 @@ Rules kept here (``DESIGN.md`` §2): :meth:`receive` never raises on packet cont
 drop is counted by reason in :meth:`stats`; a new TCP flow is a *request* the host accepts or
 rejects after dialling (decide at the SYN); everything is bounded (flows, pending SYNs, UDP
 sessions, bytes per flow); all timers live in one heap with lazy deletion.
+
+Where the parts are: the tables and the helpers every protocol shares in :mod:`.base`; the
+input of each protocol in :mod:`.tcp_input`, :mod:`.udp_input` and :mod:`.icmp_input` (mixins
+over the base, so a packet costs no more calls than in one class); the timer heap in
+:mod:`.timers`; SYN admission in :mod:`.admission`; a connection's stack bookkeeping (flow id,
+key, timer entry) in :mod:`.flow`. This module keeps the host API.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import heapq
 import ipaddress
-from collections import OrderedDict
 from collections.abc import Iterable
 
 from ..errors import ConfigError, FlowStateError, MalformedPacket
-from ..tcp.connection import (
-    N_CLOSED,
-    N_ESTABLISHED,
-    N_PEER_CLOSED,
-    N_READABLE,
-    N_WRITABLE,
-    TcpConnection,
-)
+from ..tcp.connection import TcpConnection
 from ..tcp.state import CLOSED, LISTEN, TIME_WAIT, State
-from ..udp.session import UdpSession
-from ..wire.addrclass import bad_destination, bad_source
-from ..wire.checksum import finish, ones_sum
-from ..wire.icmp import (
-    ICMP6_ECHO_REQUEST,
-    ICMP6_PACKET_TOO_BIG,
-    ICMP_DEST_UNREACH,
-    ICMP_ECHO_REQUEST,
-    IcmpMessage,
-    echo_reply,
-    is_icmp_error,
-    parse_icmp,
-    parse_quoted,
-    unreachable,
-)
+from ..wire.icmp import unreachable
 from ..wire.ip import (
     IPPROTO_ICMP,
     IPPROTO_ICMPV6,
@@ -54,50 +36,22 @@ from ..wire.ip import (
     IPPROTO_UDP,
     parse_ip,
 )
-from ..wire.seq import SEQ_MASK
-from ..wire.tcp import ACK, FIN, IP4_TCP, IP6_TCP, RST, SYN, TcpSegment, parse_tcp
-from ..wire.udp import parse_udp
-from .admission import Admission
+from ..wire.tcp import ACK, RST, build_rst
+from .base import FLOW_OVERHEAD
 from .config import StackConfig
-from .events import (
-    Endpoint,
-    Event,
-    RejectReason,
-    TcpClosed,
-    TcpConnectRequest,
-    TcpPeerClosed,
-    TcpReadable,
-    TcpWritable,
-    UdpDatagram,
-    UdpSessionClosed,
-)
-from .stats import Stats
+from .events import Endpoint, Event, RejectReason, TcpClosed
+from .flow import StackConnection
+from .icmp_input import IcmpInput
+from .tcp_input import TcpInput
+from .udp_input import UdpInput
 
-__all__ = ["REJECT_REASONS", "NetStack"]
+__all__ = ["FLOW_OVERHEAD", "REJECT_REASONS", "NetStack"]
 
 #: How :meth:`NetStack.tcp_reject` can answer a refused SYN.
 REJECT_REASONS = ("reset", "net", "host", "port", "admin")
 
-_RST_BUDGET = 200  # RSTs to unknown flows per second (RFC 9293 §3.10.7.1; no amplification)
-#: Estimated bytes of Python objects per TCP flow in the stack (connection, key, timers),
-#: beside its buffers: an idle established flow measured about 2.2 KB with tracemalloc
-#: (tests/stack/test_memory.py keeps this figure honest).
-FLOW_OVERHEAD = 2200
 
-
-def _address_refused(src: bytes, dst: bytes, allow_scoped: bool) -> str:
-    """Why a packet from ``src`` to ``dst`` is refused for its addresses, or "" (one place for
-    TCP, UDP and ICMP; the classes are :mod:`tun2proxy.wire.addrclass`'s)."""
-    if src == dst:
-        return "land"  # source = destination (the LAND attack)
-    why = bad_source(src)
-    if why:
-        return "src-" + why
-    why = bad_destination(dst, allow_scoped)
-    return "dst-" + why if why else ""
-
-
-class NetStack:
+class NetStack(TcpInput, UdpInput, IcmpInput):
     """A userspace TCP/UDP/ICMP endpoint for every address behind a TUN-like link.
 
     One owner thread only (no locks inside). See the module docstring for the call pattern.
@@ -105,41 +59,6 @@ class NetStack:
     Args:
         config: the stack's settings; ``config.isn_secret`` must hold at least 8 bytes.
     """
-
-    def __init__(self, config: StackConfig) -> None:
-        if len(config.isn_secret) < 8:
-            raise ConfigError(
-                "StackConfig.isn_secret must hold at least 8 random bytes (e.g. os.urandom(16))"
-            )
-        self.config = config
-        self._tcp_cfg = config.tcp
-        self._verify = config.verify_checksums
-        self._offload = config.checksum_offload
-        self._tcp: dict[bytes, TcpConnection] = {}
-        self._flows: dict[int, TcpConnection] = {}
-        self._udp: OrderedDict[bytes, UdpSession] = OrderedDict()
-        self._udp_by_id: dict[int, UdpSession] = {}
-        self._next_id = 1
-        #: Pending requests, held and half-open handshakes, the host's queue, flood mode.
-        self._adm = Admission(config)
-        self._syn_quote: dict[int, bytes] = {}
-        self._dirty: list[TcpConnection] = []
-        self._closing: list[TcpConnection] = []
-        #: Flows that closed in order with bytes the host has not read yet: flow id ->
-        #: deadline. TcpClosed waits until the bytes are read (we ACKed them: they must be
-        #: delivered) or the half-close timeout passes.
-        self._lingering: dict[int, float] = {}
-        self._heap: list[tuple[float, int, TcpConnection | UdpSession]] = []
-        self._heap_seq = 0
-        self._events: list[Event] = []
-        self._out: list[bytearray] = []
-        self._rst_tokens = float(_RST_BUDGET)
-        self._rst_time = 0.0
-        self._icmp_tokens = float(config.icmp_error_rate)
-        self._icmp_time = 0.0
-        self._buffered = 0
-        self._now = 0.0
-        self.stats_counters = Stats()
 
     # ------------------------------------------------------------------ input
 
@@ -191,392 +110,9 @@ class NetStack:
 
     # ------------------------------------------------------------------ TCP input
 
-    def _tcp_input(
-        self,
-        data: bytes | bytearray,
-        src: bytes,
-        dst: bytes,
-        off: int,
-        end: int,
-        now: float,
-        verify: bool,
-    ) -> None:
-        if verify:
-            # R9: the checksum is verified before any state is looked up or changed.
-            n = int.from_bytes(memoryview(data)[off:end], "big")
-            if (end - off) & 1:
-                n <<= 8
-            pseudo = int.from_bytes(src, "big") + int.from_bytes(dst, "big") + 6 + (end - off)
-            if (n + pseudo) % 0xFFFF:
-                raise MalformedPacket("tcp-checksum")
-        seg = parse_tcp(data, off, end)
-        key = src + dst + bytes(data[off : off + 4])
-        conn = self._tcp.get(key)
-        if conn is not None and conn.state is CLOSED:
-            # Closed, kept only until the host reads what is left: the 4-tuple is free.
-            del self._tcp[key]
-            conn = None
-        if conn is not None:
-            if conn.state is TIME_WAIT and seg.flags & SYN and not seg.flags & ACK:
-                # C6: a new SYN may reopen a 4-tuple in TIME-WAIT when its sequence number
-                # is beyond the old connection's (RFC 9293 §3.10.7.4, MAY-2).
-                if ((seg.seq - conn.rcv_nxt) & SEQ_MASK) < 0x80000000:
-                    self._remove(conn)
-                    conn = None
-            if conn is not None:
-                conn.on_segment(seg, now)
-                self._touch(conn)
-                return
-        flags = seg.flags
-        st = self.stats_counters
-        if flags & RST:
-            st.drop("tcp-rst-unknown-flow")  # never answer an RST with an RST
-            return
-        if src == dst or bad_source(src) or bad_destination(dst, self.config.allow_link_local):
-            # Never answered: loopback, mapped, multicast... (wire/addrclass.py); LAND too.
-            st.drop("tcp-bad-address")
-            st.refuse_address("tcp-" + _address_refused(src, dst, self.config.allow_link_local))
-            return
-        if flags & SYN and not flags & ACK:
-            self._new_syn(data, seg, key, src, dst, off, now)
-            return
-        # A segment for no connection: RST (RFC 9293 §3.10.7.1), rate limited.
-        st.drop("tcp-unknown-flow")
-        seglen = len(seg.payload) + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
-        if flags & ACK:
-            self._send_rst(src, dst, seg.dst_port, seg.src_port, seg.ack, 0, RST, now)
-        else:
-            self._send_rst(
-                src, dst, seg.dst_port, seg.src_port, 0, seg.seq + seglen, RST | ACK, now
-            )
-
-    def _send_rst(
-        self,
-        app: bytes,
-        local: bytes,
-        local_port: int,
-        app_port: int,
-        seq: int,
-        ack: int,
-        flags: int,
-        now: float,
-    ) -> None:
-        tokens = min(_RST_BUDGET, self._rst_tokens + (now - self._rst_time) * _RST_BUDGET)
-        self._rst_time = now
-        if tokens < 1:
-            self._rst_tokens = tokens
-            self.stats_counters.drop("tcp-rst-rate-limited")
-            return
-        self._rst_tokens = tokens - 1
-        self._out.append(
-            _build_rst(local, app, local_port, app_port, seq, ack, flags, self._offload)
-        )
-        self.stats_counters.tcp_rst_sent += 1
-
-    def _new_syn(
-        self,
-        data: bytes | bytearray,
-        seg: TcpSegment,
-        key: bytes,
-        src: bytes,
-        dst: bytes,
-        off: int,
-        now: float,
-    ) -> None:
-        cfg = self.config
-        st = self.stats_counters
-        adm = self._adm
-        over_budget = (
-            cfg.memory_limit is not None and self.memory_estimate() >= cfg.memory_limit
-        )
-        if not over_budget and len(self._tcp) >= cfg.max_flows:
-            # A handshake nobody answered yields its slot before a new SYN is refused.
-            old = adm.evict_oldest(now)
-            if old is not None:
-                st.drop("tcp-half-open-evicted")
-                old.forget()
-                self._remove(old)
-        if over_budget or len(self._tcp) >= cfg.max_flows:
-            st.drop("tcp-memory-limit" if over_budget else "tcp-flow-limit")
-            self._send_rst(
-                src, dst, seg.dst_port, seg.src_port, 0, seg.seq + 1 + len(seg.payload),
-                RST | ACK, now,
-            )
-            return
-        immediate = cfg.accept_policy == "immediate"
-        if not immediate:
-            if adm.update(now):
-                # RFC 4987: too many requests the host is dialling for, or handshakes holding
-                # an upstream connection unanswered; from now on a source must complete the
-                # handshake before it costs an upstream connection.
-                st.syn_flood_episodes += 1
-            immediate = adm.flood
-        if immediate:
-            # Handshake first: answer no more SYNs than the host can queue (an app must not
-            # see an open connection that is then reset for want of room).
-            refusal = adm.queue_refusal(dst)
-            if refusal is None and len(adm.half_open) >= cfg.max_half_open:
-                old = adm.evict_oldest(now)
-                if old is not None:
-                    st.drop("tcp-half-open-evicted")
-                    old.forget()  # silently: an RST to a likely spoofed source helps no one
-                    self._remove(old)
-        else:
-            refusal = adm.pending_refusal(src)
-        if refusal is not None:
-            st.drop(refusal)  # the app retransmits its SYN
-            return
-        h = hashlib.blake2s(key, key=cfg.isn_secret[:32], digest_size=8).digest()
-        # RFC 6528: ISN = M + F(4-tuple, secret), M a 4-microsecond clock.
-        iss = (int(now * 250_000) + int.from_bytes(h[:4], "big")) & SEQ_MASK
-        conn = TcpConnection.from_syn(
-            seg,
-            self._tcp_cfg,
-            dst,
-            src,
-            iss,
-            now,
-            mss_limit=cfg.mss_for(4 if len(src) == 4 else 6),
-            ts_offset=int.from_bytes(h[4:], "big"),
-            checksum_offload=self._offload,
-        )
-        fid = self._next_id
-        self._next_id += 1
-        conn.flow_id = fid
-        conn.key = key
-        self._tcp[key] = conn
-        self._flows[fid] = conn
-        st.tcp_syn_received += 1
-        if immediate:
-            conn.accept()
-            adm.add_half_open(fid, conn, now)
-            self._touch(conn)
-            return
-        conn.close_deadline = now + cfg.pending_timeout
-        adm.add_pending(src)
-        self._syn_quote[fid] = bytes(data[: off + 28])
-        self._schedule(conn)
-        self._events.append(
-            TcpConnectRequest(
-                fid,
-                (str(ipaddress.ip_address(src)), seg.src_port),
-                (str(ipaddress.ip_address(dst)), seg.dst_port),
-            )
-        )
-
-    def _collect(self, conn: TcpConnection) -> None:
-        """Turn a connection's notification bits into events (in a fixed, causal order)."""
-        n = conn.notify
-        conn.notify = 0
-        fid = conn.flow_id
-        ev = self._events
-        adm = self._adm
-        if fid in adm.half_open:
-            if n & N_CLOSED:
-                # Never announced to the host (a handshake that did not complete): no event.
-                adm.pop_half_open(fid)
-                self._closing.append(conn)
-                return
-            if not n & N_ESTABLISHED:
-                return
-            adm.pop_half_open(fid)
-            adm.add_awaiting(fid, conn.local_addr)
-            ev.append(
-                TcpConnectRequest(
-                    fid,
-                    (str(ipaddress.ip_address(conn.remote_addr)), conn.remote_port),
-                    (str(ipaddress.ip_address(conn.local_addr)), conn.local_port),
-                    established=True,
-                )
-            )
-        elif n & (N_ESTABLISHED | N_CLOSED) and adm.held:
-            adm.held.pop(fid, None)  # the handshake the host accepted ended, either way
-        if n & N_READABLE:
-            ev.append(TcpReadable(fid))
-        if n & N_PEER_CLOSED:
-            ev.append(TcpPeerClosed(fid))
-        if n & N_WRITABLE:
-            ev.append(TcpWritable(fid))
-        if n & N_CLOSED:
-            self._unpend(conn)
-            adm.discard_awaiting(fid)
-            reason = conn.close_reason or "closed"
-            if reason == "closed" and conn.readable:
-                self._lingering[fid] = self._now + self._tcp_cfg.half_close_timeout
-                return
-            ev.append(TcpClosed(fid, reason))
-            self.stats_counters.tcp_closed[reason] = self.stats_counters.tcp_closed.get(
-                reason, 0
-            ) + 1
-            self._closing.append(conn)
-
-    def _unpend(self, conn: TcpConnection) -> None:
-        if self._syn_quote.pop(conn.flow_id, None) is None:
-            return
-        self._adm.remove_pending(conn.remote_addr)
-
     # ------------------------------------------------------------------ UDP input
 
-    def _udp_input(
-        self,
-        data: bytes | bytearray,
-        version: int,
-        src: bytes,
-        dst: bytes,
-        off: int,
-        end: int,
-        now: float,
-        verify: bool,
-    ) -> None:
-        u = parse_udp(data, off, end)
-        st = self.stats_counters
-        if verify:
-            if u.checksum == 0:
-                if version == 6:
-                    raise MalformedPacket("udp-zero-checksum-v6")  # RFC 8200 §8.1
-            else:
-                pseudo = int.from_bytes(src, "big") + int.from_bytes(dst, "big") + 17 + u.length
-                if ones_sum(memoryview(data)[off : off + u.length], pseudo) != 0:
-                    raise MalformedPacket("udp-checksum")
-        if src == dst or bad_source(src):
-            st.refuse_address("udp-" + _address_refused(src, dst, True))
-            raise MalformedPacket("udp-bad-source")
-        if bad_destination(dst, self.config.allow_link_local) or not u.dst_port:
-            # mDNS, SSDP, LLMNR, WS-Discovery, ::ffff:127.0.0.1...: never proxied
-            # (tun2proxy#172, #231; wire/addrclass.py).
-            if u.dst_port:
-                st.refuse_address(
-                    "udp-" + _address_refused(src, dst, self.config.allow_link_local)
-                )
-            st.drop("udp-multicast-or-local")
-            return
-        if not u.src_port:
-            raise MalformedPacket("udp-port-zero")
-        key = src + u.src_port.to_bytes(2, "big")
-        sess = self._udp.get(key)
-        if sess is None:
-            sess = self._new_udp(key, src, u.src_port, u.dst_port, now)
-        else:
-            self._udp.move_to_end(key)
-        sess.last_activity = now
-        sess.datagrams_in += 1
-        payload = bytes(u.payload)
-        sess.bytes_in += len(payload)
-        sess.last_head = bytes(data[: off + 8])
-        st.udp_datagrams_in += 1
-        self._events.append(
-            UdpDatagram(sess.flow_id, sess.src_text, (sess.name_of(dst), u.dst_port), payload)
-        )
-
-    def _new_udp(
-        self, key: bytes, src: bytes, sport: int, dport: int, now: float
-    ) -> UdpSession:
-        cfg = self.config
-        if len(self._udp) >= cfg.max_udp_sessions:
-            _k, old = self._udp.popitem(last=False)  # LRU eviction keeps the cap
-            self._udp_by_id.pop(old.flow_id, None)
-            old.sched = None
-            self.stats_counters.udp_evicted += 1
-            self._events.append(UdpSessionClosed(old.flow_id, "evicted"))
-        fid = self._next_id
-        self._next_id += 1
-        timeout = cfg.dns_timeout if dport == 53 else cfg.udp_timeout
-        sess = UdpSession(fid, key, src, sport, now, timeout)
-        self._udp[key] = sess
-        self._udp_by_id[fid] = sess
-        self.stats_counters.udp_sessions_opened += 1
-        self._push(sess, sess.deadline())
-        return sess
-
     # ------------------------------------------------------------------ ICMP input
-
-    def _icmp_input(
-        self,
-        data: bytes | bytearray,
-        version: int,
-        src: bytes,
-        dst: bytes,
-        off: int,
-        end: int,
-        proto: int,
-        verify: bool,
-    ) -> None:
-        msg = parse_icmp(data, off, end)
-        if verify:
-            initial = 0
-            if version == 6:
-                initial = int.from_bytes(src, "big") + int.from_bytes(dst, "big") + 58 + (end - off)
-            if ones_sum(memoryview(data)[off:end], initial) != 0:
-                raise MalformedPacket("icmp-checksum")
-        st = self.stats_counters
-        t = msg.type
-        if (version == 4 and t == ICMP_ECHO_REQUEST) or (version == 6 and t == ICMP6_ECHO_REQUEST):
-            # Answered locally, so a scoped destination is fine; a special one is not.
-            why = _address_refused(src, dst, True)
-            if why:
-                st.refuse_address("icmp-" + why)
-            if self.config.icmp_echo == "reply" and not why:
-                self._out.append(echo_reply(version, src, dst, msg))
-                st.icmp_echo_replies += 1
-            else:
-                st.drop("icmp-echo-ignored")
-            return
-        if version == 6 and 130 <= t <= 143:
-            # Neighbour discovery (133-137) and MLD (130-132, 143): a TUN has no neighbours.
-            st.drop("icmp6-nd-mld")
-            return
-        if is_icmp_error(version, t):
-            if bad_source(src):
-                # An error "from" loopback, multicast...: forged, it must not end our flows.
-                st.refuse_address("icmp-" + _address_refused(src, dst, True))
-                st.drop("icmp-error-bad-source")
-                return
-            self._icmp_error(msg, version)
-            return
-        st.drop("icmp-other")
-
-    def _icmp_error(self, msg: IcmpMessage, version: int) -> None:
-        """An ICMP error from the app's side about a packet we sent (checklist I1).
-
-        UDP: the app's socket is gone, so its session ends. TCP: "packet too big" whose
-        quoted sequence number is in flight lowers the flow's MSS; every other error is soft
-        and never aborts a connection (RFC 5927 §4, RFC 1122 §4.2.3.9), only counted.
-        """
-        st = self.stats_counters
-        try:
-            q = parse_quoted(msg.body)
-        except MalformedPacket:
-            st.drop("icmp-error-unparseable")
-            return
-        if q.version != version:
-            st.drop("icmp-error-unparseable")
-            return
-        if q.protocol == IPPROTO_UDP:
-            # Our reply went from q.src to the app at (q.dst, q.dst_port): the app's socket is
-            # gone; end its session now instead of waiting for the idle timeout.
-            sess = self._udp.get(q.dst + q.dst_port.to_bytes(2, "big"))
-            if sess is not None:
-                self._close_udp(sess, "unreachable")
-                st.drop("icmp-error-udp-session-closed")
-                return
-        elif q.protocol == IPPROTO_TCP:
-            key = q.dst + q.src + q.dst_port.to_bytes(2, "big") + q.src_port.to_bytes(2, "big")
-            conn = self._tcp.get(key)
-            if conn is None:
-                st.drop("icmp-error-no-flow")
-                return
-            t = msg.type
-            if (version == 4 and t == ICMP_DEST_UNREACH and msg.code == 4) or (
-                version == 6 and t == ICMP6_PACKET_TOO_BIG
-            ):
-                mtu = msg.rest & 0xFFFF if version == 4 else msg.rest
-                if q.seq is None or not conn.on_packet_too_big(mtu, q.seq):
-                    st.drop("icmp-error-bad-seq")  # RFC 5927 §4.1: not about data in flight
-                    return
-                st.tcp_mtu_reductions += 1
-                self._touch(conn)
-                return
-        st.drop("icmp-error-ignored")
 
     # ------------------------------------------------------------------ host API: events
 
@@ -587,43 +123,6 @@ class NetStack:
         return ev
 
     # ------------------------------------------------------------------ host API: TCP
-
-    def _conn(self, flow_id: int) -> TcpConnection:
-        conn = self._flows.get(flow_id)
-        if conn is None:
-            raise FlowStateError(f"no TCP flow with id {flow_id}")
-        return conn
-
-    def _account(self, conn: TcpConnection) -> None:
-        """Keep the stack's running total of buffered bytes, and apply memory pressure."""
-        b = conn.buffered
-        self._buffered += b - conn.accounted
-        conn.accounted = b
-        limit = self.config.memory_limit
-        if limit is not None:
-            used = self._buffered + FLOW_OVERHEAD * len(self._tcp)
-            half = limit >> 1
-            if used > half:
-                conn.limit_buffers(max(0.0, 1.0 - (used - half) / half))
-            elif conn.rcv_cap < self._tcp_cfg.recv_buffer and conn.wscale_ok:
-                conn.limit_buffers(1.0)
-
-    def memory_estimate(self) -> int:
-        """Bytes the stack holds: buffered data plus a fixed estimate per TCP flow."""
-        return self._buffered + FLOW_OVERHEAD * len(self._tcp)
-
-    def _touch(self, conn: TcpConnection) -> None:
-        self._account(conn)
-        if conn.notify:
-            self._collect(conn)
-        if conn.state is CLOSED and conn.flow_id not in self._flows:
-            # A TIME-WAIT connection (the host was already told) ended: forget its key.
-            if self._tcp.get(conn.key) is conn:
-                del self._tcp[conn.key]
-            return
-        if not conn.dirty:
-            conn.dirty = True
-            self._dirty.append(conn)
 
     def tcp_accept(self, flow_id: int) -> None:
         """Complete the handshake of a pending flow (send SYN-ACK at the next :meth:`poll`)."""
@@ -690,7 +189,7 @@ class NetStack:
             reason = "reset"  # ICMP errors are rate-limited; an RST tells the app as well
         if reason == "reset" or not quote:
             self._out.append(
-                _build_rst(
+                build_rst(
                     conn.local_addr, conn.remote_addr, conn.local_port, conn.remote_port,
                     0, conn.rcv_nxt, RST | ACK, self._offload,
                 )
@@ -701,18 +200,6 @@ class NetStack:
             self.stats_counters.icmp_errors_sent += 1
         conn.abort("rejected")
         self._touch(conn)
-
-    def _icmp_allowed(self, now: float) -> bool:
-        """Token bucket for the ICMP errors we generate (RFC 1122 §3.2.2, RFC 4443 §2.4)."""
-        rate = self.config.icmp_error_rate
-        tokens = min(rate, self._icmp_tokens + (now - self._icmp_time) * rate)
-        self._icmp_time = now
-        if tokens < 1:
-            self._icmp_tokens = tokens
-            self.stats_counters.drop("icmp-error-rate-limited")
-            return False
-        self._icmp_tokens = tokens - 1
-        return True
 
     def peek(self, flow_id: int, max_bytes: int) -> bytes:
         """The first ``max_bytes`` the app sent on a TCP flow, without consuming them.
@@ -750,7 +237,7 @@ class NetStack:
         self._touch(conn)
         return data
 
-    def _end_lingering(self, conn: TcpConnection) -> None:
+    def _end_lingering(self, conn: StackConnection) -> None:
         del self._lingering[conn.flow_id]
         self._events.append(TcpClosed(conn.flow_id, conn.close_reason or "closed"))
         self.stats_counters.tcp_closed["closed"] = self.stats_counters.tcp_closed.get(
@@ -831,39 +318,14 @@ class NetStack:
             raise FlowStateError(f"no UDP session with id {flow_id}")
         self._close_udp(sess, "closed")
 
-    def _close_udp(self, sess: UdpSession, reason: str) -> None:
-        self._udp.pop(sess.key, None)
-        self._udp_by_id.pop(sess.flow_id, None)
-        sess.sched = None
-        self._events.append(UdpSessionClosed(sess.flow_id, reason))
-
     # ------------------------------------------------------------------ timers and output
-
-    def _push(self, obj: TcpConnection | UdpSession, deadline: float) -> None:
-        obj.sched = deadline
-        self._heap_seq += 1
-        heapq.heappush(self._heap, (deadline, self._heap_seq, obj))
-
-    def _schedule(self, conn: TcpConnection) -> None:
-        d = conn.poll_at()
-        if d is None:
-            return
-        s = conn.sched
-        # Lazy deletion: only an earlier deadline needs a new heap entry; a later one is
-        # found when the earlier entry fires and the connection reports nothing due.
-        if s is None or d < s:
-            self._push(conn, d)
 
     def poll(self, now: float) -> list[bytearray]:
         """Run due timers, then return every packet to write to the link now."""
         self._now = now
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            deadline, _, obj = heapq.heappop(heap)
-            if obj.sched != deadline:
-                continue  # stale entry
-            obj.sched = None
-            if isinstance(obj, TcpConnection):
+        pop_due = self._timers.pop_due
+        while (obj := pop_due(now)) is not None:
+            if isinstance(obj, StackConnection):
                 if obj.state is CLOSED:
                     continue
                 obj.on_timer(now)
@@ -881,7 +343,7 @@ class NetStack:
                 if conn.notify:
                     self._collect(conn)
                 if conn.state is not CLOSED:
-                    self._schedule(conn)
+                    self._timers.schedule(conn)
         adm = self._adm
         if adm.half_open or adm.held:
             self._expire_handshakes(now)
@@ -919,7 +381,7 @@ class NetStack:
             st.tcp_closed["timeout"] = st.tcp_closed.get("timeout", 0) + 1
             self._closing.append(conn)
 
-    def _finish(self, conn: TcpConnection, out: list[bytearray], now: float) -> None:
+    def _finish(self, conn: StackConnection, out: list[bytearray], now: float) -> None:
         """After the host saw TcpClosed: drop the flow id; keep TIME-WAIT keyed until it ends."""
         if conn.dirty:
             conn.dirty = False
@@ -929,26 +391,9 @@ class NetStack:
         self._flows.pop(conn.flow_id, None)
         self._syn_quote.pop(conn.flow_id, None)
         if conn.state is TIME_WAIT:
-            self._schedule(conn)
+            self._timers.schedule(conn)
         elif self._tcp.get(conn.key) is conn:
             del self._tcp[conn.key]
-
-    def _remove(self, conn: TcpConnection) -> None:
-        self._buffered -= conn.accounted
-        conn.accounted = 0
-        if self._tcp.get(conn.key) is conn:
-            del self._tcp[conn.key]
-        self._flows.pop(conn.flow_id, None)
-        conn.sched = None
-
-    def _udp_timer(self, sess: UdpSession, now: float) -> None:
-        if self._udp_by_id.get(sess.flow_id) is not sess:
-            return
-        due = sess.deadline()
-        if now >= due:
-            self._close_udp(sess, "idle")
-        else:
-            self._push(sess, due)
 
     def busy(self) -> bool:
         """True when events are queued or packets are due: call :meth:`events`/:meth:`poll`."""
@@ -958,14 +403,7 @@ class NetStack:
         """When :meth:`poll` should run next: now if output or events are waiting."""
         if self._dirty or self._out:
             return self._now
-        heap = self._heap
-        at: float | None = None
-        while heap:
-            deadline, _, obj = heap[0]
-            if obj.sched == deadline:
-                at = deadline
-                break
-            heapq.heappop(heap)
+        at = self._timers.next_deadline()
         expiry = self._adm.next_expiry()
         if expiry is not None and (at is None or expiry < at):
             at = expiry
@@ -1019,7 +457,7 @@ class NetStack:
             tcp_states=states,
             tcp_buffered_bytes=buffered,
             udp_sessions=len(self._udp),
-            timer_heap=len(self._heap),
+            timer_heap=len(self._timers),
         )
         return d
 
@@ -1032,35 +470,3 @@ class NetStack:
 def _pack_address(host: str) -> bytes:
     return ipaddress.ip_address(host).packed
 
-
-def _build_rst(
-    local: bytes, app: bytes, local_port: int, app_port: int, seq: int, ack: int, flags: int,
-    offload: bool = False,
-) -> bytearray:
-    """A bare RST from ``local`` to ``app`` (no options); with ``offload`` the TCP checksum
-    field holds the pseudo-header sum for the device to complete, like every TCP packet."""
-    if len(local) == 4:
-        buf = bytearray(40)
-        IP4_TCP.pack_into(
-            buf, 0, 0x45, 0, 40, 0, 0x4000, 64, 6, 0, local, app, local_port, app_port,
-            seq & SEQ_MASK, ack & SEQ_MASK, (5 << 12) | flags, 0, 0, 0,
-        )
-        c = finish(ones_sum(memoryview(buf)[:20]))
-        buf[10] = c >> 8
-        buf[11] = c & 0xFF
-        h = 20
-    else:
-        buf = bytearray(60)
-        IP6_TCP.pack_into(
-            buf, 0, 0x60000000, 20, 6, 64, local, app, local_port, app_port,
-            seq & SEQ_MASK, ack & SEQ_MASK, (5 << 12) | flags, 0, 0, 0,
-        )
-        h = 40
-    pseudo = int.from_bytes(local, "big") + int.from_bytes(app, "big") + 6 + 20
-    if offload:
-        c = pseudo % 0xFFFF or 0xFFFF
-    else:
-        c = finish(ones_sum(memoryview(buf)[h:], pseudo))
-    buf[h + 16] = c >> 8
-    buf[h + 17] = c & 0xFF
-    return buf

@@ -34,6 +34,8 @@ and correct across the wrap.
 
 from __future__ import annotations
 
+from typing import Self
+
 from ..errors import FlowStateError
 from ..wire.seq import SEQ_HALF, SEQ_MASK, unwrap
 from ..wire.tcp import ACK, FIN, RST, SYN, TcpSegment
@@ -125,7 +127,7 @@ class TcpConnection(TcpSender, TcpReceiver):
         mss_limit: int,
         ts_offset: int = 0,
         checksum_offload: bool = False,
-    ) -> TcpConnection:
+    ) -> Self:
         """A passive connection for an application's SYN, waiting in LISTEN for :meth:`accept`.
 
         ``local_addr`` is the SYN's destination (the address the app dialled), ``remote_addr``

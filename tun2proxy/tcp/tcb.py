@@ -91,7 +91,6 @@ class Tcb:
         "_rtt_seq",
         "_rtt_time",
         "_rtx_ts",
-        "accounted",
         "asm",
         "builder",
         "cc",
@@ -99,17 +98,14 @@ class Tcb:
         "close_reason",
         "config",
         "delack_deadline",
-        "dirty",
         "dupacks",
         "fin_queued",
         "fin_sent",
-        "flow_id",
         "idle_deadline",
         "irs",
         "iss",
         "keepalive_deadline",
         "keepalive_probes",
-        "key",
         "last_ack_sent",
         "last_activity",
         "local_addr",
@@ -141,7 +137,6 @@ class Tcb:
         "sack_ok",
         "sbuf",
         "sbuf_seq",
-        "sched",
         "scoreboard",
         "segments_retransmitted",
         "snd_cap",
@@ -267,13 +262,6 @@ class Tcb:
         self.rd_armed = True
         self.want_writable = False
         self.close_reason: CloseReason | None = None
-        # Bookkeeping for the owner (the NetStack): flow id, table key, scheduled timer,
-        # and whether the connection is queued for dispatch.
-        self.flow_id = 0
-        self.key = b""
-        self.sched: float | None = None
-        self.dirty = False
-        self.accounted = 0  # bytes the owner last counted for this connection
 
     # ------------------------------------------------------------------ handshake and buffers
 

@@ -21,6 +21,10 @@ Responsibilities: bounded in time (``timeout`` per check, shorter deadlines wher
 is about promptness) and memory (data is generated and hashed in 64 KiB chunks, never kept),
 and every server, socket, transport and upstream it made is closed before it returns, even
 when a check fails or the caller cancels it.
+
+(Over 700 lines: one suite — its recording protocol, its servers and one method per check on
+one context that owns every socket it opened, so that a failing check still closes them all.
+Split across modules, each check would have to carry that cleanup with it.)
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ import struct
 from ..errors import MalformedPacket
 from .checksum import finish, ones_sum
 from .ip import IPPROTO_TCP
+from .seq import SEQ_MASK
 
 __all__ = [
     "ACK",
@@ -51,6 +52,7 @@ __all__ = [
     "URG",
     "TcpSegment",
     "build_options",
+    "build_rst",
     "emit_tcp_packet",
     "flags_str",
     "parse_tcp",
@@ -375,4 +377,37 @@ def emit_tcp_packet(
         c = finish(ones_sum(memoryview(buf)[hl:], pseudo))
     buf[hl + 16] = c >> 8
     buf[hl + 17] = c & 0xFF
+    return buf
+
+
+def build_rst(
+    local: bytes, app: bytes, local_port: int, app_port: int, seq: int, ack: int, flags: int,
+    offload: bool = False,
+) -> bytearray:
+    """A bare RST from ``local`` to ``app`` (no options); with ``offload`` the TCP checksum
+    field holds the pseudo-header sum for the device to complete, like every TCP packet."""
+    if len(local) == 4:
+        buf = bytearray(40)
+        IP4_TCP.pack_into(
+            buf, 0, 0x45, 0, 40, 0, 0x4000, 64, 6, 0, local, app, local_port, app_port,
+            seq & SEQ_MASK, ack & SEQ_MASK, (5 << 12) | flags, 0, 0, 0,
+        )
+        c = finish(ones_sum(memoryview(buf)[:20]))
+        buf[10] = c >> 8
+        buf[11] = c & 0xFF
+        h = 20
+    else:
+        buf = bytearray(60)
+        IP6_TCP.pack_into(
+            buf, 0, 0x60000000, 20, 6, 64, local, app, local_port, app_port,
+            seq & SEQ_MASK, ack & SEQ_MASK, (5 << 12) | flags, 0, 0, 0,
+        )
+        h = 40
+    pseudo = int.from_bytes(local, "big") + int.from_bytes(app, "big") + 6 + 20
+    if offload:
+        c = pseudo % 0xFFFF or 0xFFFF
+    else:
+        c = finish(ones_sum(memoryview(buf)[h:], pseudo))
+    buf[h + 16] = c >> 8
+    buf[h + 17] = c & 0xFF
     return buf
