@@ -199,6 +199,34 @@ class Options:
     icmp: Literal["off", "reply"] = option("off", Spec(
         "ICMP echo: off (dropped) or reply (answered by tun2proxy itself, not the far host)",
         v.choice(("off", "reply")), metavar="{off,reply}", section="udp and dns"))
+    # --- UDP via udpgw
+    udpgw_server: str | None = option(None, Spec(
+        "carry UDP inside TCP connections to this udpgw server (badvpn's protocol; "
+        "'python -m tun2proxy.udpgw' is one), opened through --proxy: UDP for proxies that "
+        "have none (microsocks, ssh -D, HTTP)", v.server_address, metavar="HOST:PORT",
+        section="udpgw", default_text="none: UDP goes by the proxy's own means"))
+    udpgw_mode: Literal["auto", "always"] = option("auto", Spec(
+        "auto: udpgw only for sessions the proxy cannot carry itself (no UDP ASSOCIATE); "
+        "always: every proxied UDP session through udpgw", v.choice(("auto", "always")),
+        metavar="{auto,always}", section="udpgw"))
+    udpgw_connections: int = option(5, Spec(
+        "TCP connections to the udpgw server at most (1 to 256); sessions are spread over "
+        "them", v.integer(1, 256), metavar="N", toml=_INT, section="udpgw"))
+    udpgw_conids_per_connection: int = option(256, Spec(
+        "UDP destinations (conids) one connection carries at once (1 to 65536; badvpn's "
+        "server allows 256 per client); beyond it the least recently used is evicted",
+        v.integer(1, 65536), metavar="N", toml=_INT, section="udpgw"))
+    udpgw_keepalive: float = option(10.0, Spec(
+        "send a keepalive on a udpgw connection silent for this long (at most 3600; badvpn's "
+        "server drops a client silent for 20 s)", v.seconds(3600), metavar="SECONDS",
+        toml=_SECONDS, section="udpgw"))
+    udpgw_queue: int = option(1 << 20, Spec(
+        "bytes waiting to be sent on one udpgw connection at most (4K to 64M); datagrams "
+        "beyond it are dropped and counted", v.size(4096, 64 << 20), metavar="SIZE",
+        toml=_SIZE, section="udpgw", show=v.format_size))
+    udpgw_transparent_dns: bool = option(False, Spec(
+        "mark datagrams to port 53 as DNS: the udpgw server sends them to its own resolver, "
+        "whatever address the app asked", kind="switch", toml=(bool,), section="udpgw"))
     # --- routing
     upstream: tuple[str, ...] = option((), Spec(
         "an extra upstream that rules can name (repeatable), e.g. work=socks5://10.1.0.1",
@@ -261,6 +289,19 @@ class Options:
             raise UsageError("--framing applies to --tun-fd only")
         if self.impair and self.offload == "on":
             raise UsageError("--impair works on plain packets: drop --offload on")
+        if self.udpgw_server is None:
+            given = [
+                o.flag for o in options()
+                if o.name.startswith("udpgw_") and o.name != "udpgw_server"
+                and getattr(self, o.name) != o.default
+            ]
+            if given:
+                raise UsageError(f"{given[0]} needs --udpgw-server HOST:PORT")
+        elif self.udp != "proxy":
+            raise UsageError(
+                f"--udpgw-server carries proxied UDP, but --udp {self.udp} sends none through "
+                "the proxy: drop one of them"
+            )
         names: set[str] = set()
         for spec in self.upstream:
             name = spec.partition("=")[0].strip()
