@@ -151,6 +151,25 @@ async def test_reload_applies_rules_and_limits_and_a_broken_file_changes_nothing
     await driver.upstream.close()
 
 
+async def test_reload_rebuilds_the_udpgw_client_with_its_new_settings(tmp_path: Path) -> None:
+    from tun2proxy.upstream.udpgw import UdpgwUpstream
+
+    conf = tmp_path / "t.toml"
+    _write(conf, 'udpgw-server = "10.9.0.1:7300"\n')
+    plan = _plan(conf)
+    driver = _driver(plan)
+    first = driver.upstream
+    assert isinstance(first, UdpgwUpstream) and first.settings.connections == 5
+    _write(conf, 'udpgw-server = "10.9.0.2:7300"\nudpgw-connections = 2\n')
+    r = await Reloader(plan, driver).reload()
+    assert r.ok and r.changed == ("udpgw-server", "udpgw-connections") and not r.restart
+    up = driver.upstream
+    assert isinstance(up, UdpgwUpstream) and up is not first
+    assert (str(up.settings.server), up.settings.connections) == ("10.9.0.2:7300", 2)
+    await up.close()
+    await first.close()
+
+
 async def test_without_a_config_file_there_is_nothing_to_reload() -> None:
     argv = ("--tun-fd", "3")
     plan = dataclasses.replace(prepare(parse_args(argv)), argv=argv)
