@@ -231,9 +231,8 @@ class Bench:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         if res.returncode != 0:
             raise RuntimeError(f"udprtt failed on {path}: {res.stdout} {res.stderr}")
-        lines = res.stdout.strip().splitlines()
-        p50 = next(float(x.split()[1]) for x in lines if x.startswith("p50_ms "))
-        return float(lines[-1]), p50
+        rate, p50 = res.stdout.strip().splitlines()[-1].split()  # see _netclient udprtt
+        return float(rate), float(p50)
 
     def udprtt(self, path: str) -> float:
         via = ["127.0.0.1", str(DANTE_PORT)] if path == "socks" else []
