@@ -45,14 +45,14 @@ _UDPGW = (
 LIVE: frozenset[str] = frozenset({
     "proxy", "upstream", "bypass", "rule", "rules", "udp", "verbosity", "tcp_timeout",
     "connect_timeout", "max_sessions", "max_pending", "memory_limit", "udp_timeout",
-    "max_udp_sessions", "icmp", *_UDPGW,
+    "max_udp_sessions", "icmp", "half_open_timeout", *_UDPGW,
 })
 #: The live settings (config-file keys) that decide the upstream: a change rebuilds it.
 _ROUTING = ("proxy", "upstream", "bypass", "rules", "udp", *(k.replace("_", "-") for k in _UDPGW))
 #: The live settings (config-file keys) of the driver and the stack.
 _LIMITS = frozenset({
     "tcp-timeout", "connect-timeout", "max-sessions", "max-pending", "memory-limit",
-    "udp-timeout", "max-udp-sessions", "icmp", "udp",
+    "udp-timeout", "max-udp-sessions", "icmp", "udp", "half-open-timeout",
 })
 
 
