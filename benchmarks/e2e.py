@@ -58,8 +58,6 @@ CLIENT = str(HERE / "_netclient.py")
 ECHO_PORT = 7001
 DANTE_PORT = 1080
 UDPGW_PORT = 7300
-#: tun2proxy with the udpgw client around its upstream (until the CLI has the udpgw flags).
-UDPGW_RUNNER = str(HERE.parent / "tests" / "e2e" / "udpgw_runner.py")
 SB_PORT = 1095
 KERNEL_CLIENT = "10.201.0.2"
 
@@ -168,9 +166,9 @@ class Bench:
             prof = ["-m", "cProfile", "-o", str(Path(self.args.profile) / f"tun2proxy-{n}.prof")]
         self.t2p = lab.start(
             f"tun2proxy-{n}", lab.R,
-            [sys.executable, *prof,
-             *([UDPGW_RUNNER, "--udpgw-server", f"{SERVER_V4}:{UDPGW_PORT}", "--udpgw-mode",
-                "always"] if udpgw else ["-m", "tun2proxy"]),
+            [sys.executable, *prof, "-m", "tun2proxy",
+             *(["--udpgw-server", f"{SERVER_V4}:{UDPGW_PORT}", "--udpgw-mode", "always"]
+               if udpgw else []),
              "--tun", TUN_NAME, "--tun-netns", lab.C,
              "--proxy", upstream, "-v", "warn",
              # asyncio's loop unless asked otherwise: the figures must not depend on whether
@@ -233,9 +231,8 @@ class Bench:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         if res.returncode != 0:
             raise RuntimeError(f"udprtt failed on {path}: {res.stdout} {res.stderr}")
-        lines = res.stdout.strip().splitlines()
-        p50 = next(float(x.split()[1]) for x in lines if x.startswith("p50_ms "))
-        return float(lines[-1]), p50
+        rate, p50 = res.stdout.strip().splitlines()[-1].split()  # see _netclient udprtt
+        return float(rate), float(p50)
 
     def udprtt(self, path: str) -> float:
         via = ["127.0.0.1", str(DANTE_PORT)] if path == "socks" else []

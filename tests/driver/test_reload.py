@@ -151,6 +151,42 @@ async def test_reload_applies_rules_and_limits_and_a_broken_file_changes_nothing
     await driver.upstream.close()
 
 
+async def test_reload_rebuilds_the_udpgw_client_with_its_new_settings(tmp_path: Path) -> None:
+    from tun2proxy.upstream.udpgw import UdpgwUpstream
+
+    conf = tmp_path / "t.toml"
+    _write(conf, 'udpgw-server = "10.9.0.1:7300"\n')
+    plan = _plan(conf)
+    driver = _driver(plan)
+    first = driver.upstream
+    assert isinstance(first, UdpgwUpstream) and first.settings.connections == 5
+    _write(conf, 'udpgw-server = "10.9.0.2:7300"\nudpgw-connections = 2\n')
+    r = await Reloader(plan, driver).reload()
+    assert r.ok and r.changed == ("udpgw-server", "udpgw-connections") and not r.restart
+    up = driver.upstream
+    assert isinstance(up, UdpgwUpstream) and up is not first
+    assert (str(up.settings.server), up.settings.connections) == ("10.9.0.2:7300", 2)
+    await up.close()
+    await first.close()
+
+
+async def test_half_open_timeout_is_live_and_the_dial_queue_needs_a_restart(
+    tmp_path: Path,
+) -> None:
+    conf = tmp_path / "t.toml"
+    _write(conf, "half-open-timeout = 2\nmax-connecting = 50\n")
+    plan = _plan(conf)
+    driver = _driver(plan)
+    assert driver.stack.config.half_open_timeout == 2 and driver.config.max_connecting == 50
+    _write(conf, "half-open-timeout = 1\nmax-connecting = 60\nqueue-timeout = 3\n")
+    r = await Reloader(plan, driver).reload()
+    assert r.ok and r.changed == ("half-open-timeout",)
+    assert r.restart == ("max-connecting", "queue-timeout")
+    assert driver.stack.config.half_open_timeout == 1
+    assert (driver.config.max_connecting, driver.config.queue_timeout) == (50, 10.0)
+    await driver.upstream.close()
+
+
 async def test_without_a_config_file_there_is_nothing_to_reload() -> None:
     argv = ("--tun-fd", "3")
     plan = dataclasses.replace(prepare(parse_args(argv)), argv=argv)

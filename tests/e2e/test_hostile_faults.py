@@ -183,3 +183,45 @@ def test_link_down_and_up_keeps_the_flows_and_deleting_the_device_ends_the_proce
     finally:
         with contextlib.suppress(Exception):
             p.stop()
+
+
+def test_link_down_longer_than_link_down_timeout_ends_the_process(
+    lab: Lab, flap_ns: str
+) -> None:
+    """--link-down-timeout bounds the wait: one error line, exit code 1, the device that
+    tun2proxy created is removed."""
+    ns = flap_ns
+    p = lab.start("tun2proxy-flap-timeout", lab.R, [
+        sys.executable, "-m", "tun2proxy", "--tun", FLAP_DEV, "--tun-netns", ns,
+        "--mtu", "1500", "--proxy", "direct://", "-v", "info", "--loop", LOOP,
+        "--offload", OFFLOAD, "--link-down-timeout", "1",
+    ])
+    try:
+        assert wait_for(lambda: "upstream" in p.output() or not p.alive()), p.output()
+        assert p.alive(), p.output()
+        _routes(ns)
+        assert _echo(lab, ns, b"before") == b"before"
+        # A transfer towards the app: tun2proxy learns that the device is down when a write
+        # to it fails (an idle link goes unnoticed until a packet has to cross it).
+        s = lab.socket(ns)
+        s.settimeout(30)
+        try:
+            s.connect((SERVER_V4, STREAM_PORT))
+            s.sendall(f"SOURCE {64 << 20} 3\n".encode())
+            reader = _SlowReader(s, 64 << 20)
+            reader.start()
+            assert wait_for(lambda: reader.got >= 1 << 20, 15), reader.got
+            run("ip", "-n", ns, "link", "set", FLAP_DEV, "down")
+            assert wait_for(lambda: not p.alive(), 15), p.output()[-3000:]
+        finally:
+            s.close()
+        assert p.popen.wait(1) == 1, p.output()[-3000:]
+        out = p.output()
+        assert "waiting for it to come back (up to 1s)" in out, out[-3000:]
+        errors = [ln for ln in out.splitlines() if ln.split()[1:2] == ["ERROR"]]
+        assert len(errors) == 1 and "down for more than 1s" in errors[0], out[-3000:]
+        links = run("ip", "-n", ns, "-o", "link", "show").stdout
+        assert FLAP_DEV not in links, links
+    finally:
+        with contextlib.suppress(Exception):
+            p.stop()

@@ -48,11 +48,12 @@ def open_links(opts: Options, child: PrivateNamespace | None) -> list[FdLink]:
         UsageError: an existing device's MTU is outside :data:`MTU_RANGE` (closed again).
     """
     mtu = opts.mtu or DEFAULT_MTU
+    down = opts.link_down_timeout
     if opts.tun_fd is not None:
         name = f"fd {opts.tun_fd}"
         if opts.framing == "vnet":
-            return [VnetLink(opts.tun_fd, mtu, name=name)]
-        return [FdLink(opts.tun_fd, mtu, framing=opts.framing, name=name)]
+            return [VnetLink(opts.tun_fd, mtu, name=name, down_timeout=down)]
+        return [FdLink(opts.tun_fd, mtu, framing=opts.framing, name=name, down_timeout=down)]
     offload = opts.offload == "on" or (opts.offload == "auto" and not opts.impair)
     netns = child.netns if child is not None else opts.tun_netns
     cfg = InterfaceConfig(
@@ -81,11 +82,13 @@ def open_links(opts: Options, child: PrivateNamespace | None) -> list[FdLink]:
         raise
     if not dev.created and opts.mtu and opts.mtu != dev.mtu:
         log.warning("%s exists with MTU %d; --mtu %d ignored", dev.name, dev.mtu, opts.mtu)
-    links = [tun_link(dev)]
+    links = [tun_link(dev, down_timeout=down)]
     try:
         _check_mtu(links, dev.name)
         for _ in range(opts.workers - 1):
-            links.append(tun_link(open_tun(dev.name, netns=netns, flags=flags)))
+            links.append(
+                tun_link(open_tun(dev.name, netns=netns, flags=flags), down_timeout=down)
+            )
     except BaseException:
         for link in links:
             with contextlib.suppress(OSError):

@@ -24,8 +24,9 @@ from ..options import Options, UsageError, read_text_file
 from ..routing.rules import Rule, Rules
 from ..upstream.base import Upstream
 from ..upstream.registry import upstream_from_url
+from ..upstream.udpgw import UdpgwSettings, parse_server
 
-__all__ = ["Plan", "check_host", "prepare"]
+__all__ = ["Plan", "check_host", "prepare", "udpgw_settings"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class Plan:
         extra: the ``--upstream`` upstreams by name.
         rules: ``--rule`` and ``--rules`` together (None when there are none).
         impairment: ``--impair`` and its seed.
+        udpgw: the ``--udpgw-*`` settings (None without ``--udpgw-server``); the main
+            upstream is wrapped in a UdpgwUpstream when the upstream is built.
         argv: the command line the settings came from (a reload parses it again, so its
             flags still win over the re-read config file).
     """
@@ -48,6 +51,7 @@ class Plan:
     rules: Rules | None
     impairment: tuple[Impairment, int] | None
     argv: tuple[str, ...] = ()
+    udpgw: UdpgwSettings | None = None
 
 
 def _rules(opts: Options, known: set[str]) -> Rules | None:
@@ -82,7 +86,19 @@ def prepare(opts: Options) -> Plan:
         raise
     except ConfigError as e:
         raise UsageError(str(e)) from None
-    return Plan(opts, main, extra, rules, impairment)
+    return Plan(opts, main, extra, rules, impairment, udpgw=udpgw_settings(opts))
+
+
+def udpgw_settings(opts: Options) -> UdpgwSettings | None:
+    """The udpgw client's settings from the ``--udpgw-*`` options (each checked when parsed)."""
+    if opts.udpgw_server is None:
+        return None
+    return UdpgwSettings(
+        parse_server(opts.udpgw_server), connections=opts.udpgw_connections,
+        keepalive=opts.udpgw_keepalive, mode=opts.udpgw_mode,
+        max_conids=opts.udpgw_conids_per_connection, max_queued_bytes=opts.udpgw_queue,
+        transparent_dns=opts.udpgw_transparent_dns,
+    )
 
 
 def _check_fd(fd: int) -> None:

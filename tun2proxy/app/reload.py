@@ -3,14 +3,14 @@ caller such as a control endpoint).
 
 A reload parses the command line again, so the config file is re-read and the flags given
 on the command line still win, exactly as at start. The settings in :data:`LIVE` (routing:
-rules, the rules file, bypass, named upstreams, the proxy and the UDP policy; the log level;
-limits and timeouts for new flows) take effect for new flows; open flows keep the upstream
-connection and the settings they started with. Any other setting changed in the file (the
-device, MTU, workers, offload, the event loop, DNS mode and pools, ...) keeps its running
-value and is named in one log line as needing a restart. A file that fails any check (not
-TOML, an unknown key, a bad value, a rule naming no upstream, a new proxy host that does not
-resolve within ``--connect-timeout``) changes nothing: one error line, and the previous
-configuration stays entirely.
+rules, the rules file, bypass, named upstreams, the proxy, the UDP policy and the udpgw
+client; the log level; limits and timeouts for new flows) take effect for new flows; open
+flows keep the upstream connection and the settings they started with. Any other setting
+changed in the file (the device, MTU, workers, offload, the event loop, DNS mode and pools,
+...) keeps its running value and is named in one log line as needing a restart. A file
+that fails any check (not TOML, an unknown key, a bad value, a rule naming no upstream, a
+new proxy host that does not resolve within ``--connect-timeout``) changes nothing: one
+error line, and the previous configuration stays entirely.
 """
 
 from __future__ import annotations
@@ -37,18 +37,22 @@ __all__ = ["LIVE", "Changes", "ReloadResult", "Reloader", "diff", "load_new_plan
 
 log = logging.getLogger("tun2proxy")
 
+_UDPGW = (
+    "udpgw_server", "udpgw_mode", "udpgw_connections", "udpgw_conids_per_connection",
+    "udpgw_keepalive", "udpgw_queue", "udpgw_transparent_dns",
+)
 #: The settings (field names) a reload applies to a running driver.
 LIVE: frozenset[str] = frozenset({
     "proxy", "upstream", "bypass", "rule", "rules", "udp", "verbosity", "tcp_timeout",
     "connect_timeout", "max_sessions", "max_pending", "memory_limit", "udp_timeout",
-    "max_udp_sessions", "icmp",
+    "max_udp_sessions", "icmp", "half_open_timeout", *_UDPGW,
 })
 #: The live settings (config-file keys) that decide the upstream: a change rebuilds it.
-_ROUTING = ("proxy", "upstream", "bypass", "rules", "udp")
+_ROUTING = ("proxy", "upstream", "bypass", "rules", "udp", *(k.replace("_", "-") for k in _UDPGW))
 #: The live settings (config-file keys) of the driver and the stack.
 _LIMITS = frozenset({
     "tcp-timeout", "connect-timeout", "max-sessions", "max-pending", "memory-limit",
-    "udp-timeout", "max-udp-sessions", "icmp", "udp",
+    "udp-timeout", "max-udp-sessions", "icmp", "udp", "half-open-timeout",
 })
 
 

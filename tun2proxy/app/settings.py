@@ -33,6 +33,7 @@ def stack_config(
         max_flows=_share(opts.max_sessions, workers),
         max_pending=pending,
         syn_flood_threshold=max(1, pending // 2),
+        half_open_timeout=opts.half_open_timeout,
         memory_limit=None if memory is None else max(1 << 20, memory // workers),
         max_udp_sessions=_share(opts.max_udp_sessions, workers),
         udp_timeout=opts.udp_timeout,
@@ -48,9 +49,15 @@ def stack_config(
 def driver_config(
     opts: Options, worker: tuple[int, int], directory: SlotDirectory | None
 ) -> DriverConfig:
-    """The driver settings of one worker."""
+    """The driver settings of one worker (the dial limits divided among the workers)."""
+    workers = worker[1]
     return DriverConfig(
-        connect_timeout=opts.connect_timeout, udp=opts.udp, dns=opts.dns,
+        connect_timeout=opts.connect_timeout,
+        max_connecting=_share(opts.max_connecting, workers),
+        max_connecting_per_destination=_share(
+            min(opts.max_connecting_per_destination, opts.max_connecting), workers
+        ),
+        queue_timeout=opts.queue_timeout, udp=opts.udp, dns=opts.dns,
         dns_addr=opts.dns_addr, virtual_dns_pool=opts.virtual_dns_pool,
         virtual_dns_pool6=opts.virtual_dns_pool6, sniff=opts.sniff,
         worker=worker, dns_directory=directory,

@@ -14,6 +14,7 @@ from ..routing.rules import Rules
 from ..upstream.base import Upstream
 from ..upstream.egress import Egress, Outbound
 from ..upstream.router import RoutingUpstream
+from ..upstream.udpgw import UdpgwUpstream
 from .plan import Plan
 from .startup import TimedOut, call_bounded
 
@@ -109,15 +110,18 @@ def resolve_hosts(hosts: list[str], timeout: float) -> list[str]:
 
 
 def build_upstream(plan: Plan, addresses: list[str]) -> Upstream:
-    """The --proxy upstream, wrapped in a RoutingUpstream when routing applies.
+    """The --proxy upstream (with UDP via udpgw around it when ``--udpgw-server`` is
+    given), wrapped in a RoutingUpstream when routing applies.
 
-    Routing applies with rules, --bypass or extra upstreams, and whenever the proxy is a
-    server (its own ``addresses`` then always go direct, so no flow is proxied through
-    itself).
+    Only the main upstream gets udpgw: flows routed direct, rejected or to an
+    ``--upstream`` keep their own UDP. Routing applies with rules, --bypass or extra
+    upstreams, and whenever the proxy is a server (its own ``addresses`` then always go
+    direct, so no flow is proxied through itself).
     """
     o = plan.options
+    main = plan.main if plan.udpgw is None else UdpgwUpstream(plan.main, plan.udpgw)
     if not (plan.rules or o.bypass or plan.extra or _servers(plan)):
-        return plan.main
+        return main
     rules = plan.rules if plan.rules is not None else Rules()
     if rules.uses_domains and not o.sniff and o.dns != "virtual":
         log.warning(
@@ -125,6 +129,6 @@ def build_upstream(plan: Plan, addresses: list[str]) -> Upstream:
         )
     virtual = [o.virtual_dns_pool, o.virtual_dns_pool6] if o.dns == "virtual" else []
     return RoutingUpstream(
-        {"proxy": plan.main, **plan.extra}, rules, bypass=list(o.bypass),
+        {"proxy": main, **plan.extra}, rules, bypass=list(o.bypass),
         proxy_addresses=addresses, virtual_networks=virtual,
     )

@@ -62,6 +62,7 @@ _SECTIONS = {
     "speed": "speed",
     "limits": "limits",
     "udp and dns": "UDP and DNS",
+    "udpgw": "UDP via udpgw",
     "routing": "routing",
     "debugging": "testing and debugging",
 }

@@ -129,6 +129,11 @@ class Options:
     tun_address6: str = option(DEFAULT_TUN_ADDRESS6, Spec(
         "IPv6 address of a device we create", v.interface(6), metavar="CIDR",
         section="device"))
+    link_down_timeout: float | None = option(None, Spec(
+        "when the TUN device goes down (ip link set DEV down), wait at most this long for it "
+        "to come back up, keeping the flows, before exiting with an error (at most 604800)",
+        v.seconds(604800), metavar="SECONDS", toml=_SECONDS, section="device",
+        default_text="none: wait as long as the device exists"))
     unshare: bool = option(False, Spec(
         "run the command given after '--' in a new private network namespace whose only "
         "routes lead into the tunnel; exit with its exit code", kind="switch", toml=(bool,),
@@ -158,9 +163,27 @@ class Options:
         "TCP flows at most (1 to 1048576); further connections are refused",
         v.integer(1, 1 << 20), metavar="N", toml=_INT, section="limits"))
     max_pending: int = option(256, Spec(
-        "TCP handshakes waiting for an upstream connection at most (1 to 65536); SYN floods "
-        "beyond half of it make sources complete the handshake first", v.integer(1, 65536),
+        "SYNs waiting for their upstream connection (dialling or in the dial queue) plus "
+        "accepted handshakes the app has not answered yet, at most (1 to 65536); further SYNs "
+        "are dropped (the app retransmits). Beyond half of it (a SYN flood) sources must "
+        "complete the handshake before they cost an upstream dial", v.integer(1, 65536),
         metavar="N", toml=_INT, section="limits"))
+    max_connecting: int = option(256, Spec(
+        "upstream dials in flight at most (1 to 65536); further connects wait in the dial "
+        "queue (no upstream socket; destinations take turns) for up to --queue-timeout",
+        v.integer(1, 65536), metavar="N", toml=_INT, section="limits"))
+    max_connecting_per_destination: int = option(32, Spec(
+        "upstream dials in flight to one destination address at most (1 to 65536; at most "
+        "--max-connecting), so one black-holed host cannot hold every dial slot",
+        v.integer(1, 65536), metavar="N", toml=_INT, section="limits"))
+    queue_timeout: float = option(10.0, Spec(
+        "how long a connect may wait in the dial queue for a slot (at most 3600); then the "
+        "app gets ICMP host unreachable (RST if its connection was already open)",
+        v.seconds(3600), metavar="SECONDS", toml=_SECONDS, section="limits"))
+    half_open_timeout: float = option(3.0, Spec(
+        "under a SYN flood, drop a handshake whose SYN-ACK the source has not answered "
+        "within this (at most 120; otherwise after the SYN-ACK retransmissions, about a "
+        "minute)", v.seconds(120), metavar="SECONDS", toml=_SECONDS, section="limits"))
     tcp_buffer: int = option(1 << 20, Spec(
         "bytes buffered per TCP flow in each direction (4K to 1G, allocated only while data "
         "flows); the window advertised to apps is what is free of it", v.size(4096, 1 << 30),
@@ -199,6 +222,34 @@ class Options:
     icmp: Literal["off", "reply"] = option("off", Spec(
         "ICMP echo: off (dropped) or reply (answered by tun2proxy itself, not the far host)",
         v.choice(("off", "reply")), metavar="{off,reply}", section="udp and dns"))
+    # --- UDP via udpgw
+    udpgw_server: str | None = option(None, Spec(
+        "carry UDP inside TCP connections to this udpgw server (badvpn's protocol; "
+        "'python -m tun2proxy.udpgw' is one), opened through --proxy: UDP for proxies that "
+        "have none (microsocks, ssh -D, HTTP)", v.server_address, metavar="HOST:PORT",
+        section="udpgw", default_text="none: UDP goes by the proxy's own means"))
+    udpgw_mode: Literal["auto", "always"] = option("auto", Spec(
+        "auto: udpgw only for sessions the proxy cannot carry itself (no UDP ASSOCIATE); "
+        "always: every proxied UDP session through udpgw", v.choice(("auto", "always")),
+        metavar="{auto,always}", section="udpgw"))
+    udpgw_connections: int = option(5, Spec(
+        "TCP connections to the udpgw server at most (1 to 256); sessions are spread over "
+        "them", v.integer(1, 256), metavar="N", toml=_INT, section="udpgw"))
+    udpgw_conids_per_connection: int = option(256, Spec(
+        "UDP destinations (conids) one connection carries at once (1 to 65536; badvpn's "
+        "server allows 256 per client); beyond it the least recently used is evicted",
+        v.integer(1, 65536), metavar="N", toml=_INT, section="udpgw"))
+    udpgw_keepalive: float = option(10.0, Spec(
+        "send a keepalive on a udpgw connection silent for this long (at most 3600; badvpn's "
+        "server drops a client silent for 20 s)", v.seconds(3600), metavar="SECONDS",
+        toml=_SECONDS, section="udpgw"))
+    udpgw_queue: int = option(1 << 20, Spec(
+        "bytes waiting to be sent on one udpgw connection at most (4K to 64M); datagrams "
+        "beyond it are dropped and counted", v.size(4096, 64 << 20), metavar="SIZE",
+        toml=_SIZE, section="udpgw", show=v.format_size))
+    udpgw_transparent_dns: bool = option(False, Spec(
+        "mark datagrams to port 53 as DNS: the udpgw server sends them to its own resolver, "
+        "whatever address the app asked", kind="switch", toml=(bool,), section="udpgw"))
     # --- routing
     upstream: tuple[str, ...] = option((), Spec(
         "an extra upstream that rules can name (repeatable), e.g. work=socks5://10.1.0.1",
@@ -261,6 +312,19 @@ class Options:
             raise UsageError("--framing applies to --tun-fd only")
         if self.impair and self.offload == "on":
             raise UsageError("--impair works on plain packets: drop --offload on")
+        if self.udpgw_server is None:
+            given = [
+                o.flag for o in options()
+                if o.name.startswith("udpgw_") and o.name != "udpgw_server"
+                and getattr(self, o.name) != o.default
+            ]
+            if given:
+                raise UsageError(f"{given[0]} needs --udpgw-server HOST:PORT")
+        elif self.udp != "proxy":
+            raise UsageError(
+                f"--udpgw-server carries proxied UDP, but --udp {self.udp} sends none through "
+                "the proxy: drop one of them"
+            )
         names: set[str] = set()
         for spec in self.upstream:
             name = spec.partition("=")[0].strip()

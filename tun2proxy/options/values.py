@@ -48,6 +48,7 @@ __all__ = [
     "proxy_url",
     "rule",
     "seconds",
+    "server_address",
     "size",
 ]
 
@@ -260,6 +261,42 @@ def dns_address(text: str) -> tuple[str, int]:
     if not 0 < port < 65536:
         raise bad
     return host, port
+
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def server_address(text: str) -> str:
+    """``HOST:PORT`` of a server (a name, an IPv4 address, or ``[IPv6]:PORT``), normalised;
+    the port is required (1 to 65535)."""
+    bad = BadValue(
+        f"{_shown(text)} is not HOST:PORT (a host name, an IPv4 address or [IPv6], and a "
+        "port 1 to 65535)"
+    )
+    t = text.strip()
+    host, sep, port = t.rpartition(":")
+    if not sep or not port.isdigit() or len(port) > 5 or not 0 < int(port) < 65536:
+        raise bad
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ip6 = ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise bad from None
+        return f"[{ip6}]:{int(port)}"
+    if ":" in host:
+        raise BadValue(f"{_shown(text)}: write an IPv6 address in brackets, [ADDR]:PORT")
+    try:
+        return f"{ipaddress.IPv4Address(host)}:{int(port)}"
+    except ValueError:
+        pass
+    name = host.rstrip(".")
+    labels = name.split(".")
+    if (
+        not name or len(name) > 253 or not all(_HOST_LABEL.fullmatch(x) for x in labels)
+        or all(x.isdigit() for x in labels)  # 300.1.1.1: no IPv4 address, and no name
+    ):
+        raise bad
+    return f"{name.lower()}:{int(port)}"
 
 
 def format_dns_address(addr: tuple[str, int]) -> str:

@@ -226,9 +226,18 @@ class RoutingUpstream(Upstream):
         channel.attach(d.target, first)
         return channel
 
-    def stats(self) -> dict[str, int]:
-        """Decisions so far per target, and ``udp-dropped`` datagrams."""
-        return dict(self._counts)
+    def stats(self) -> dict[str, object]:
+        """Decisions so far per target, ``udp-dropped`` datagrams, and under ``upstreams``
+        the counters of each target upstream that keeps any (udpgw's, for one)."""
+        out: dict[str, object] = dict(self._counts)
+        delegates: dict[str, object] = {}
+        for name, up in sorted(self.upstreams.items()):
+            st = getattr(up, "stats", None)
+            if callable(st):
+                delegates[name] = st()
+        if delegates:
+            out["upstreams"] = delegates
+        return out
 
     def describe(self) -> str:
         """One line: rules, bypass and proxy-address counts, and the upstreams."""
