@@ -26,11 +26,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_core import _setup  # noqa: E402
+from bench_core import _setup
 
-from tun2proxy.stack import NetStack, StackConfig, TcpClosed, TcpConnectRequest  # noqa: E402
-from tun2proxy.testing import ScriptedTcpPeer  # noqa: E402
-from tun2proxy.wire import ACK, FIN  # noqa: E402
+from tun2proxy.stack import NetStack, StackConfig, TcpClosed, TcpConnectRequest
+from tun2proxy.testing import ScriptedTcpPeer
+from tun2proxy.wire import ACK
 
 MSS = 1460
 
