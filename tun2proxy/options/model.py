@@ -170,7 +170,8 @@ class Options:
         metavar="N", toml=_INT, section="limits"))
     max_connecting: int = option(256, Spec(
         "upstream dials in flight at most (1 to 65536); further connects wait in the dial "
-        "queue (no upstream socket; destinations take turns) for up to --queue-timeout",
+        "queue (no upstream socket; destinations take turns) for up to --queue-timeout "
+        "(--max-pending bounds how many wait)",
         v.integer(1, 65536), metavar="N", toml=_INT, section="limits"))
     max_connecting_per_destination: int = option(32, Spec(
         "upstream dials in flight to one destination address at most (1 to 65536; at most "
