@@ -19,10 +19,13 @@ from .conftest import (
     CLOSED_PORT,
     HTTP_PORT,
     MICROSOCKS_AUTH_PORT,
+    MICROSOCKS_PORT,
     SOCKS_USER,
+    UPSTREAMS,
     Tun2Proxy,
     connect,
     server_addr,
+    stats,
 )
 from .servers import payload
 
@@ -122,24 +125,64 @@ def test_200_concurrent_connections(lab: Lab, tun2proxy: Tun2Proxy, upstream_url
     assert not errors, errors[:5]
 
 
-MICROSOCKS_NO_HALF_CLOSE = (
-    "microsocks closes both directions at the first EOF (rofl0r/microsocks sockssrv.c, "
-    "copyloop: 'if(n <= 0) return;'), so half-close cannot survive it"
-)
+#: The upstreams that keep a half-closed connection open. microsocks does not: it closes both
+#: directions at the first EOF (rofl0r/microsocks sockssrv.c, copyloop: ``if(n <= 0)
+#: return;``), so it gets its own test of what happens instead (below).
+HALF_CLOSE_UPSTREAMS = [name for name in UPSTREAMS if name != "microsocks"]
+
+
+@pytest.fixture(params=HALF_CLOSE_UPSTREAMS)
+def half_close_upstream(request: pytest.FixtureRequest, lab: Lab) -> str:
+    """Each upstream that supports half-close (the SOCKS servers started on demand)."""
+    name = request.param
+    if name != "direct":
+        request.getfixturevalue(name)
+    return UPSTREAMS[name]()
 
 
 def test_half_close_client_first(
-    lab: Lab, tun2proxy: Tun2Proxy, upstream_url: str, family: int
+    lab: Lab, tun2proxy: Tun2Proxy, half_close_upstream: str, family: int
 ) -> None:
-    if "1081" in upstream_url:
-        pytest.skip(MICROSOCKS_NO_HALF_CLOSE)
-    tun2proxy(proxy=upstream_url)
+    tun2proxy(proxy=half_close_upstream)
     s = connect(lab, family)
     s.sendall(b"REPLY_AFTER_EOF 3000000 5\n" + b"request body" * 1000)
     s.shutdown(socket.SHUT_WR)  # our side is done; the reply must still arrive in full
     got = _recv_all(s)
     s.close()
     assert got == payload(3_000_000, 5)
+
+
+@pytest.mark.usefixtures("microsocks")
+def test_microsocks_ends_the_whole_flow_at_the_apps_fin(
+    lab: Lab, tun2proxy: Tun2Proxy, family: int
+) -> None:
+    """microsocks has no half-close: at the app's FIN it closes both directions, so the reply
+    a server sends after the client's EOF is lost. What tun2proxy must make of that: the
+    app gets a clean EOF (a FIN, not a reset, not a hang) after everything microsocks did
+    relay, the flow is gone from the table, and no RST is sent."""
+    p = tun2proxy(proxy=f"socks5://127.0.0.1:{MICROSOCKS_PORT}")
+    # Before the FIN, data goes both ways as through any proxy.
+    data = payload(300_000, 7)
+    s = connect(lab, family)
+    s.sendall(b"ECHO\n" + data)
+    assert _recv_all(s, limit=len(data)) == data
+    s.close()
+    assert wait_for(lambda: stats(p)["tcp_flows"] == 0, 10), stats(p)
+    before = stats(p)
+    # The half-close test's exchange: the server answers only after the client's EOF.
+    s = connect(lab, family)
+    s.sendall(b"REPLY_AFTER_EOF 3000000 5\n" + b"request body" * 1000)
+    s.shutdown(socket.SHUT_WR)
+    got = _recv_all(s)  # returns at a FIN; a reset raises, a hang times out (30 s)
+    s.close()
+    assert got == b"", f"{len(got)} bytes: does microsocks support half-close now?"
+    assert wait_for(lambda: stats(p)["tcp_flows"] == 0, 10), stats(p)
+    after = stats(p)
+    assert after["tcp_rst_sent"] == before["tcp_rst_sent"], (before, after)
+    closed = {k: v - before["tcp_closed"].get(k, 0)  # type: ignore[attr-defined]
+              for k, v in after["tcp_closed"].items()}  # type: ignore[attr-defined]
+    assert {k: v for k, v in closed.items() if v} == {"closed": 1}, closed
+    assert p.alive()
 
 
 def test_server_closes_first(

@@ -192,6 +192,32 @@ def test_dig_in_every_dns_mode(lab: Lab, tun2proxy: Tun2Proxy, mode: str) -> Non
     assert p.alive()
 
 
+def test_dns_over_tcp_to_a_resolver_on_loopback_with_the_direct_upstream(
+    lab: Lab, tun2proxy: Tun2Proxy
+) -> None:
+    """direct:// refuses this host's loopback to applications, but the forwarder's
+    connection to --dns-addr is tun2proxy's own (``FlowInfo.internal``): a local resolver
+    (systemd-resolved's 127.0.0.53 is the common case; here a dnsmasq on 127.0.0.1 in R,
+    tun2proxy's namespace) answers."""
+    port = 5354
+    resolver = lab.start(
+        f"dnsmasq-lo-{len(lab.procs)}", lab.R,
+        ["dnsmasq", "--no-daemon", "--log-facility=-", "--log-queries", "--pid-file=",
+         "--listen-address=127.0.0.1", "--bind-interfaces", f"--port={port}", "--no-resolv",
+         "--no-hosts", "--address=/local-resolver.test/192.0.2.77"],
+    )
+    try:
+        assert wait_for(lambda: "started" in resolver.output() or not resolver.alive())
+        assert resolver.alive(), resolver.output()
+        p = tun2proxy("--dns", "over-tcp", "--dns-addr", f"127.0.0.1:{port}")
+        # the app asks some address; the forwarder sends every query to --dns-addr
+        assert _dig(lab, f"@{SERVER_V4}", "local-resolver.test", "A") == "192.0.2.77"
+        dns = stats(p)["dns"]
+        assert dns["forwarded"] >= 1 and dns["failed"] == 0, dns  # type: ignore[index,operator]
+    finally:
+        resolver.stop()
+
+
 @pytest.mark.usefixtures("dnsmasq")
 def test_virtual_dns_flow_reaches_the_proxy_by_name(
     lab: Lab, tun2proxy: Tun2Proxy, dante: Proc

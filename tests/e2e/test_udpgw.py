@@ -55,9 +55,11 @@ def t2p(lab: Lab) -> Iterator[Start]:
     """tun2proxy through microsocks with UDP via udpgw (``--udpgw-server``)."""
     started: list[Proc] = []
 
-    def start(*extra: str, proxy: str = MICROSOCKS) -> Proc:
+    def start(
+        *extra: str, proxy: str = MICROSOCKS, server: str = f"{SERVER_V4}:{GW_PORT}"
+    ) -> Proc:
         argv = [
-            sys.executable, "-m", "tun2proxy", "--udpgw-server", f"{SERVER_V4}:{GW_PORT}",
+            sys.executable, "-m", "tun2proxy", "--udpgw-server", server,
             "--tun", TUN_NAME, "--tun-netns", lab.C, "--proxy", proxy, "-v", "debug",
             "--loop", LOOP, "--offload", OFFLOAD, *extra,
         ]
@@ -255,3 +257,27 @@ def test_any_tcp_upstream_and_the_mode(
     s.close()
     st = _client(p)
     assert st["native_udp"] == 0 and st["udpgw"]["sessions_opened"] == 1, st  # type: ignore[index]
+
+
+def test_udpgw_server_on_loopback_with_the_direct_upstream(
+    lab: Lab, t2p: Start, udp_servers: dict[int, tuple[str, ...]]
+) -> None:
+    """direct:// refuses this host's loopback to applications, but the udpgw connection is
+    tun2proxy's own (``FlowInfo.internal``): a udpgw server on 127.0.0.1 next to tun2proxy
+    is reached."""
+    srv = lab.start(
+        f"udpgw-lo-{len(lab.procs)}", lab.R,
+        [sys.executable, "-m", "tun2proxy.udpgw", "--listen", f"127.0.0.1:{GW_PORT + 1}"],
+    )
+    try:
+        assert wait_for(lambda: "listening on" in srv.output() or not srv.alive()), srv.output()
+        p = t2p("--udpgw-mode", "always", proxy="direct://", server=f"127.0.0.1:{GW_PORT + 1}")
+        s = _udp(lab, 4)
+        s.connect((udp_servers[4][0], UDP_PORT))
+        assert _round_trips(s, 200) == 0
+        s.close()
+        u = stats(p)["upstream"]["udpgw"]  # type: ignore[index]
+        assert u["connect_failures"] == 0 and u["sessions_opened"] == 1, u  # type: ignore[index]
+        assert u["datagrams_down"] == 200, u  # type: ignore[index]
+    finally:
+        srv.stop()

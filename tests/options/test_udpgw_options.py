@@ -105,3 +105,10 @@ def test_config_file_bad_value(tmp_path: pathlib.Path) -> None:
     with pytest.raises(UsageError) as ei:
         parse_args(["--config", str(cfg)])
     assert "udpgw-connections must be positive" in str(ei.value)
+
+
+def test_connections_are_divided_among_workers() -> None:
+    plan = prepare(parse_args(["--udpgw-server", "10.0.0.1:7300", "--workers", "2",
+                               "--udpgw-connections", "5", "--tun", "t0"]))
+    up = build_upstream(plan, [])
+    assert isinstance(up, UdpgwUpstream) and up.settings.connections == 3

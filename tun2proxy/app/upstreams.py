@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import logging
@@ -119,7 +120,11 @@ def build_upstream(plan: Plan, addresses: list[str]) -> Upstream:
     direct, so no flow is proxied through itself).
     """
     o = plan.options
-    main = plan.main if plan.udpgw is None else UdpgwUpstream(plan.main, plan.udpgw)
+    main = plan.main
+    if plan.udpgw is not None:
+        # Each --workers process has its own client: the connections are divided among them.
+        connections = max(1, -(-plan.udpgw.connections // o.workers))
+        main = UdpgwUpstream(main, dataclasses.replace(plan.udpgw, connections=connections))
     if not (plan.rules or o.bypass or plan.extra or _servers(plan)):
         return main
     rules = plan.rules if plan.rules is not None else Rules()

@@ -167,7 +167,11 @@ class DnsHandler:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[bytes] = loop.create_future()
         proto = _DnsOverTcp(ev.payload, done)
-        flow = FlowInfo(ev.flow_id, ev.src, (self.dns_addr.host, self.dns_addr.port))
+        # Our own connection to the resolver --dns-addr names (it may be on loopback, e.g.
+        # 127.0.0.53), not the app's: the app's datagram only triggers it.
+        flow = FlowInfo(
+            ev.flow_id, ev.src, (self.dns_addr.host, self.dns_addr.port), internal=True
+        )
         transport = await self.driver.upstream.open_tcp(self.dns_addr, proto, flow)
         try:
             return await done

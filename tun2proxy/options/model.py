@@ -170,7 +170,8 @@ class Options:
         metavar="N", toml=_INT, section="limits"))
     max_connecting: int = option(256, Spec(
         "upstream dials in flight at most (1 to 65536); further connects wait in the dial "
-        "queue (no upstream socket; destinations take turns) for up to --queue-timeout",
+        "queue (no upstream socket; destinations take turns) for up to --queue-timeout "
+        "(--max-pending bounds how many wait)",
         v.integer(1, 65536), metavar="N", toml=_INT, section="limits"))
     max_connecting_per_destination: int = option(32, Spec(
         "upstream dials in flight to one destination address at most (1 to 65536; at most "
@@ -233,8 +234,9 @@ class Options:
         "always: every proxied UDP session through udpgw", v.choice(("auto", "always")),
         metavar="{auto,always}", section="udpgw"))
     udpgw_connections: int = option(5, Spec(
-        "TCP connections to the udpgw server at most (1 to 256); sessions are spread over "
-        "them", v.integer(1, 256), metavar="N", toml=_INT, section="udpgw"))
+        "TCP connections to the udpgw server at most (1 to 256; divided among --workers); "
+        "sessions are spread over them", v.integer(1, 256), metavar="N", toml=_INT,
+        section="udpgw"))
     udpgw_conids_per_connection: int = option(256, Spec(
         "UDP destinations (conids) one connection carries at once (1 to 65536; badvpn's "
         "server allows 256 per client); beyond it the least recently used is evicted",

@@ -39,6 +39,12 @@ class FlowInfo:
         dst: the destination the application used (an IP literal).
         protocol: ``tcp`` or ``udp``.
         domain: the host name behind ``dst``, when virtual DNS or sniffing knows it.
+        internal: a connection tun2proxy opens for itself to a destination its own
+            settings name (the ``--dns over-tcp`` forwarder's ``--dns-addr``, the
+            ``--udpgw-server``), not one an application asked for. Only those code paths
+            set it; nothing in a packet can. The direct upstream lets such a connection
+            reach this host's own addresses (a resolver on 127.0.0.53, a udpgw server on
+            loopback), which it refuses to applications.
     """
 
     flow_id: int
@@ -46,6 +52,7 @@ class FlowInfo:
     dst: Endpoint
     protocol: str = "tcp"
     domain: str | None = None
+    internal: bool = False
 
 
 class DatagramReceiver(Protocol):

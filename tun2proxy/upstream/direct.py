@@ -9,6 +9,10 @@ IPv4-mapped and other embedded forms — nor to a multicast or broadcast address
 (:func:`tun2proxy.wire.addrclass.dial_refused`). The stack refuses such IP destinations
 already; this catches names (virtual DNS, a sniffed host name, routing rules) that resolve
 to one, e.g. ``localtest.me`` or a DNS-rebinding answer of ``127.0.0.1``.
+
+Connections tun2proxy opens for itself (``FlowInfo.internal``: the DNS forwarder's resolver,
+the udpgw server; destinations from its settings, never from packets) are not refused: a
+resolver on ``127.0.0.53`` or a udpgw server on loopback is what the user configured.
 """
 
 from __future__ import annotations
@@ -65,11 +69,12 @@ class DirectUpstream(Upstream):
     async def open_tcp(
         self, dst: Address, protocol: asyncio.Protocol, flow: FlowInfo
     ) -> asyncio.Transport:
-        """Connect to ``dst`` (resolving a name if needed) and attach ``protocol``."""
+        """Connect to ``dst`` (resolving a name if needed) and attach ``protocol``; this
+        host's own addresses are refused unless ``allow_local`` or ``flow.internal``."""
         try:
             transport, _ = await connect_tcp(
                 dst.host, dst.port, lambda: protocol, self._outbound(),
-                refuse_local=not self.allow_local, egress=self.egress,
+                refuse_local=not (self.allow_local or flow.internal), egress=self.egress,
             )
         except OSError as e:
             raise upstream_error_from_os(e, f"direct connection to {dst}") from None
@@ -79,8 +84,8 @@ class DirectUpstream(Upstream):
         """An unconnected UDP socket of the app's address family."""
         family = socket.AF_INET6 if ":" in flow.src[0] else socket.AF_INET
         return await open_direct_udp(
-            family, receiver, outbound=self._outbound(), refuse_local=not self.allow_local,
-            egress=self.egress,
+            family, receiver, outbound=self._outbound(),
+            refuse_local=not (self.allow_local or flow.internal), egress=self.egress,
         )
 
     def describe(self) -> str:

@@ -162,7 +162,9 @@ class _Connection(asyncio.Protocol):
         if wait > 0:
             await asyncio.sleep(wait)
         s = pool.settings.server
-        flow = FlowInfo(0, ("0.0.0.0", 0), (s.host, s.port), protocol="tcp")
+        # Our own connection to the configured server (it may be on loopback with a direct
+        # upstream), not an application's.
+        flow = FlowInfo(0, ("0.0.0.0", 0), (s.host, s.port), protocol="tcp", internal=True)
         pool.counters["connects"] += 1
         self.decoder = UdpgwDecoder()
         try:

@@ -166,7 +166,9 @@ async def open_uot_udp(
     """
     first = Address.from_host(flow.dst[0], flow.dst[1])
     ch = UotUdpChannel(receiver, first, version)
-    stream_flow = FlowInfo(flow.flow_id, flow.src, flow.dst, protocol="tcp")
+    stream_flow = FlowInfo(
+        flow.flow_id, flow.src, flow.dst, protocol="tcp", internal=flow.internal
+    )
     try:
         await upstream.open_tcp(magic_address(version), ch, stream_flow)
     except UpstreamError as e:
