@@ -213,7 +213,7 @@ def test_dns_over_tcp_to_a_resolver_on_loopback_with_the_direct_upstream(
         # the app asks some address; the forwarder sends every query to --dns-addr
         assert _dig(lab, f"@{SERVER_V4}", "local-resolver.test", "A") == "192.0.2.77"
         dns = stats(p)["dns"]
-        assert dns["forwarded"] >= 1 and dns["failed"] == 0, dns  # type: ignore[index,operator]
+        assert dns["forwarded"] >= 1 and dns["failed"] == 0, dns  # type: ignore[index]
     finally:
         resolver.stop()
 

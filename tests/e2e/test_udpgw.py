@@ -277,7 +277,7 @@ def test_udpgw_server_on_loopback_with_the_direct_upstream(
         assert _round_trips(s, 200) == 0
         s.close()
         u = stats(p)["upstream"]["udpgw"]  # type: ignore[index]
-        assert u["connect_failures"] == 0 and u["sessions_opened"] == 1, u  # type: ignore[index]
-        assert u["datagrams_down"] == 200, u  # type: ignore[index]
+        assert u["connect_failures"] == 0 and u["sessions_opened"] == 1, u
+        assert u["datagrams_down"] == 200, u
     finally:
         srv.stop()
