@@ -17,7 +17,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from ..errors import ConfigError
@@ -88,6 +88,20 @@ class StartupSignals:
         self.received = signum
         if self._raise:
             raise StopEarly(signum)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Inside the block a SIGINT/SIGTERM is only recorded (a step that must not be cut
+        half-way, such as adding the host's routes); after it, one that came raises
+        :class:`StopEarly` as it would have."""
+        raising = self._raise
+        self._raise = False
+        try:
+            yield
+        finally:
+            self._raise = raising
+        if raising and self.received is not None:
+            raise StopEarly(self.received)
 
     def defer(self) -> None:
         """From now on only record a signal (an event loop is about to run)."""
