@@ -27,7 +27,7 @@ from ..hostsetup.state import SetupState, list_states
 from ..options import DEFAULT_TUN_ADDRESS6, Options, read_text_file
 from ..options.values import one_line
 from ..service import notify_stopping
-from .startup import StartupSignals
+from .startup import StartupSignals, quiet_libraries
 
 __all__ = ["HostRun", "Preflight", "cleanup_command", "preflight", "setup_error"]
 
@@ -43,10 +43,25 @@ def setup_error(e: SetupError) -> int:
     return 2
 
 
+def _pyroute2(opts: Options) -> None:
+    """Import pyroute2 (it sets its loggers' level on import: quieted again here).
+
+    Raises:
+        SetupError: it is not installed.
+    """
+    try:
+        import pyroute2  # type: ignore[import-untyped]  # noqa: F401
+    except ImportError:
+        raise SetupError("--setup and --cleanup need pyroute2: pip install pyroute2") from None
+    quiet_libraries(opts.verbosity)
+
+
 def cleanup_command(opts: Options) -> int:
     """``--cleanup``: undo the setups of dead processes (only ``--tun``'s when given); the
     exit code (0: done or nothing to do; 2: refused or incomplete, one line on stderr)."""
     try:
+        check_privileges()
+        _pyroute2(opts)
         done = cleanup(opts.setup_state_dir, opts.tun)
     except SetupError as e:
         return setup_error(e)
@@ -116,10 +131,7 @@ def preflight(opts: Options) -> Preflight:
     if not sys.platform.startswith("linux"):
         raise SetupError("--setup is for Linux (policy routing); elsewhere route by hand")
     check_privileges()
-    try:
-        import pyroute2  # type: ignore[import-untyped]  # noqa: F401
-    except ImportError:
-        raise SetupError("--setup needs pyroute2: pip install pyroute2") from None
+    _pyroute2(opts)
     _other_setups(opts)
     existed = _netlink_checks(opts)
     if opts.setup_dns == "on":

@@ -28,6 +28,7 @@ __all__ = [
     "StopEarly",
     "TimedOut",
     "call_bounded",
+    "quiet_libraries",
     "raise_fd_limit",
     "set_log_level",
     "setup_logging",
@@ -179,11 +180,22 @@ def setup_logging(level: str, tag: str = "") -> None:
         level=LOG_LEVELS[level], stream=sys.stderr,
         format=f"tun2proxy{tag}: %(levelname)s %(message)s", force=True,
     )
+    quiet_libraries(level)
+
+
+def quiet_libraries(level: str) -> None:
+    """Keep chatty libraries' debug lines out of ``-v debug`` (call again after importing
+    one that resets its level on import)."""
+    # pyroute2 (--setup) logs every netlink message at debug: only at trace
+    logging.getLogger("pyroute2").setLevel(
+        logging.NOTSET if level == "trace" else max(LOG_LEVELS[level], logging.INFO)
+    )
 
 
 def set_log_level(level: str) -> None:
     """Log at ``level`` from now on (a reload), keeping the handler and its tag."""
     logging.getLogger().setLevel(LOG_LEVELS[level])
+    quiet_libraries(level)
 
 
 def raise_fd_limit(flows: int) -> None:
