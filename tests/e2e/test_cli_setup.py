@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import pytest
 
 from tun2proxy.testing.netlab import missing_prerequisites, run, wait_for
 
-from .conftest import _unavailable
+from .conftest import LOOP, OFFLOAD, _unavailable
 from .hostworld import (
     ADMIN_V4,
     BYPASSED,
@@ -103,7 +104,8 @@ class Cli:
 
 def _args(w: World, *extra: str) -> list[str]:
     return ["--setup", "--tun", TUN, "--setup-resolv-conf", str(w.resolv),
-            "--setup-state-dir", str(w.tmp / "run"), "--mtu", "1500", "-v", "debug", *extra]
+            "--setup-state-dir", str(w.tmp / "run"), "--mtu", "1500", "-v", "debug",
+            "--loop", LOOP, "--offload", OFFLOAD, *extra]
 
 
 def _proxy_file(w: World) -> Path:
@@ -231,10 +233,23 @@ def test_setup_routes_the_host_through_the_proxy_and_sigterm_gives_it_back(w: Wo
             assert wait_for(lambda: "reload" in cli.output()[len(out):], timeout=20)
             assert cli.p.poll() is None
 
+            # SIGTERM; more signals while it shuts down (an impatient admin, systemd) must
+            # not cut the teardown short
             os.kill(cli.pid, signal.SIGTERM)
-            assert cli.wait(30) == 0, cli.output()[-3000:]
+            for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT) * 20:
+                if cli.p.poll() is not None:
+                    break
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(cli.pid, sig)
+                time.sleep(0.005)
+            code = cli.wait(30)
+            # exit 0; or, for a signal that came after the host was given back (when the
+            # process is exiting and its handlers are the default ones again), death by it
+            undone = "setup: undone" in cli.output()
+            late = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+            assert code == 0 or (undone and -code in late), (code, cli.output()[-3000:])
             assert "STOPPING=1" in _wait_for_message(notify, "STOPPING=1")
-        assert "setup: undone" in cli.output()
+        assert undone, cli.output()[-3000:]
         assert w.snapshot() == before
         assert _state_files(w) == []
         assert not pid_file.exists()
@@ -248,12 +263,16 @@ def test_setup_routes_the_host_through_the_proxy_and_sigterm_gives_it_back(w: Wo
 
 def test_cleanup_after_sigkill_restores_the_host(w: World) -> None:
     before = w.snapshot()
-    cli = Cli(w, _args(w, "--proxy", f"socks5://{PROXY}:1080", "--dns", "virtual"))
+    # two workers: the device has two queues, one held by a worker process
+    cli = Cli(w, _args(w, "--proxy", f"socks5://{PROXY}:1080", "--dns", "virtual",
+                       "--workers", "2"))
     try:
         assert wait_for(lambda: f"setup: {TUN} carries" in cli.output() or cli.p.poll() is not None,
                         timeout=60), cli.output()
         assert cli.p.poll() is None, cli.output()
         during = w.snapshot()
+        res = curl(w, f"http://{FAR_V4}:8080/bytes/1000/9")
+        assert res.stdout == payload(1000, 9), (res.stderr, cli.output()[-3000:])
         # while it runs, --cleanup and a second --setup refuse (one line, exit 2)
         state = ["--setup-state-dir", str(w.tmp / "run")]
         res = _in_h(w, sys.executable, "-m", "tun2proxy", "--cleanup", *state)

@@ -3,13 +3,17 @@ combinations refused in one line before anything runs."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tun2proxy.app.hostrun import HostRun, Preflight
 from tun2proxy.app.plan import prepare
+from tun2proxy.app.startup import StartupSignals, StopEarly
 from tun2proxy.app.upstreams import make_egress
 from tun2proxy.hostsetup import DEFAULT_FWMARK, DEFAULT_PRIORITY, DEFAULT_TABLE
 from tun2proxy.options import Options, UsageError, parse_args, render_config
@@ -177,3 +181,71 @@ def test_the_environment_variable_is_the_last_resort(tmp_path: Path) -> None:
     assert _parse(["--proxy-file", str(p)], env).proxy == "socks5://file:1"
     with pytest.raises(UsageError, match=r"\$TUN2PROXY_PROXY: the URL .*port 0"):
         _parse([], {"TUN2PROXY_PROXY": "socks5://h:0"})
+
+
+# --- signals around the host setup -------------------------------------------------------
+
+
+@pytest.fixture
+def default_signals() -> Iterator[None]:
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    for s in saved:
+        signal.signal(s, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+
+
+def test_a_signal_while_the_host_is_set_up_is_acted_on_once_it_is_complete(
+    default_signals: None,
+) -> None:
+    startup = StartupSignals()
+    startup.install()
+    steps: list[str] = []
+    try:
+
+        def set_up() -> None:
+            with startup.held():
+                steps.append("first half")
+                os.kill(os.getpid(), signal.SIGTERM)  # would raise here without held()
+                steps.append("second half")
+
+        with pytest.raises(StopEarly):
+            set_up()
+        assert steps == ["first half", "second half"]
+        # outside the block a signal stops at once, as before
+        with pytest.raises(StopEarly):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        startup.restore()
+
+
+def test_after_the_event_loop_a_signal_cannot_end_the_process_half_way(
+    default_signals: None,
+) -> None:
+    """asyncio puts SIG_DFL back when its handlers are removed: a SIGTERM while the host is
+    being restored would kill the process there. reinstall() takes the signals back."""
+    startup = StartupSignals()
+    startup.install()
+    startup.install_reload()
+    try:
+
+        async def serve_briefly() -> None:
+            loop = asyncio.get_running_loop()
+            for s in (signal.SIGTERM, signal.SIGHUP):
+                loop.add_signal_handler(s, lambda: None)
+                loop.remove_signal_handler(s)
+            assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # what asyncio leaves
+            startup.reinstall()
+
+        startup.defer()
+        asyncio.run(serve_briefly())
+        for s in (signal.SIGTERM, signal.SIGHUP):
+            assert signal.getsignal(s) not in (signal.SIG_DFL, signal.SIG_IGN), s
+        os.kill(os.getpid(), signal.SIGTERM)  # recorded, the process lives on
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert startup.received == signal.SIGTERM and startup.reload_requested
+    finally:
+        startup.restore()

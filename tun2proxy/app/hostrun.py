@@ -83,7 +83,11 @@ def _netlink_checks(opts: Options) -> bool:
     returns whether the device exists already."""
     from ..hostsetup.netlink import Netlink
 
-    with Netlink() as nl:
+    try:
+        nl = Netlink()
+    except Exception as e:
+        raise SetupError(f"--setup: cannot talk to the kernel over netlink: {e}") from None
+    with nl:
         if not (nl.has_default_route(2) or nl.has_default_route(10)):
             raise SetupError(
                 "--setup: this host has no default route (ip route show default is empty): "
@@ -200,7 +204,13 @@ class HostRun:
         opts = self.options
         setup = HostSetup(self.plan, state_dir=opts.setup_state_dir)
         with startup.held():
-            summary = setup.apply()
+            try:
+                summary = setup.apply()
+            except SetupError:
+                raise
+            except Exception as e:  # netlink's own errors: apply has undone what it added
+                raise SetupError(f"--setup failed, everything was undone: "
+                                 f"{type(e).__name__}: {e}") from e
             self.setup = setup
         if self.plan.dns is not None:
             found = setup.original_nameservers
@@ -215,13 +225,18 @@ class HostRun:
                         "way (a lookup that enters the tunnel fails)", opts.setup_resolv_conf)
         return summary
 
-    def teardown(self) -> None:
+    def teardown(self) -> bool:
         """Remove what :meth:`apply` added (nothing if it did not run); signals are held
         off until it is done. What cannot be removed stays in the state file, for
-        ``--cleanup``."""
+        ``--cleanup``; returns False then (logged)."""
         setup, self.setup = self.setup, None
         if setup is None:
-            return
+            return True
         notify_stopping()
         with _signals_held():
-            setup.teardown()
+            try:
+                return not setup.teardown()
+            except Exception as e:
+                log.error("setup: could not undo (%s: %s); the state file stays: run "
+                          "python -m tun2proxy --cleanup", type(e).__name__, e)
+                return False

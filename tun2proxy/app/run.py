@@ -108,13 +108,15 @@ def run(argv: Sequence[str], startup: StartupSignals) -> int:
             host = HostRun(opts, addresses, pre)
         except SetupError as e:
             return setup_error(e)
+    restored = True
     try:
-        return _run(plan, addresses, startup, host)
+        code = _run(plan, addresses, startup, host)
     finally:
         if host is not None:
-            host.teardown()  # also after a signal or an error: what was added goes
+            restored = host.teardown()  # also after a signal or an error: what was added goes
         if opts.pid_file:
             remove_pid_file(opts.pid_file)
+    return code if restored or code != 0 else 1
 
 
 def _run(

@@ -184,6 +184,7 @@ async def serve(
     finally:
         for s in (*signals, signal.SIGUSR1, signal.SIGHUP):
             loop.remove_signal_handler(s)
+        startup.reinstall()  # not the default handlers while shutting down (and tearing down)
         watch.close()
         if driver is not None and worker[1] > 1:
             st = driver.stats()

@@ -65,6 +65,7 @@ class StartupSignals:
         #: A SIGHUP (reload) arrived while starting: the serve loop reloads once it runs.
         self.reload_requested = False
         self._raise = True
+        self._hup = False
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -81,6 +82,18 @@ class StartupSignals:
         exec'd later do not inherit an ignored SIGHUP."""
         if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
             signal.signal(signal.SIGHUP, self._on_hup)
+            self._hup = True
+
+    def reinstall(self) -> None:
+        """Take SIGINT/SIGTERM (those :meth:`install` took) and SIGHUP back after an event
+        loop gave them up (asyncio and uvloop put the default back, which would end the
+        process while it shuts down and, with ``--setup``, before the host is restored)."""
+        for s in self._previous:
+            with contextlib.suppress(ValueError, OSError):  # not the main thread
+                signal.signal(s, self._handler)
+        if self._hup:
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(signal.SIGHUP, self._on_hup)
 
     def _on_hup(self, signum: int, frame: object) -> None:
         self.reload_requested = True
