@@ -298,6 +298,40 @@ def test_cleanup_after_sigkill_restores_the_host(w: World) -> None:
         cli.kill()
 
 
+def _started(cli: Cli) -> None:
+    assert wait_for(lambda: f"setup: {TUN} carries" in cli.output() or cli.p.poll() is not None,
+                    timeout=60), cli.output()
+    assert cli.p.poll() is None, cli.output()
+
+
+def test_a_new_setup_cleans_up_after_a_killed_one_first(w: World) -> None:
+    before = w.snapshot()
+    args = _args(w, "--proxy", f"socks5://{PROXY}:1080")
+    first = Cli(w, args)
+    second: Cli | None = None
+    try:
+        _started(first)
+        during = w.snapshot()
+        first.kill()
+        assert _state_files(w) == [f"setup-{TUN}.json"]
+        second = Cli(w, args)
+        _started(second)
+        out = second.output()
+        assert f"a previous --setup did not exit cleanly: undid the setup of {TUN} by PID " \
+            f"{first.pid}" in out, out
+        assert w.snapshot()["rule"] == during["rule"]  # one set of rules: the new one's
+        res = curl(w, f"http://{FAR_V4}:8080/bytes/1000/4")
+        assert res.stdout == payload(1000, 4), res.stderr
+        os.kill(second.pid, signal.SIGTERM)
+        assert second.wait(30) == 0, second.output()[-3000:]
+        assert w.snapshot() == before
+        assert _state_files(w) == []
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
+
+
 def _refused(w: World, *extra: str, env: dict[str, str] | None = None,
              prefix: tuple[str, ...] = ()) -> str:
     """Run a --setup that must fail: one line on stderr, exit 2, H as it was."""
@@ -334,6 +368,15 @@ def test_a_failure_half_way_or_a_refusal_leaves_nothing_behind(w: World) -> None
         assert "--setup-priority" in msg, msg
     finally:
         run("ip", "-n", w.H, "rule", "del", "priority", "9102")
+    # no default route: no uplink for the proxy connections
+    run("ip", "-n", w.H, "route", "del", "default")
+    run("ip", "-n", w.H, "-6", "route", "del", "default")
+    try:
+        msg = _refused(w)
+        assert "no default route" in msg, msg
+    finally:
+        run("ip", "-n", w.H, "route", "add", "default", "via", LAN)
+        run("ip", "-n", w.H, "-6", "route", "add", "default", "via", "2001:db8:1::1")
     # not root (no CAP_NET_ADMIN)
     msg = _refused(w, prefix=("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                               "--inh-caps=-all", "--"))

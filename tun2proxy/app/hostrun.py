@@ -188,6 +188,12 @@ class HostRun:
             dns_strict=opts.setup_dns_strict, resolv_conf=opts.setup_resolv_conf,
             tun_created=not pre.tun_existed,
         )
+        if self.plan.dns is not None and opts.dns == "direct":
+            log.warning(
+                "setup: --dns direct: the host's lookups go to %s as UDP through the proxy "
+                "(they fail if it carries no UDP); --dns virtual or over-tcp keep them on TCP",
+                opts.dns_addr[0],
+            )
         self.setup: HostSetup | None = None
         #: Where tun2proxy's own lookups go (the host resolver points into the tunnel).
         self.own_nameservers: list[str] | None = None
