@@ -80,6 +80,7 @@ def test_the_setup_plan_comes_from_the_options(monkeypatch: pytest.MonkeyPatch) 
         (["--setup", "--tun-fd", "3"], "cannot be combined with --tun-fd"),
         (["--setup", "--tun-netns", "x"], "cannot be combined with --tun-netns"),
         (["--setup", "--cleanup"], "--setup and --cleanup cannot be combined"),
+        (["--cleanup", "--tun-fd", "3"], "--cleanup only undoes a --setup"),
         (["--setup-table", "255"], "the kernel's local table"),
         (["--setup-table", "4294967296"], "must be between 1 and 4294967295"),
         (["--setup-priority", "0"], "must be positive"),

@@ -29,7 +29,9 @@ user can read /proc/PID/cmdline). --print-config shows the result. See docs/conf
 
 signals: SIGINT/SIGTERM shut down cleanly (also while starting); SIGUSR1 logs the counters
 (flows, drops by reason, DNS, link) as one JSON line; SIGHUP re-reads --config and applies
-rules, bypass, upstreams, log level and limits to new flows (open flows keep theirs).
+rules, bypass, upstreams, log level and limits to new flows (open flows keep theirs); it
+re-reads --proxy-file too. With --setup the host is given back on every exit but SIGKILL
+(then: --cleanup).
 
 examples:
   # run one command with all its traffic going through a SOCKS5 proxy
@@ -41,6 +43,11 @@ examples:
   # a proxy with credentials: keep them in a 0600 config file
   #   /etc/tun2proxy.toml:  proxy = "socks5://user:pass@proxy.example:1080"
   sudo tun2proxy --config /etc/tun2proxy.toml --tun tun0
+
+  # route this whole host through a proxy (routes, rules, DNS); undone on exit
+  #   /etc/tun2proxy/proxy.url (mode 0600):  socks5://user:pass@proxy.example:1080
+  sudo tun2proxy --setup --proxy-file /etc/tun2proxy/proxy.url --dns virtual
+  sudo tun2proxy --cleanup   # after a kill -9 or a power cut (see docs/setup.md)
 
   # use a TUN fd inherited from a parent process (Android VpnService style)
   tun2proxy --tun-fd 3 --mtu 1500 --proxy socks5://10.0.2.2:1080

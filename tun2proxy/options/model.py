@@ -304,6 +304,8 @@ class Options:
             )
         except SetupError as e:
             raise UsageError(str(e)) from None
+        if self.cleanup and (self.unshare or self.tun_fd is not None or self.tun_netns):
+            raise UsageError("--cleanup only undoes a --setup: drop --unshare/--tun-fd/--tun-netns")
         if self.unshare:
             if not self.command:
                 raise UsageError("--unshare needs a command after '--' (e.g. -- curl http://...)")
