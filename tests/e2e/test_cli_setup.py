@@ -377,6 +377,12 @@ def test_a_failure_half_way_or_a_refusal_leaves_nothing_behind(w: World) -> None
     finally:
         run("ip", "-n", w.H, "route", "add", "default", "via", LAN)
         run("ip", "-n", w.H, "-6", "route", "add", "default", "via", "2001:db8:1::1")
+    # pyroute2 missing (an import that fails, put first on the path)
+    shim = w.tmp / "no-pyroute2"
+    (shim / "pyroute2").mkdir(parents=True, exist_ok=True)
+    (shim / "pyroute2" / "__init__.py").write_text("raise ImportError('not installed')\n")
+    msg = _refused(w, env={"PYTHONPATH": f"{shim}:{ROOT}"})
+    assert "pip install pyroute2" in msg, msg
     # not root (no CAP_NET_ADMIN)
     msg = _refused(w, prefix=("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                               "--inh-caps=-all", "--"))
