@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module", name="w")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """One lab for this module: every test leaves H as it found it (and checks it)."""
-    reason = missing_prerequisites((*TOOLS, "dig"))
+    reason = missing_prerequisites((*TOOLS, "dig", "getent", "setpriv"))
     if reason:
         _unavailable(reason)
     with make_world("t2pc", tmp_path_factory.mktemp("cli-setup")) as w:

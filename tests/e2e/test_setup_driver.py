@@ -78,12 +78,13 @@ asyncio.run(main())
 print("EXITED", flush=True)
 """
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """One lab for this module: every test gives H back as it found it (and checks it)."""
     reason = missing_prerequisites(TOOLS)
     if reason:
         _unavailable(reason)
-    with make_world("t2pd", tmp_path) as w:
+    with make_world("t2pd", tmp_path_factory.mktemp("setup-driver")) as w:
         yield w
 
 
