@@ -2,7 +2,8 @@
 
 :mod:`.run` calls the steps in order: :mod:`.plan` builds the parts (upstream objects, rules,
 impairment) and checks this host; :mod:`.upstreams` resolves the proxies' names (bounded,
-interruptible) and wraps routing; :mod:`.links` opens the TUN device or fd; :mod:`.startup`
+interruptible) and wraps routing; :mod:`.links` opens the TUN device or fd; :mod:`.hostrun` checks, applies and undoes
+``--setup`` (and runs ``--cleanup``); :mod:`.startup`
 handles signals before the event loop and other start-up chores; :mod:`.serve` runs one
 Driver with its signal handlers and watches the workers.
 
