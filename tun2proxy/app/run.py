@@ -1,7 +1,7 @@
-"""The command's run, in order: settings -> (``--cleanup`` and exit) -> ``--setup``'s checks
--> parts -> proxies' addresses -> the ``--unshare`` child -> links -> ``--setup``'s host
-routing -> workers -> PID file -> serve -> the host given back. Each step undoes what it did when a later one fails or a
-start-up signal arrives (:class:`~tun2proxy.app.startup.StopEarly`).
+"""The command's run, in order: settings -> (``--cleanup`` and exit) -> ``--setup``'s checks ->
+parts -> proxies' addresses -> the ``--unshare`` child -> links -> ``--setup``'s host routing
+-> workers -> PID file -> serve -> the host given back. Each step undoes what it did when a
+later one fails or a start-up signal arrives (:class:`~tun2proxy.app.startup.StopEarly`).
 """
 
 from __future__ import annotations
