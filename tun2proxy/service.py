@@ -8,6 +8,7 @@ abstract namespace); without ``NOTIFY_SOCKET`` it does nothing, so it is safe to
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import stat
@@ -17,6 +18,7 @@ from pathlib import Path
 from .errors import Tun2ProxyError
 
 __all__ = [
+    "MAX_SECRET_FILE",
     "PROXY_ENV",
     "SecretFileError",
     "notify_ready",
@@ -31,6 +33,8 @@ __all__ = [
 
 #: The environment variable the proxy URL may come from instead of the command line.
 PROXY_ENV = "TUN2PROXY_PROXY"
+#: The largest secret file read (it holds one line).
+MAX_SECRET_FILE = 64 << 10
 
 
 def sd_notify(state: str, env: Mapping[str, str] | None = None) -> bool:
@@ -122,13 +126,24 @@ def read_secret_file(path: str | os.PathLike[str]) -> str:
     """
     p = Path(path)
     try:
-        fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        # O_NONBLOCK: a FIFO is opened without waiting for a writer (and then refused)
+        fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK)
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise SecretFileError(
+                f"cannot open {p}: it is a symbolic link (name the file itself)"
+            ) from None
         raise SecretFileError(f"cannot open {p}: {e.strerror}") from None
+    except ValueError as e:  # an embedded NUL
+        raise SecretFileError(f"cannot open {str(p)!r}: {e}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise SecretFileError(f"{p} is not a regular file")
+        if st.st_size > MAX_SECRET_FILE:
+            raise SecretFileError(
+                f"{p} is larger than {MAX_SECRET_FILE // 1024} KiB: it should hold one line"
+            )
         if st.st_uid not in (0, os.geteuid()):
             raise SecretFileError(f"{p} belongs to uid {st.st_uid}, not to root or to us")
         if st.st_mode & 0o077:
@@ -136,7 +151,11 @@ def read_secret_file(path: str | os.PathLike[str]) -> str:
                 f"{p} is accessible by others (mode {stat.S_IMODE(st.st_mode):04o}): "
                 f"chmod 600 {p}"
             )
-        data = os.read(fd, 65536)
+        data = os.read(fd, MAX_SECRET_FILE + 1)
+        if len(data) > MAX_SECRET_FILE:  # it grew since fstat
+            raise SecretFileError(f"{p} is larger than {MAX_SECRET_FILE // 1024} KiB")
+    except OSError as e:
+        raise SecretFileError(f"cannot read {p}: {e.strerror}") from None
     finally:
         os.close(fd)
     for line in data.decode(errors="replace").splitlines():

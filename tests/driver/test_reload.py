@@ -287,3 +287,20 @@ def test_a_sighup_while_starting_is_kept_for_the_serve_loop() -> None:
         assert startup.reload_requested
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+async def test_a_proxy_file_is_re_read_without_a_config_file(tmp_path: Path) -> None:
+    """--proxy-file alone (no --config) is reloadable: a rotated password or a new proxy in
+    the file takes effect for new flows."""
+    secret = tmp_path / "proxy.url"
+    _write(secret, "socks5://192.0.2.7:1080\n")
+    argv = ("--tun-fd", "3", "--proxy-file", str(secret))
+    plan = dataclasses.replace(prepare(parse_args(argv)), argv=argv)
+    driver = _driver(plan)
+    reloader = Reloader(plan, driver)
+    _write(secret, "socks5://u:rotated@192.0.2.8:1080\n")
+    r = await reloader.reload()
+    assert r.ok and r.path == str(secret) and r.changed == ("proxy",), r
+    assert getattr(reloader.plan.main, "host", None) == "192.0.2.8"
+    assert "rotated" not in r.message
+    await driver.upstream.close()

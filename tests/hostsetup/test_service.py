@@ -118,7 +118,8 @@ def test_the_example_unit_is_what_docs_setup_md_promises() -> None:
             keys.setdefault(k, []).append(v)
     assert keys["Type"] == ["notify"]
     assert "--setup" in keys["ExecStart"][0].split()
-    assert "--proxy" not in keys["ExecStart"][0]  # the secret is not on the command line
+    assert "--proxy" not in keys["ExecStart"][0].split()  # no secret on the command line
+    assert "--proxy-file" in keys["ExecStart"][0].split()
     assert keys["ExecStopPost"][0].endswith("-m tun2proxy --cleanup")
     assert keys["Restart"] == ["on-failure"]
     assert keys["CapabilityBoundingSet"] == ["CAP_NET_ADMIN"]

@@ -9,7 +9,7 @@ import pytest
 
 from tun2proxy.options import Options, UsageError, build_parser, options, parse_args
 
-META_FLAGS = {"--help", "--version", "--config", "--print-config"}
+META_FLAGS = {"--help", "--version", "--config", "--print-config", "--cleanup"}
 
 
 def _parser_flags() -> set[str]:
@@ -174,6 +174,15 @@ BAD = [
     ("--impair", "loss=150%", "loss must be between 0% and 100%"),
     ("--impair", "jitter=nan", "jitter must be between 0 and 10000ms"),
     ("--verbosity", "loud", "invalid choice 'loud'"),
+    ("--proxy-file", "", "is empty: give a file name"),
+    ("--setup-table", "254", "is the kernel's main table"),
+    ("--setup-table", "0", "must be positive"),
+    ("--setup-priority", "32762", "must be between 1 and 32761"),
+    ("--setup-ipv6", "yes", "choose from auto, on, off"),
+    ("--setup-dns", "strict", "choose from on, off"),
+    ("--setup-state-dir", " ", "is empty: give a file name"),
+    ("--setup-resolv-conf", "", "is empty: give a file name"),
+    ("--pid-file", "", "is empty: give a file name"),
 ]
 
 

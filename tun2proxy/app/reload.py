@@ -143,7 +143,8 @@ class ReloadResult:
     def message(self) -> str:
         """The one line logged for this reload."""
         if self.path is None:
-            return "reload: nothing to reload (tun2proxy was started without --config)"
+            return ("reload: nothing to reload (tun2proxy was started without --config or "
+                    "--proxy-file)")
         if not self.ok:
             return f"reload {self.path} rejected, the previous configuration stays: {self.error}"
         if not self.changed:
@@ -210,7 +211,8 @@ class Reloader:
         return result
 
     async def _reload(self) -> ReloadResult:
-        path = self.plan.options.config
+        # --proxy-file without --config: the file is re-read (a rotated password)
+        path = self.plan.options.config or self.plan.options.proxy_file
         if path is None:
             return ReloadResult(True, None)
         try:
@@ -249,7 +251,8 @@ class Reloader:
         for host in proxy_hosts(plan):
             try:
                 async with asyncio.timeout(timeout):
-                    found = await resolve_proxy_addresses(host)
+                    # the tunnel's resolver: with --setup the host's points into the tunnel
+                    found = await resolve_proxy_addresses(host, self.driver.egress)
             except TimeoutError:
                 raise ConfigError(
                     f"proxy host {host!r}: no answer from the resolver within {timeout:g} s"

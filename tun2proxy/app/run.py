@@ -1,6 +1,7 @@
-"""The command's run, in order: settings -> parts -> proxies' addresses -> the ``--unshare``
-child -> links -> workers -> serve. Each step undoes what it did when a later one fails or a
-start-up signal arrives (:class:`~tun2proxy.app.startup.StopEarly`).
+"""The command's run, in order: settings -> (``--cleanup`` and exit) -> ``--setup``'s checks ->
+parts -> proxies' addresses -> the ``--unshare`` child -> links -> ``--setup``'s host routing
+-> workers -> PID file -> serve -> the host given back. Each step undoes what it did when a
+later one fails or a start-up signal arrives (:class:`~tun2proxy.app.startup.StopEarly`).
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from collections.abc import Sequence
 from ..dns.pool import FakeIpPool, SlotDirectory
 from ..driver.shared import SharedSlotDirectory
 from ..errors import ConfigError
+from ..hostsetup import SetupError
 from ..link.fd import FdLink
 from ..link.unshare import PrivateNamespace, spawn_private
 from ..options import Options, UsageError, parse_args, render_config
 from ..options.values import one_line
+from ..service import notify_ready, remove_pid_file, write_pid_file
 from ..workers import WorkerSet
+from .hostrun import HostRun, Preflight, cleanup_command, preflight, setup_error
 from .links import close_links, open_links
 from .plan import Plan, check_host, prepare
 from .serve import run_on_loop, serve
@@ -85,12 +89,42 @@ def run(argv: Sequence[str], startup: StartupSignals) -> int:
     startup.install_reload()  # a SIGHUP while starting must not end the run (or a worker)
     for note in opts.notes:
         log.warning("%s", note)
+    if opts.cleanup:
+        return cleanup_command(opts)
+    pre: Preflight | None = None
+    if opts.setup:
+        try:
+            pre = preflight(opts)  # before anything is changed, the TUN included
+        except SetupError as e:
+            return setup_error(e)
     raise_fd_limit(opts.max_sessions)
     try:
         addresses = resolve_hosts(proxy_hosts(plan), opts.connect_timeout)
     except ConfigError as e:
         log.error("%s", e)
         return 1
+    host: HostRun | None = None
+    if pre is not None:
+        try:
+            host = HostRun(opts, addresses, pre)
+        except SetupError as e:
+            return setup_error(e)
+    restored = True
+    try:
+        code = _run(plan, addresses, startup, host)
+    finally:
+        if host is not None:
+            restored = host.teardown()  # also after a signal or an error: what was added goes
+        if opts.pid_file:
+            remove_pid_file(opts.pid_file)
+    return code if restored or code != 0 else 1
+
+
+def _run(
+    plan: Plan, addresses: list[str], startup: StartupSignals, host: HostRun | None
+) -> int:
+    """Open the links, set the host up (--setup), fork the workers and serve."""
+    opts = plan.options
     child: PrivateNamespace | None = None
     links: list[FdLink] = []
     workers: WorkerSet | None = None
@@ -110,7 +144,14 @@ def run(argv: Sequence[str], startup: StartupSignals) -> int:
             log.error("cannot open the TUN device: %s", e)
             return 1
         n = len(links)
-        workers, directory = _fork_workers(plan, addresses, links, startup)
+        if host is not None:
+            try:
+                host.apply(startup)
+            except SetupError as e:
+                close_links(links)
+                return setup_error(e)
+        own_dns = host.own_nameservers if host is not None else None
+        workers, directory = _fork_workers(plan, addresses, links, startup, own_dns)
         if workers is not None:
             for link in links[1:]:
                 os.close(link.fd)  # the workers' queues are theirs alone
@@ -121,10 +162,25 @@ def run(argv: Sequence[str], startup: StartupSignals) -> int:
         if workers is not None:
             workers.stop()
         raise
+    if opts.pid_file:
+        try:
+            write_pid_file(opts.pid_file)
+        except OSError as e:
+            if workers is not None:
+                workers.stop()
+            close_links(links)
+            log.error("--pid-file %s: cannot write it: %s", opts.pid_file, e.strerror or e)
+            return 1
+
+    def ready() -> None:
+        notify_ready(host.setup.summary if host is not None and host.setup is not None
+                     else f"serving {links[0].name}")
+
     try:
         return run_on_loop(
             opts.loop, startup,
-            serve(plan, addresses, links[0], child, startup, (0, n), directory, workers),
+            serve(plan, addresses, links[0], child, startup, (0, n), directory, workers,
+                  own_nameservers=own_dns, on_ready=ready),
         )
     except KeyboardInterrupt:  # SIGINT was not ours to handle (an embedding program's)
         if workers is not None:
@@ -133,7 +189,8 @@ def run(argv: Sequence[str], startup: StartupSignals) -> int:
 
 
 def _fork_workers(
-    plan: Plan, addresses: list[str], links: list[FdLink], startup: StartupSignals
+    plan: Plan, addresses: list[str], links: list[FdLink], startup: StartupSignals,
+    own_dns: list[str] | None = None,
 ) -> tuple[WorkerSet | None, SlotDirectory | None]:
     """With --workers, fork one process per extra queue; each serves its own link."""
     opts = plan.options
@@ -152,7 +209,7 @@ def _fork_workers(
             setup_logging(opts.verbosity, f"[{i}]")
             return run_on_loop(
                 opts.loop, startup, serve(plan, addresses, links[i], None, startup, (i, n),
-                                          directory)
+                                          directory, own_nameservers=own_dns)
             )
 
         workers.fork(i, run, [fd for j, fd in enumerate(fds) if j != i])

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 
 from ..dns.pool import SlotDirectory
 from ..driver.loop import Driver
@@ -62,6 +62,9 @@ async def serve(
     worker: tuple[int, int] = (0, 1),
     directory: SlotDirectory | None = None,
     workers: WorkerSet | None = None,
+    *,
+    own_nameservers: Sequence[str] | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> int:
     """Run the driver until a signal, a link failure or the child's exit (one worker's
     driver with --workers; ``workers`` is given to the main process, which watches them).
@@ -69,6 +72,10 @@ async def serve(
     The signal handlers are installed before anything else: a SIGINT/SIGTERM that arrived
     while starting (recorded by ``startup``) or arrives before the driver runs ends the run
     at once with exit code 0, the ``--unshare`` command never started.
+
+    ``own_nameservers`` goes to :func:`~tun2proxy.app.upstreams.make_egress` (``--setup``);
+    ``on_ready`` is called once the driver is built, just before it runs (readiness for
+    systemd, the PID file).
     """
     opts = plan.options
     loop = asyncio.get_running_loop()
@@ -105,7 +112,7 @@ async def serve(
         )
         driver = Driver(
             stack, link, upstream, driver_config(opts, worker, directory),
-            egress=make_egress(plan),
+            egress=make_egress(plan, own_nameservers),
         )
         if worker[0] == 0:
             log.info("upstream %s", upstream.describe())
@@ -171,10 +178,13 @@ async def serve(
         if stop_requested:
             link.close()
         else:
+            if on_ready is not None:
+                on_ready()
             await driver.run()
     finally:
         for s in (*signals, signal.SIGUSR1, signal.SIGHUP):
             loop.remove_signal_handler(s)
+        startup.reinstall()  # not the default handlers while shutting down (and tearing down)
         watch.close()
         if driver is not None and worker[1] > 1:
             st = driver.stats()

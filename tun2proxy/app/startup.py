@@ -17,7 +17,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from ..errors import ConfigError
@@ -28,6 +28,7 @@ __all__ = [
     "StopEarly",
     "TimedOut",
     "call_bounded",
+    "quiet_libraries",
     "raise_fd_limit",
     "set_log_level",
     "setup_logging",
@@ -64,6 +65,7 @@ class StartupSignals:
         #: A SIGHUP (reload) arrived while starting: the serve loop reloads once it runs.
         self.reload_requested = False
         self._raise = True
+        self._hup = False
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -80,6 +82,18 @@ class StartupSignals:
         exec'd later do not inherit an ignored SIGHUP."""
         if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
             signal.signal(signal.SIGHUP, self._on_hup)
+            self._hup = True
+
+    def reinstall(self) -> None:
+        """Take SIGINT/SIGTERM (those :meth:`install` took) and SIGHUP back after an event
+        loop gave them up (asyncio and uvloop put the default back, which would end the
+        process while it shuts down and, with ``--setup``, before the host is restored)."""
+        for s in self._previous:
+            with contextlib.suppress(ValueError, OSError):  # not the main thread
+                signal.signal(s, self._handler)
+        if self._hup:
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(signal.SIGHUP, self._on_hup)
 
     def _on_hup(self, signum: int, frame: object) -> None:
         self.reload_requested = True
@@ -88,6 +102,20 @@ class StartupSignals:
         self.received = signum
         if self._raise:
             raise StopEarly(signum)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Inside the block a SIGINT/SIGTERM is only recorded (a step that must not be cut
+        half-way, such as adding the host's routes); after it, one that came raises
+        :class:`StopEarly` as it would have."""
+        raising = self._raise
+        self._raise = False
+        try:
+            yield
+        finally:
+            self._raise = raising
+        if raising and self.received is not None:
+            raise StopEarly(self.received)
 
     def defer(self) -> None:
         """From now on only record a signal (an event loop is about to run)."""
@@ -165,11 +193,22 @@ def setup_logging(level: str, tag: str = "") -> None:
         level=LOG_LEVELS[level], stream=sys.stderr,
         format=f"tun2proxy{tag}: %(levelname)s %(message)s", force=True,
     )
+    quiet_libraries(level)
+
+
+def quiet_libraries(level: str) -> None:
+    """Keep chatty libraries' debug lines out of ``-v debug`` (call again after importing
+    one that resets its level on import)."""
+    # pyroute2 (--setup) logs every netlink message at debug: only at trace
+    logging.getLogger("pyroute2").setLevel(
+        logging.NOTSET if level == "trace" else max(LOG_LEVELS[level], logging.INFO)
+    )
 
 
 def set_log_level(level: str) -> None:
     """Log at ``level`` from now on (a reload), keeping the handler and its tag."""
     logging.getLogger().setLevel(LOG_LEVELS[level])
+    quiet_libraries(level)
 
 
 def raise_fd_limit(flows: int) -> None:

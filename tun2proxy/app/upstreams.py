@@ -9,6 +9,7 @@ import functools
 import ipaddress
 import logging
 import socket
+from collections.abc import Sequence
 
 from ..errors import ConfigError
 from ..routing.rules import Rules
@@ -24,11 +25,20 @@ __all__ = ["build_upstream", "make_egress", "proxy_hosts", "resolve_hosts"]
 log = logging.getLogger("tun2proxy")
 
 
-def make_egress(plan: Plan) -> Egress:
-    """The tunnel's Egress: ``--outbound-interface`` and ``--fwmark`` on every socket it
-    opens, and its own-endpoint registry (loop detection)."""
+def make_egress(plan: Plan, own_nameservers: Sequence[str] | None = None) -> Egress:
+    """The tunnel's Egress: ``--outbound-interface`` and ``--fwmark`` (with ``--setup``
+    0x3074 by default) on every socket it opens, and its own-endpoint registry (loop
+    detection). With ``own_nameservers`` (``--setup``: the host resolver points into the
+    tunnel) the names the tunnel itself connects to are resolved by an
+    :class:`~tun2proxy.upstream.own_dns.OwnResolver` asking them from marked sockets."""
     o = plan.options
-    return Egress(Outbound(interface=o.outbound_interface, fwmark=o.fwmark))
+    outbound = Outbound(interface=o.outbound_interface, fwmark=o.outbound_fwmark)
+    egress = Egress(outbound)
+    if own_nameservers is not None:
+        from ..upstream.own_dns import OwnResolver
+
+        egress.resolver = OwnResolver(own_nameservers, outbound).getaddrinfo
+    return egress
 
 
 def _servers(plan: Plan) -> list[Upstream]:

@@ -178,6 +178,10 @@ class HostSetup:
             if isinstance(e, OSError):
                 raise SetupError(f"--setup failed, everything was undone: {e}") from e
             raise
+        # no netlink socket (nor its thread) held while the proxy runs: teardown opens one
+        nl, self._nl = self._nl, None
+        if nl is not None:
+            nl.close()
         return self.summary
 
     def _clear_stale(self) -> None:

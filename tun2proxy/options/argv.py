@@ -9,10 +9,12 @@ are one line, ``tun2proxy: error: ...``, and exit code 2 (:class:`UsageError`).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 from .._version import __version__
+from ..service import PROXY_ENV, SecretFileError, read_secret_file
 from .configfile import load_config
 from .model import Option, Options, UsageError, options
 from .values import BadValue, one_line
@@ -27,7 +29,9 @@ user can read /proc/PID/cmdline). --print-config shows the result. See docs/conf
 
 signals: SIGINT/SIGTERM shut down cleanly (also while starting); SIGUSR1 logs the counters
 (flows, drops by reason, DNS, link) as one JSON line; SIGHUP re-reads --config and applies
-rules, bypass, upstreams, log level and limits to new flows (open flows keep theirs).
+rules, bypass, upstreams, log level and limits to new flows (open flows keep theirs); it
+re-reads --proxy-file too. With --setup the host is given back on every exit but SIGKILL
+(then: --cleanup).
 
 examples:
   # run one command with all its traffic going through a SOCKS5 proxy
@@ -39,6 +43,11 @@ examples:
   # a proxy with credentials: keep them in a 0600 config file
   #   /etc/tun2proxy.toml:  proxy = "socks5://user:pass@proxy.example:1080"
   sudo tun2proxy --config /etc/tun2proxy.toml --tun tun0
+
+  # route this whole host through a proxy (routes, rules, DNS); undone on exit
+  #   /etc/tun2proxy/proxy.url (mode 0600):  socks5://user:pass@proxy.example:1080
+  sudo tun2proxy --setup --proxy-file /etc/tun2proxy/proxy.url --dns virtual
+  sudo tun2proxy --cleanup   # after a kill -9 or a power cut (see docs/setup.md)
 
   # use a TUN fd inherited from a parent process (Android VpnService style)
   tun2proxy --tun-fd 3 --mtu 1500 --proxy socks5://10.0.2.2:1080
@@ -64,6 +73,7 @@ _SECTIONS = {
     "udp and dns": "UDP and DNS",
     "udpgw": "UDP via udpgw",
     "routing": "routing",
+    "setup": "host setup and service (--setup: see docs/setup.md)",
     "debugging": "testing and debugging",
 }
 
@@ -100,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--print-config", action="store_true", default=argparse.SUPPRESS,
         help="print the effective settings as TOML (passwords masked) and exit",
+    )
+    p.add_argument(
+        "--cleanup", action="store_true", default=argparse.SUPPRESS,
+        help="undo what a --setup that died without doing so (SIGKILL, power loss) left "
+        "behind, from its state file in --setup-state-dir (only --tun NAME's when given), "
+        "and exit",
     )
     groups: dict[str | None, Any] = {}
     exclusive: dict[str, Any] = {}
@@ -160,9 +176,33 @@ def _parse_value(opt: Option, raw: object, where: str) -> object:
     return tuple(out) if s.kind == "list" else out[0]
 
 
-def parse_args(argv: Sequence[str]) -> Options:
+def _proxy_source(values: dict[str, Any], cli: set[str], env: Mapping[str, str]) -> None:
+    """Fill in ``proxy`` from ``proxy_file`` (read now: bounded, a 0600 regular file) or,
+    when neither is given, from ``$TUN2PROXY_PROXY``. A flag wins over the config file;
+    both in the same place are an error."""
+    by_name = {o.name: o for o in options()}
+    if "proxy" in values and "proxy_file" in values:
+        if ("proxy" in cli) == ("proxy_file" in cli):
+            raise UsageError("--proxy and --proxy-file exclude each other: give one")
+        del values["proxy_file" if "proxy" in cli else "proxy"]
+    path = values.get("proxy_file")
+    if path is not None:
+        try:
+            url = read_secret_file(str(path))
+        except SecretFileError as e:
+            raise UsageError(f"--proxy-file: {e}") from None
+        values["proxy"] = _parse_value(by_name["proxy"], url, f"--proxy-file {path}: the URL")
+        return
+    url = env.get(PROXY_ENV, "").strip()
+    if "proxy" not in values and url:
+        values["proxy"] = _parse_value(by_name["proxy"], url, f"${PROXY_ENV}: the URL")
+
+
+def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Options:
     """Parse ``argv`` (and the ``--config`` file it names) into :class:`Options`; everything
-    after ``--`` is the command for ``--unshare``.
+    after ``--`` is the command for ``--unshare``. The proxy URL comes from ``--proxy``,
+    else the ``--proxy-file`` (read here), else ``$TUN2PROXY_PROXY`` in ``env`` (default
+    ``os.environ``).
 
     Raises:
         UsageError: a setting is wrong (one line, naming the flag or the file and key).
@@ -180,6 +220,7 @@ def parse_args(argv: Sequence[str]) -> Options:
     ns = vars(build_parser().parse_args(args))
     config = ns.pop("config", None)
     print_config = bool(ns.pop("print_config", False))
+    cleanup = bool(ns.pop("cleanup", False))
     from_file: dict[str, object] = {}
     notes: tuple[str, ...] = ()
     if config is not None:
@@ -190,6 +231,8 @@ def parse_args(argv: Sequence[str]) -> Options:
             values[opt.name] = _parse_value(opt, ns[opt.name], opt.flag)
         elif opt.name in from_file:
             values[opt.name] = _parse_value(opt, from_file[opt.name], f"config {config}: {opt.key}")
+    _proxy_source(values, set(ns), os.environ if env is None else env)
     return Options(
-        **values, command=tuple(command), config=config, print_config=print_config, notes=notes
+        **values, command=tuple(command), config=config, print_config=print_config,
+        cleanup=cleanup, notes=notes,
     )

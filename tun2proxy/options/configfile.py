@@ -28,7 +28,7 @@ _TYPE_NAMES = {
     dict: "a table",
 }
 #: Keys that are not settings: they are about one invocation, on the command line only.
-_NOT_KEYS = {"config", "print-config", "help", "version", "command"}
+_NOT_KEYS = {"config", "print-config", "cleanup", "help", "version", "command"}
 
 
 def _type_name(value: object) -> str:
@@ -148,6 +148,9 @@ def render_config(opts: Options) -> str:
             section = opt.spec.section
             lines += ["", f"# --- {section}"]
         value = getattr(opts, opt.name)
+        if opt.name == "proxy" and opts.proxy_file is not None:
+            lines.append(f"# {opt.key} =  (read from proxy-file)")
+            continue
         if value is None:
             default = opt.spec.default_text or "not set"
             lines.append(f"# {opt.key} =  ({default})")

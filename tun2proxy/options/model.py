@@ -17,6 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import ConfigError
+from ..hostsetup.plan import (
+    DEFAULT_FWMARK,
+    DEFAULT_PRIORITY,
+    DEFAULT_STATE_DIR,
+    DEFAULT_TABLE,
+    PRIORITY_SPAN,
+    SetupError,
+    validate_setup_options,
+)
 from . import values as v
 
 __all__ = [
@@ -118,7 +127,13 @@ class Options:
         section="device"))
     proxy: str = option("direct://", Spec(
         "upstream proxy URL (direct:// connects from this host's own network)", v.proxy_url,
-        metavar="URL", section="device", secret=True))
+        metavar="URL", section="device", secret=True, exclusive="proxy",
+        default_text="direct://, or $TUN2PROXY_PROXY when set"))
+    proxy_file: str | None = option(None, Spec(
+        "read the proxy URL from the first line of this file (a regular file of at most 64 "
+        "KiB, mode 0600, owned by root or by us), so its credentials are not on the command "
+        "line where every user sees them; re-read on SIGHUP", v.path, metavar="FILE",
+        section="device", exclusive="proxy"))
     mtu: int | None = option(None, Spec(
         "MTU of a TUN device we create, or of --tun-fd (576 to 65535)", v.integer(576, 65535),
         metavar="N", toml=_INT, section="device",
@@ -275,7 +290,43 @@ class Options:
         metavar="IFACE", section="routing"))
     fwmark: int | None = option(None, Spec(
         "set SO_MARK on tun2proxy's own sockets (1 to 4294967295), for policy routing around "
-        "the TUN", v.integer(1, v.MAX_FWMARK), metavar="N", toml=_INT, section="routing"))
+        "the TUN", v.integer(1, v.MAX_FWMARK), metavar="N", toml=_INT, section="routing",
+        default_text=f"none; {DEFAULT_FWMARK} (0x{DEFAULT_FWMARK:x}) with --setup"))
+    # --- host setup and service
+    setup: bool = option(False, Spec(
+        "route this whole host through the tunnel (Linux, root): a routing table and ip "
+        "rules of its own send everything but the excluded (loopback, LAN, the proxies, the "
+        "SSH session, --bypass) into the TUN, its own sockets are marked (--fwmark), the "
+        "resolver points into the tunnel; all undone on exit. See docs/setup.md",
+        kind="switch", toml=(bool,), section="setup"))
+    setup_table: int = option(DEFAULT_TABLE, Spec(
+        "the routing table --setup fills with the default routes into the TUN (1 to "
+        "4294967295, not 253-255); it must be empty", v.routing_table, metavar="N",
+        toml=_INT, section="setup"))
+    setup_priority: int = option(DEFAULT_PRIORITY, Spec(
+        f"the first ip rule priority of --setup; it uses N to N+{PRIORITY_SPAN - 1}, which "
+        f"must be free (1 to {32766 - PRIORITY_SPAN})",
+        v.integer(1, 32766 - PRIORITY_SPAN), metavar="N", toml=_INT, section="setup"))
+    setup_ipv6: Literal["auto", "on", "off"] = option("auto", Spec(
+        "carry IPv6 too: auto when the host has an IPv6 default route or --tun-address6 is "
+        "given", v.choice(("auto", "on", "off")), metavar="{auto,on,off}", section="setup"))
+    setup_dns: Literal["on", "off"] = option("on", Spec(
+        "point the host resolver (--setup-resolv-conf) at the --dns-addr address, routed "
+        "into the tunnel; the original comes back on exit", v.choice(("on", "off")),
+        metavar="{on,off}", section="setup"))
+    setup_dns_strict: bool = option(False, Spec(
+        "no DNS leaves outside the tunnel: every packet of the host to port 53 (UDP and "
+        "TCP, any address, LAN resolvers included) goes into it", kind="switch",
+        toml=(bool,), section="setup"))
+    setup_state_dir: str = option(DEFAULT_STATE_DIR, Spec(
+        "where --setup records what it adds (before adding it), for --cleanup after a crash",
+        v.path, metavar="DIR", section="setup"))
+    setup_resolv_conf: str = option("/etc/resolv.conf", Spec(
+        "the resolver file --setup replaces (a file or a symlink; systemd-resolved's is "
+        "refused: see docs/setup.md)", v.path, metavar="FILE", section="setup"))
+    pid_file: str | None = option(None, Spec(
+        "write the process ID to this file once running (removed on exit)", v.path,
+        metavar="FILE", section="setup"))
     # --- testing and debugging
     impair: str | None = option(None, Spec(
         "testing and debugging: impair packets between the apps and tun2proxy, both ways, "
@@ -292,11 +343,22 @@ class Options:
     config: str | None = None
     #: ``--print-config``: show the settings and exit.
     print_config: bool = False
+    #: ``--cleanup``: undo the ``--setup`` of a process that died without doing it, and exit.
+    cleanup: bool = False
     #: warnings about how the settings were given (a config file others can read).
     notes: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         """The checks across settings (each value was checked on its own when parsed)."""
+        try:
+            validate_setup_options(
+                setup=self.setup, cleanup=self.cleanup, unshare=self.unshare,
+                tun_fd=self.tun_fd, tun_netns=self.tun_netns, workers=self.workers,
+            )
+        except SetupError as e:
+            raise UsageError(str(e)) from None
+        if self.cleanup and (self.unshare or self.tun_fd is not None or self.tun_netns):
+            raise UsageError("--cleanup only undoes a --setup: drop --unshare/--tun-fd/--tun-netns")
         if self.unshare:
             if not self.command:
                 raise UsageError("--unshare needs a command after '--' (e.g. -- curl http://...)")
@@ -338,6 +400,14 @@ class Options:
     def tun_name(self) -> str:
         """The TUN device to create or attach to (``--tun``, else ``tun0``)."""
         return self.tun or "tun0"
+
+    @property
+    def outbound_fwmark(self) -> int | None:
+        """The ``SO_MARK`` of tun2proxy's own sockets: ``--fwmark``, else with ``--setup``
+        the mark its rule keeps out of the tunnel (0x3074)."""
+        if self.fwmark is None and self.setup:
+            return DEFAULT_FWMARK
+        return self.fwmark
 
     @property
     def extra_upstreams(self) -> dict[str, str]:

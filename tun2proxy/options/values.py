@@ -46,6 +46,7 @@ __all__ = [
     "path",
     "pool",
     "proxy_url",
+    "routing_table",
     "rule",
     "seconds",
     "server_address",
@@ -98,6 +99,17 @@ def integer(lo: int, hi: int, what: str = "a number") -> Callable[[str], int]:
         return v
 
     return parse
+
+
+def routing_table(text: str) -> int:
+    """A policy-routing table number: 1 to 4294967295, not 253-255 (default, main, local)."""
+    n = integer(1, MAX_FWMARK, "a table number")(text)
+    if n in (253, 254, 255):
+        raise BadValue(
+            f"{n} is the kernel's {({253: 'default', 254: 'main', 255: 'local'})[n]} table: "
+            "choose a table of its own"
+        )
+    return n
 
 
 def seconds(hi: float) -> Callable[[str], float]:

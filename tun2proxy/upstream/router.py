@@ -398,11 +398,12 @@ class _RoutingUdpChannel(UdpChannel):
                 channel.close()
 
 
-async def resolve_proxy_addresses(host: str) -> list[str]:
+async def resolve_proxy_addresses(host: str, egress: Egress | None = None) -> list[str]:
     """Every address (IPv4 and IPv6) of a proxy host, for ``proxy_addresses``.
 
     An IP literal (``[v6]`` brackets allowed) is returned as it is. Call it before virtual
-    DNS answers the host's own queries.
+    DNS answers the host's own queries, or give the tunnel's ``egress``, whose resolver
+    (``--setup``: an OwnResolver) asks outside the tunnel.
 
     Raises:
         ConfigError: the name does not resolve.
@@ -414,9 +415,13 @@ async def resolve_proxy_addresses(host: str) -> list[str]:
         return [str(ipaddress.ip_address(h))]
     except ValueError:
         pass
-    loop = asyncio.get_running_loop()
     try:
-        infos = await loop.getaddrinfo(h, None, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM)
+        if egress is not None:
+            infos = await egress.getaddrinfo(h, None, socket.AF_UNSPEC, socket.SOCK_STREAM)
+        else:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                h, None, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM
+            )
     except (OSError, UnicodeError) as e:
         raise ConfigError(f"proxy host {host!r}: cannot resolve ({e})") from None
     out: list[str] = []
