@@ -117,7 +117,8 @@ def test_max_bytes_stops_the_capture_on_a_block_boundary(tmp_path: object) -> No
     for _ in range(4):
         link.write_batch([SYN, SYN])
     link.close()
-    data = open(path, "rb").read()
+    with open(path, "rb") as f:
+        data = f.read()
     assert len(data) <= limit
     assert len(list(dpkt.pcapng.Reader(io.BytesIO(data)))) == 5
     assert link.writer.stopped == "max"

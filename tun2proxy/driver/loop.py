@@ -465,6 +465,7 @@ class Driver:
             else:
                 reason = "error"
                 log.debug("open_udp raised", exc_info=e)
+            self._dialer.stats.observe(0.0, reason, "udp")
             self._limited.log(
                 logging.WARNING, f"udp:{reason}", "UDP from %s:%d failed (%s): %s",
                 ev.src[0], ev.src[1], reason,
@@ -569,6 +570,7 @@ class Driver:
         )
         transport: asyncio.Transport | None = None
         reason: str | None = None
+        dial_started = loop.time()
         try:
             async with asyncio.timeout(self.config.connect_timeout):  # no extra task
                 transport = await self.upstream.open_tcp(dst, relay, flow)
@@ -591,6 +593,7 @@ class Driver:
         except Exception as e:  # a bug in an upstream must not kill the driver
             reason = "error"
             log.exception("flow to %s: upstream %s raised %r", dst, self.upstream.name, e)
+        self._dialer.stats.observe(loop.time() - dial_started, reason)
         self._connecting.pop(fid, None)
         stack = self.stack
         if fid not in stack or self._stopping:
@@ -707,6 +710,7 @@ class Driver:
         s["connecting"] = len(self._connecting)
         s["queued"] = len(self._dialer.queue)
         s["queue_expired"] = self._dialer.expired
+        s["dials"] = self._dialer.stats.snapshot()
         s["flows_opened"] = self.flows_opened
         s["flows_failed"] = self.flows_failed
         s["flows_looped"] = self.flows_looped
