@@ -63,6 +63,7 @@ _SECTIONS = {
     "limits": "limits",
     "udp and dns": "UDP and DNS",
     "routing": "routing",
+    "observability": "metrics and packet capture",
     "debugging": "testing and debugging",
 }
 
