@@ -36,6 +36,8 @@ def test_src_dst_net_and_protocols() -> None:
     assert keeps("ip6", A2B, V6) == [False, True]
     assert keeps("dst net fd00:1::/32 and tcp", V6, A2B) == [True, False]
     assert keeps("portrange 400-500", A2B, DNS) == [True, False]
+    assert keeps("tcp port 53 or udp dst port 53", A2B, DNS) == [False, True]
+    assert keeps("udp src port 40000", A2B) == [False]
 
 
 def test_precedence_not_parentheses_and_symbols() -> None:

@@ -7,11 +7,12 @@ The grammar (a subset of tcpdump's, with the same meaning)::
     and       := not ( ("and" | "&&") not )*
     not       := ("not" | "!") not | primary
     primary   := "(" filter ")"
-               | [ "src" | "dst" ] "host" ADDRESS       IPv4 or IPv6 literal
-               | [ "src" | "dst" ] "net" CIDR
-               | [ "src" | "dst" ] "port" PORT         TCP or UDP, 0 to 65535
-               | [ "src" | "dst" ] "portrange" LO-HI
-               | "tcp" | "udp" | "icmp" | "icmp6" | "ip" | "ip6"
+               | [ PROTO ] [ "src" | "dst" ] "host" ADDRESS   IPv4 or IPv6 literal
+               | [ PROTO ] [ "src" | "dst" ] "net" CIDR
+               | [ PROTO ] [ "src" | "dst" ] "port" PORT     TCP or UDP, 0 to 65535
+               | [ PROTO ] [ "src" | "dst" ] "portrange" LO-HI
+               | PROTO
+    PROTO     := "tcp" | "udp" | "icmp" | "icmp6" | "ip" | "ip6"
 
 Without ``src``/``dst`` a term matches either end, so ``host 10.0.0.1 and port 443`` keeps both
 directions of those flows. ``not`` binds tighter than ``and``, ``and`` tighter than ``or``.
@@ -128,13 +129,12 @@ class _Parser:
                 raise self.error("missing ')'")
             self.i += 1
             return pred
-        if tok in _PROTOS:
-            protos = _PROTOS[tok]
-            return lambda f: f[1] in protos
-        if tok == "ip":
-            return lambda f: f[0] == 4
-        if tok == "ip6":
-            return lambda f: f[0] == 6
+        proto = self.protocol(tok)
+        if proto is not None:
+            if self.peek() not in ("src", "dst", "host", "net", "port", "portrange"):
+                return proto
+            term = self.primary()  # "tcp port 443": the protocol and the term
+            return lambda f: proto(f) and term(f)
         side = "any"
         if tok in ("src", "dst"):
             side = tok
@@ -149,6 +149,17 @@ class _Parser:
             f"unknown term {tok!r} (expected host, net, port, portrange, tcp, udp, icmp, "
             "icmp6, ip, ip6, and/or/not, parentheses)"
         )
+
+    @staticmethod
+    def protocol(tok: str) -> _Pred | None:
+        if tok in _PROTOS:
+            protos = _PROTOS[tok]
+            return lambda f: f[1] in protos
+        if tok == "ip":
+            return lambda f: f[0] == 4
+        if tok == "ip6":
+            return lambda f: f[0] == 6
+        return None
 
     def address(self, side: str, kind: str, value: str) -> _Pred:
         try:
