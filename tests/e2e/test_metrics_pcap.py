@@ -222,3 +222,25 @@ def test_a_live_capture_on_standard_output_into_tshark(lab: Lab) -> None:
             tshark.kill()
             tshark.wait(5)
         reader.join(5)
+
+
+@pytest.mark.usefixtures("dante")
+def test_with_two_workers_each_serves_its_metrics_and_writes_its_capture(lab: Lab) -> None:
+    from .test_workers import _round_trip, _start, _stop
+
+    path = str(lab.tmp / "workers.pcapng")
+    p = _start(lab, "--metrics", f"127.0.0.1:{METRICS_PORT + 10}", "--pcap", path)
+    try:
+        assert wait_for(lambda: p.output().count("metrics at http://") == 2), p.output()
+        for i in range(8):
+            assert _round_trip(lab, SERVER_V4, 300 + i)
+        scrapes = [_scrape(lab, METRICS_PORT + 10 + i) for i in range(2)]
+    finally:
+        _stop(lab, p)
+    opened = [s["tun2proxy_flows_opened_total"][(("protocol", "tcp"),)] for s in scrapes]
+    assert sum(opened) == 16, opened
+    syns = 0
+    for f in (path, f"{path}.1"):
+        syns += len(_tshark(f, "tcp.srcport", display=(
+            "tcp.flags.syn == 1 && tcp.flags.ack == 0 && frame.packet_flags_direction == 1")))
+    assert syns >= 16  # every connection's SYN, in one worker's capture or the other's
