@@ -32,6 +32,9 @@ log = logging.getLogger("tun2proxy")
 
 #: Bytes of encoded packets the writer may have queued before packets are dropped.
 DEFAULT_BUFFER = 32 << 20
+#: Chunks and bytes per write at most.
+_IOV_MAX = 512
+_WRITE_MAX = 8 << 20
 
 
 def open_capture_fd(path: str) -> tuple[int, bool]:
@@ -116,24 +119,34 @@ class CaptureWriter:
             wake.wait()
             wake.clear()
             while chunks:
-                chunk = chunks.popleft()
-                if self.stopped in ("gone", "error"):
-                    self.written += len(chunk)
-                    continue
-                try:
-                    view = memoryview(chunk)
-                    while view:
-                        n = os.write(self.fd, view)
-                        view = view[n:]
-                except BrokenPipeError:
-                    self.stopped = "gone"
-                    log.warning("%s: the reader went away: capture stopped", self.name)
-                except OSError as e:
-                    self.stopped = "error"
-                    log.error("%s: write failed: %s: capture stopped", self.name, e.strerror)
-                self.written += len(chunk)
+                # Many chunks per system call: each call hands the GIL back and forth with
+                # the loop's thread, so few large writes keep up where one per batch would not.
+                batch: list[bytes | memoryview] = []
+                size = 0
+                while chunks and len(batch) < _IOV_MAX and size < _WRITE_MAX:
+                    c = chunks.popleft()
+                    batch.append(c)
+                    size += len(c)
+                if self.stopped not in ("gone", "error"):
+                    self._write(batch)
+                self.written += size
             if self._closing:
                 return
+
+    def _write(self, batch: list[bytes | memoryview]) -> None:
+        try:
+            while batch:
+                n = os.writev(self.fd, batch)
+                while batch and n >= len(batch[0]):
+                    n -= len(batch.pop(0))
+                if n:
+                    batch[0] = memoryview(batch[0])[n:]
+        except BrokenPipeError:
+            self.stopped = "gone"
+            log.warning("%s: the reader went away: capture stopped", self.name)
+        except OSError as e:
+            self.stopped = "error"
+            log.error("%s: write failed: %s: capture stopped", self.name, e.strerror)
 
     def close(self, timeout: float = 2.0) -> None:
         """Write what is queued (waiting at most ``timeout`` seconds), then close."""
@@ -165,6 +178,7 @@ class PcapLink(Link):
         self.checksum_offload = inner.checksum_offload
         self.gso_max_size = inner.gso_max_size
         self._deliver: Callable[[list[bytes]], None] | None = None
+        self._closed = False
         #: Packets written to the capture, and dropped because the writer was behind.
         self.captured = 0
         self.dropped = 0
@@ -218,8 +232,16 @@ class PcapLink(Link):
 
     def close(self) -> None:
         """Close the inner link, then flush and close the capture."""
+        if self._closed:
+            return
+        self._closed = True
         self.inner.close()
         self.writer.close()
+        if self.dropped:
+            log.warning(
+                "%s: %d of %d packets left out (the writer was behind the traffic)",
+                self.writer.name, self.dropped, self.dropped + self.captured,
+            )
 
     def stats(self) -> dict[str, int]:
         """The inner link's counters and the capture's."""
