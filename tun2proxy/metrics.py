@@ -13,6 +13,7 @@ walks the TCP flow table: about a microsecond per flow), however slow the scrape
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -31,7 +32,7 @@ from prometheus_client.registry import Collector
 from ._version import __version__
 from .driver.dialing import DIAL_BUCKETS
 
-__all__ = ["DriverCollector", "MetricsServer", "families", "loop_snapshot", "serve_metrics"]
+__all__ = ["DriverCollector", "LoopSnapshot", "MetricsServer", "families", "serve_metrics"]
 
 Stats = Mapping[str, Any]
 
@@ -202,22 +203,43 @@ class DriverCollector(Collector):
         return families(self.snapshot())
 
 
-def loop_snapshot(driver: _StatsSource, timeout: float = SNAPSHOT_TIMEOUT) -> Callable[[], Stats]:
-    """A snapshot function for another thread: ``driver.stats()`` run on the driver's loop."""
+class LoopSnapshot:
+    """A snapshot function for another thread: ``driver.stats()`` run on the driver's loop
+    (waited for at most ``timeout`` seconds; :meth:`close` fails the waiting ones at once)."""
 
-    def snapshot() -> Stats:
+    def __init__(self, driver: _StatsSource, timeout: float = SNAPSHOT_TIMEOUT) -> None:
+        self.driver = driver
+        self.timeout = timeout
+        self._pending: set[concurrent.futures.Future[dict[str, object]]] = set()
+        self._closed = False
+
+    def __call__(self) -> Stats:
+        """Take one snapshot."""
+        if self._closed:
+            raise RuntimeError("the driver has stopped")
         fut: concurrent.futures.Future[dict[str, object]] = concurrent.futures.Future()
 
         def take() -> None:
+            if fut.done():
+                return
             try:
-                fut.set_result(driver.stats())
+                fut.set_result(self.driver.stats())
             except BaseException as e:  # the scrape fails, the loop does not
                 fut.set_exception(e)
 
-        driver.loop.call_soon_threadsafe(take)
-        return fut.result(timeout)
+        self._pending.add(fut)
+        try:
+            self.driver.loop.call_soon_threadsafe(take)
+            return fut.result(self.timeout)
+        finally:
+            self._pending.discard(fut)
 
-    return snapshot
+    def close(self) -> None:
+        """The loop is stopping: scrapes waiting for it fail now."""
+        self._closed = True
+        for fut in list(self._pending):
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                fut.set_exception(RuntimeError("the driver has stopped"))
 
 
 class _Handler(WSGIRequestHandler):
@@ -234,7 +256,10 @@ class MetricsServer:
         OSError: the address cannot be bound (in use, not local).
     """
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, host: str, port: int, registry: CollectorRegistry,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
         class Server(WSGIServer):
@@ -243,6 +268,7 @@ class MetricsServer:
 
         self.server = make_server(host, port, make_wsgi_app(registry), Server,
                                   handler_class=_Handler)
+        self._on_close = on_close
         #: The bound port (useful with port 0).
         self.port: int = self.server.server_address[1]
         self._thread = threading.Thread(
@@ -253,6 +279,8 @@ class MetricsServer:
 
     def close(self) -> None:
         """Stop serving and close the socket."""
+        if self._on_close is not None:
+            self._on_close()  # a scrape waiting for a stopped loop must not hold us up
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(2.0)
@@ -262,6 +290,7 @@ def serve_metrics(driver: _StatsSource, host: str, port: int) -> MetricsServer:
     """Serve ``driver``'s metrics and this process's (``process_*``: RSS, CPU, fds) on
     ``host:port``; call while the driver's loop runs (or is about to)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DriverCollector(loop_snapshot(driver)))
+    snapshot = LoopSnapshot(driver)
+    registry.register(DriverCollector(snapshot))
     ProcessCollector(registry=registry)
-    return MetricsServer(host, port, registry)
+    return MetricsServer(host, port, registry, on_close=snapshot.close)

@@ -91,3 +91,35 @@ def test_every_family_of_an_empty_snapshot_is_well_formed() -> None:
         assert f.name.startswith("tun2proxy_")
         if f.type == "counter":
             assert all(s.name.endswith(("_total", "_created")) for s in f.samples)
+
+
+def test_a_scrape_waiting_for_a_stopped_loop_fails_at_close() -> None:
+    import threading
+
+    from tun2proxy.metrics import LoopSnapshot
+
+    class Stopped:
+        loop = asyncio.new_event_loop()  # never run: a snapshot asked of it never comes
+
+        def stats(self) -> dict[str, object]:
+            raise AssertionError
+
+    snap = LoopSnapshot(Stopped(), timeout=120)
+    got: list[BaseException] = []
+
+    def scrape() -> None:
+        try:
+            snap()
+        except BaseException as e:
+            got.append(e)
+
+    t = threading.Thread(target=scrape)
+    t.start()
+    while not snap._pending:
+        t.join(0.01)
+    snap.close()
+    t.join(30)
+    Stopped.loop.close()
+    assert [type(e) for e in got] == [RuntimeError]
+    with pytest.raises(RuntimeError, match="stopped"):
+        snap()

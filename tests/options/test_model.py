@@ -169,6 +169,7 @@ BAD = [
         (["--pcap-filter", "tcp"], "--pcap-filter applies to --pcap only"),
         (["--pcap-max", "1M"], "--pcap-max applies to --pcap only"),
         (["--pcap", "-", "--workers", "2"], "takes one worker"),
+        (["--pcap", "-", "--unshare", "--", "true"], "give --pcap FILE"),
         (["--metrics", "127.0.0.1:65535", "--workers", "2"], "past 65535"),
     ],
 )

@@ -297,6 +297,9 @@ class Options:
         elif self.pcap == "-" and self.workers > 1:
             raise UsageError("--pcap - (standard output) takes one worker: give --pcap FILE "
                              "(worker i > 0 writes FILE.i) or drop --workers")
+        elif self.pcap == "-" and self.unshare:
+            raise UsageError("--pcap - with --unshare: the command writes to the same standard "
+                             "output; give --pcap FILE")
         if self.metrics is not None and self.metrics[1] + self.workers - 1 > 65535:
             raise UsageError(f"--metrics port {self.metrics[1]} + --workers {self.workers}: "
                              "worker i serves PORT+i, past 65535")
