@@ -32,6 +32,7 @@ log = logging.getLogger("tun2proxy")
 
 #: Bytes of encoded packets the writer may have queued before packets are dropped.
 DEFAULT_BUFFER = 32 << 20
+_Part = bytes | memoryview
 #: Chunks and bytes per write at most.
 _IOV_MAX = 512
 _WRITE_MAX = 8 << 20
@@ -71,7 +72,7 @@ class CaptureWriter:
         self.buffer = buffer
         self.max_bytes = max_bytes
         self.name = name
-        self._chunks: collections.deque[bytes] = collections.deque()
+        self._chunks: collections.deque[_Part] = collections.deque()
         self._wake = threading.Event()
         self._closing = False
         #: Bytes accepted (written by the caller's thread only).
@@ -106,10 +107,11 @@ class CaptureWriter:
             return True
         return False
 
-    def offer(self, chunk: bytes) -> None:
-        """Queue ``chunk`` (the caller checked :attr:`room`)."""
-        self.accepted += len(chunk)
-        self._chunks.append(chunk)
+    def offer(self, parts: list[_Part], size: int | None = None) -> None:
+        """Queue ``parts`` (immutable: they are written later, as they are), ``size`` bytes
+        in all (the caller checked :attr:`room`)."""
+        self.accepted += sum(map(len, parts)) if size is None else size
+        self._chunks.extend(parts)
         self._wake.set()
 
     def _run(self) -> None:
@@ -121,7 +123,7 @@ class CaptureWriter:
             while chunks:
                 # Many chunks per system call: each call hands the GIL back and forth with
                 # the loop's thread, so few large writes keep up where one per batch would not.
-                batch: list[bytes | memoryview] = []
+                batch: list[_Part] = []
                 size = 0
                 while chunks and len(batch) < _IOV_MAX and size < _WRITE_MAX:
                     c = chunks.popleft()
@@ -133,7 +135,7 @@ class CaptureWriter:
             if self._closing:
                 return
 
-    def _write(self, batch: list[bytes | memoryview]) -> None:
+    def _write(self, batch: list[_Part]) -> None:
         try:
             while batch:
                 n = os.writev(self.fd, batch)
@@ -182,7 +184,7 @@ class PcapLink(Link):
         #: Packets written to the capture, and dropped because the writer was behind.
         self.captured = 0
         self.dropped = 0
-        writer.offer(pcapng.header(interface=inner.name))
+        writer.offer([pcapng.header(interface=inner.name)])
 
     def start(
         self,
@@ -213,7 +215,7 @@ class PcapLink(Link):
         keep = self.keep
         block = pcapng.packet_block
         size = pcapng.epb_size
-        parts: list[bytes | bytearray | memoryview] = []
+        parts: list[_Part] = []
         total = 0
         for p in packets:
             if keep is not None and not keep(p):
@@ -224,11 +226,13 @@ class PcapLink(Link):
                     break
                 self.dropped += 1
                 continue
-            parts += block(p, ts, direction)
+            # The stack's packets are bytearrays it owns: copied (one memcpy); the device's
+            # are bytes, written later as they are.
+            parts += block(p if type(p) is bytes else bytes(p), ts, direction)
             total += n
             self.captured += 1
         if parts:
-            w.offer(b"".join(parts))
+            w.offer(parts, total)
 
     def close(self) -> None:
         """Close the inner link, then flush and close the capture."""

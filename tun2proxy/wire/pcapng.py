@@ -69,9 +69,7 @@ def epb_size(length: int) -> int:
     return _EPB_OVERHEAD + length + ((-length) & 3)
 
 
-def packet_block(packet: bytes | bytearray | memoryview, ts_ns: int, direction: int) -> list[
-    bytes | bytearray | memoryview
-]:
+def packet_block(packet: bytes, ts_ns: int, direction: int) -> list[bytes]:
     """The Enhanced Packet Block of one packet, as parts to join (no copy of the packet
     here): ``ts_ns`` nanoseconds since the epoch, ``direction`` :data:`INBOUND` or
     :data:`OUTBOUND`."""
