@@ -141,3 +141,24 @@ def test_a_reader_that_goes_away_stops_the_capture_only() -> None:
     link.write_batch([SYN])
     assert len(inner.written) == 2
     link.close()
+
+
+def test_snaplen_keeps_the_head_of_each_packet_and_its_whole_length(tmp_path: object) -> None:
+    path = f"{tmp_path}/s.pcapng"
+    fd, _ = open_capture_fd(path)
+    inner = MemLink()
+    link = PcapLink(inner, CaptureWriter(fd), snaplen=64)
+    big = raw(IP(src="10.0.0.2", dst="10.0.0.1") / TCP() / (b"x" * 3000))
+    link.write_batch([bytearray(big), SYN])
+    link.close()
+    with open(path, "rb") as f:
+        reader = dpkt.pcapng.Reader(f)
+        got = [bytes(buf) for _, buf in reader]
+    assert got == [big[:64], SYN]
+    assert inner.written == [big, SYN]
+    with open(path, "rb") as f:
+        data = f.read()
+    off = len(pcapng.header("mem0", snaplen=64))
+    end = off + int.from_bytes(data[off + 4:off + 8], "little")
+    epb = dpkt.pcapng.EnhancedPacketBlockLE(data[off:end])
+    assert (epb.caplen, epb.pkt_len) == (64, len(big))  # the original length is kept

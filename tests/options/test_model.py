@@ -160,6 +160,7 @@ BAD = [
     ("--pcap-filter", "host example.com", "names are not resolved"),
     ("--pcap-filter", "port 1 and", "unexpected end"),
     ("--pcap-max", "1K", "must be between 4K and 1T"),
+    ("--pcap-snaplen", "20", "must be between 64 and 262144"),
 ]
 
 

@@ -46,14 +46,15 @@ def open_capture(opts: Options, link: Link, index: int = 0) -> Link:
     keep = parse_filter(opts.pcap_filter) if opts.pcap_filter else None
     if index == 0:
         log.info(
-            "capturing packets to %s (pcapng%s%s)%s", shown,
+            "capturing packets to %s (pcapng%s%s%s)%s", shown,
             f", filter {opts.pcap_filter!r}" if opts.pcap_filter else "",
             f", at most {opts.pcap_max} bytes" if opts.pcap_max else "",
+            f", {opts.pcap_snaplen} bytes of each packet" if opts.pcap_snaplen else "",
             "; offloads are on: large GSO packets and partial TCP/UDP checksums are captured "
             "as the device carries them (see docs/observability.md)"
             if link.checksum_offload else "",
         )
-    return PcapLink(link, writer, keep)
+    return PcapLink(link, writer, keep, snaplen=opts.pcap_snaplen or 0)
 
 
 def start_metrics(opts: Options, driver: Driver, index: int = 0) -> MetricsServer | None:

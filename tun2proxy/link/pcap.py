@@ -164,15 +164,17 @@ class CaptureWriter:
 
 class PcapLink(Link):
     """Wraps ``inner`` and writes every packet both ways to ``writer`` (see the module
-    docstring). ``keep``: an optional filter (:func:`~tun2proxy.wire.pcapfilter.parse_filter`)."""
+    docstring). ``keep``: an optional filter (:func:`~tun2proxy.wire.pcapfilter.parse_filter`);
+    ``snaplen``: bytes kept of each packet (0: all)."""
 
     def __init__(
         self, inner: Link, writer: CaptureWriter, keep: PacketFilter | None = None,
-        *, clock: Callable[[], int] = time.time_ns,
+        *, snaplen: int = 0, clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self.inner = inner
         self.writer = writer
         self.keep = keep
+        self.snaplen = snaplen
         self.clock = clock
         self.mtu = inner.mtu
         self.name = inner.name
@@ -184,7 +186,7 @@ class PcapLink(Link):
         #: Packets written to the capture, and dropped because the writer was behind.
         self.captured = 0
         self.dropped = 0
-        writer.offer([pcapng.header(interface=inner.name)])
+        writer.offer([pcapng.header(interface=inner.name, snaplen=snaplen)])
 
     def start(
         self,
@@ -217,10 +219,11 @@ class PcapLink(Link):
         size = pcapng.epb_size
         parts: list[_Part] = []
         total = 0
+        snaplen = self.snaplen
         for p in packets:
             if keep is not None and not keep(p):
                 continue
-            n = size(len(p))
+            n = size(len(p), snaplen)
             if total + n > room:
                 if w.cap_reached(total + n):
                     break
@@ -228,7 +231,9 @@ class PcapLink(Link):
                 continue
             # The stack's packets are bytearrays it owns: copied (one memcpy); the device's
             # are bytes, written later as they are.
-            parts += block(p if type(p) is bytes else bytes(p), ts, direction)
+            if type(p) is not bytes:
+                p = bytes(p[:snaplen] if snaplen else p)
+            parts += block(p, ts, direction, snaplen)
             total += n
             self.captured += 1
         if parts:

@@ -242,6 +242,11 @@ class Options:
         "stop the capture once it has written this much (4K to 1T); the tunnel carries on",
         v.size(4096, 1 << 40), metavar="SIZE", toml=_SIZE, section="observability",
         default_text="no limit", show=v.format_size))
+    pcap_snaplen: int | None = option(None, Spec(
+        "keep at most this many bytes of each captured packet (64 to 262144): headers only "
+        "cost far less than whole packets at high rates; lengths stay whole",
+        v.integer(64, 262144), metavar="N", toml=_INT, section="observability",
+        default_text="whole packets"))
     # --- testing and debugging
     impair: str | None = option(None, Spec(
         "testing and debugging: impair packets between the apps and tun2proxy, both ways, "
@@ -291,7 +296,8 @@ class Options:
     def _check_observability(self) -> None:
         """--metrics and --pcap with --workers, and the capture flags without --pcap."""
         if self.pcap is None:
-            for flag, value in (("--pcap-filter", self.pcap_filter), ("--pcap-max", self.pcap_max)):
+            for flag, value in (("--pcap-filter", self.pcap_filter), ("--pcap-max", self.pcap_max),
+                                ("--pcap-snaplen", self.pcap_snaplen)):
                 if value is not None:
                     raise UsageError(f"{flag} applies to --pcap only: give --pcap FILE too")
         elif self.pcap == "-" and self.workers > 1:

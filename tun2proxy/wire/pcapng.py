@@ -64,17 +64,24 @@ def header(interface: str = "tun", application: str = "tun2proxy", snaplen: int 
     return _block(_SHB, shb) + _block(_IDB, idb)
 
 
-def epb_size(length: int) -> int:
-    """Bytes of the Enhanced Packet Block of a packet of ``length`` bytes."""
+def epb_size(length: int, snaplen: int = 0) -> int:
+    """Bytes of the Enhanced Packet Block of a packet of ``length`` bytes (cut to
+    ``snaplen`` bytes when that is smaller; 0: whole)."""
+    if snaplen and length > snaplen:
+        length = snaplen
     return _EPB_OVERHEAD + length + ((-length) & 3)
 
 
-def packet_block(packet: bytes, ts_ns: int, direction: int) -> list[bytes]:
-    """The Enhanced Packet Block of one packet, as parts to join (no copy of the packet
-    here): ``ts_ns`` nanoseconds since the epoch, ``direction`` :data:`INBOUND` or
-    :data:`OUTBOUND`."""
+def packet_block(packet: bytes, ts_ns: int, direction: int, snaplen: int = 0) -> list[bytes]:
+    """The Enhanced Packet Block of one packet, as parts to join (no copy of a whole
+    packet here): ``ts_ns`` nanoseconds since the epoch, ``direction`` :data:`INBOUND` or
+    :data:`OUTBOUND`; at most ``snaplen`` bytes of it are kept (0: all), its length is kept
+    whole."""
     n = len(packet)
-    pad = (-n) & 3
-    total = _EPB_OVERHEAD + n + pad
-    head = _EPB_HEAD.pack(_EPB, total, 0, (ts_ns >> 32) & 0xFFFFFFFF, ts_ns & 0xFFFFFFFF, n, n)
+    if snaplen and n > snaplen:
+        packet = packet[:snaplen]
+    cap = len(packet)
+    pad = (-cap) & 3
+    total = _EPB_OVERHEAD + cap + pad
+    head = _EPB_HEAD.pack(_EPB, total, 0, (ts_ns >> 32) & 0xFFFFFFFF, ts_ns & 0xFFFFFFFF, cap, n)
     return [head, packet, _PAD[pad] + _FLAGS[direction] + _U32.pack(total)]
