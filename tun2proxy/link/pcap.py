@@ -231,9 +231,10 @@ class PcapLink(Link):
                 continue
             # The stack's packets are bytearrays it owns: copied (one memcpy); the device's
             # are bytes, written later as they are.
+            length = len(p)
             if type(p) is not bytes:
                 p = bytes(p[:snaplen] if snaplen else p)
-            parts += block(p, ts, direction, snaplen)
+            parts += block(p, ts, direction, snaplen, length)
             total += n
             self.captured += 1
         if parts:

@@ -72,12 +72,14 @@ def epb_size(length: int, snaplen: int = 0) -> int:
     return _EPB_OVERHEAD + length + ((-length) & 3)
 
 
-def packet_block(packet: bytes, ts_ns: int, direction: int, snaplen: int = 0) -> list[bytes]:
+def packet_block(
+    packet: bytes, ts_ns: int, direction: int, snaplen: int = 0, length: int = 0
+) -> list[bytes]:
     """The Enhanced Packet Block of one packet, as parts to join (no copy of a whole
     packet here): ``ts_ns`` nanoseconds since the epoch, ``direction`` :data:`INBOUND` or
-    :data:`OUTBOUND`; at most ``snaplen`` bytes of it are kept (0: all), its length is kept
-    whole."""
-    n = len(packet)
+    :data:`OUTBOUND`; at most ``snaplen`` bytes of it are kept (0: all); ``length``: the
+    packet's whole length when ``packet`` was cut already (0: its own length)."""
+    n = length or len(packet)
     if snaplen and n > snaplen:
         packet = packet[:snaplen]
     cap = len(packet)
