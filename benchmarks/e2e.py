@@ -21,8 +21,8 @@ held connection (1,000 connections), and one flow's throughput while 10,000 idle
 held open (tun2proxy only: the cost of a poll must follow the active flows, not all flows);
 and (metric ``udpgw``) UDP round trips and p50 latency by SOCKS5 UDP ASSOCIATE beside udpgw
 over dante (the built-in udpgw server in S). Asked for by name only (``--metrics observe``):
-one flow's throughput each way with nothing on, with ``--metrics`` scraped every second, and
-with ``--pcap`` to a file, the three taking turns.
+one flow's throughput each way with nothing on, with ``--metrics`` scraped every second, with
+``--pcap`` to a file and with ``--pcap --pcap-snaplen 128``, taking turns.
 Medians of ``--runs`` runs. Not a test: timings are noisy on shared machines; read the ratios.
 
     sudo python benchmarks/e2e.py [--mtu 65535] [--runs 3] [--seconds 5] [--upstream dante]
@@ -363,15 +363,17 @@ def _scrape_loop(lab: Lab, stop: threading.Event, counts: list[int]) -> None:
 
 
 def observe_rows(b: Bench, args: argparse.Namespace) -> list[Row]:
-    """One flow each way with nothing on, with --metrics and a scrape every second, and with
-    --pcap to a file: a fresh tun2proxy per sample, the three taking turns (so drift hits
-    them alike); medians. Ends with the plain tun2proxy running again."""
+    """One flow each way with nothing on, with --metrics and a scrape every second, with
+    --pcap to a file, and with --pcap --pcap-snaplen 128: a fresh tun2proxy per sample, the
+    modes taking turns (so drift hits them alike); medians. Ends with the plain tun2proxy
+    running again."""
     lab = b.lab
     cap = lab.tmp / "bench.pcapng"
     modes: dict[str, tuple[str, ...]] = {
         "off": (),
         "metrics": ("--metrics", f"127.0.0.1:{METRICS_PORT}"),
         "pcap": ("--pcap", str(cap)),
+        "pcap-128": ("--pcap", str(cap), "--pcap-snaplen", "128"),
     }
     samples: dict[tuple[str, str], list[float]] = {}
     scrapes = [0, 0]
@@ -392,7 +394,7 @@ def observe_rows(b: Bench, args: argparse.Namespace) -> list[Row]:
                     if scraper is not None:
                         scraper.join()
                 samples.setdefault((mode, direction), []).append(v)
-                if mode == "pcap":
+                if mode.startswith("pcap"):
                     assert b.t2p is not None
                     b.t2p.stop()  # flush the capture; measure what it holds
                     for line in b.t2p.output().splitlines():
@@ -408,7 +410,7 @@ def observe_rows(b: Bench, args: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
     for direction, label in (("c2s", "client->server"), ("s2c", "server->client")):
         off = statistics.median(samples[("off", direction)])
-        for mode in ("off", "metrics", "pcap"):
+        for mode in modes:
             med = statistics.median(samples[(mode, direction)])
             name = f"1 flow {label}, {mode}"
             if mode != "off":
