@@ -33,6 +33,9 @@ log = logging.getLogger("tun2proxy")
 #: Bytes of encoded packets the writer may have queued before packets are dropped.
 DEFAULT_BUFFER = 32 << 20
 _Part = bytes | memoryview
+#: Bytes queued that wake the writer at once; less is written within FLUSH_INTERVAL seconds.
+WAKE_BYTES = 1 << 20
+FLUSH_INTERVAL = 0.05
 #: Chunks and bytes per write at most.
 _IOV_MAX = 512
 _WRITE_MAX = 8 << 20
@@ -74,6 +77,7 @@ class CaptureWriter:
         self.name = name
         self._chunks: collections.deque[_Part] = collections.deque()
         self._wake = threading.Event()
+        self._woken_at = 0
         self._closing = False
         #: Bytes accepted (written by the caller's thread only).
         self.accepted = 0
@@ -109,16 +113,22 @@ class CaptureWriter:
 
     def offer(self, parts: list[_Part], size: int | None = None) -> None:
         """Queue ``parts`` (immutable: they are written later, as they are), ``size`` bytes
-        in all (the caller checked :attr:`room`)."""
+        in all (the caller checked :attr:`room`).
+
+        The writer is woken only once :data:`WAKE_BYTES` wait (else it looks every
+        :data:`FLUSH_INTERVAL` seconds): a wake-up per batch would hand the GIL to the writer
+        thousands of times a second, each time stalling the loop's thread."""
         self.accepted += sum(map(len, parts)) if size is None else size
         self._chunks.extend(parts)
-        self._wake.set()
+        if self.accepted - self._woken_at >= WAKE_BYTES:
+            self._woken_at = self.accepted
+            self._wake.set()
 
     def _run(self) -> None:
         chunks = self._chunks
         wake = self._wake
         while True:
-            wake.wait()
+            wake.wait(FLUSH_INTERVAL)
             wake.clear()
             while chunks:
                 # Many chunks per system call: each call hands the GIL back and forth with
