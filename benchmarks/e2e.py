@@ -22,7 +22,8 @@ held open (tun2proxy only: the cost of a poll must follow the active flows, not 
 and (metric ``udpgw``) UDP round trips and p50 latency by SOCKS5 UDP ASSOCIATE beside udpgw
 over dante (the built-in udpgw server in S). Asked for by name only (``--metrics observe``):
 one flow's throughput each way with nothing on, with ``--metrics`` scraped every second, with
-``--pcap`` to a file and with ``--pcap --pcap-snaplen 128``, taking turns.
+``--pcap`` to a file, with ``--pcap --pcap-snaplen 128`` and with ``--pcap /dev/null``,
+taking turns.
 Medians of ``--runs`` runs. Not a test: timings are noisy on shared machines; read the ratios.
 
     sudo python benchmarks/e2e.py [--mtu 65535] [--runs 3] [--seconds 5] [--upstream dante]
@@ -364,9 +365,9 @@ def _scrape_loop(lab: Lab, stop: threading.Event, counts: list[int]) -> None:
 
 def observe_rows(b: Bench, args: argparse.Namespace) -> list[Row]:
     """One flow each way with nothing on, with --metrics and a scrape every second, with
-    --pcap to a file, and with --pcap --pcap-snaplen 128: a fresh tun2proxy per sample, the
-    modes taking turns (so drift hits them alike); medians. Ends with the plain tun2proxy
-    running again."""
+    --pcap to a file, with --pcap --pcap-snaplen 128, and with --pcap /dev/null: a fresh
+    tun2proxy per sample, the modes taking turns (so drift hits them alike); medians. Ends
+    with the plain tun2proxy running again."""
     lab = b.lab
     cap = lab.tmp / "bench.pcapng"
     modes: dict[str, tuple[str, ...]] = {
@@ -374,6 +375,7 @@ def observe_rows(b: Bench, args: argparse.Namespace) -> list[Row]:
         "metrics": ("--metrics", f"127.0.0.1:{METRICS_PORT}"),
         "pcap": ("--pcap", str(cap)),
         "pcap-128": ("--pcap", str(cap), "--pcap-snaplen", "128"),
+        "pcap-null": ("--pcap", os.devnull),  # the tap without the file system's work
     }
     samples: dict[tuple[str, str], list[float]] = {}
     scrapes = [0, 0]
@@ -394,7 +396,7 @@ def observe_rows(b: Bench, args: argparse.Namespace) -> list[Row]:
                     if scraper is not None:
                         scraper.join()
                 samples.setdefault((mode, direction), []).append(v)
-                if mode.startswith("pcap"):
+                if mode in ("pcap", "pcap-128"):
                     assert b.t2p is not None
                     b.t2p.stop()  # flush the capture; measure what it holds
                     for line in b.t2p.output().splitlines():
