@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 
 from ..dns.pool import SlotDirectory
 from ..driver.loop import Driver
-from ..errors import describe_error
+from ..errors import ConfigError
 from ..link.base import Link
 from ..link.impair import ImpairedLink
 from ..link.unshare import PrivateNamespace
@@ -99,8 +99,8 @@ async def serve(
             on_signal(startup.received)
         try:
             link = open_capture(opts, link, worker[0])  # innermost: what the device carries
-        except OSError as e:
-            log.error("--pcap: cannot create the capture: %s", describe_error(e))
+        except ConfigError as e:
+            log.error("%s", e)
             link.close()
             return 1
         if plan.impairment is not None:
@@ -181,8 +181,8 @@ async def serve(
         else:
             try:
                 metrics = start_metrics(opts, driver, worker[0])
-            except OSError as e:
-                log.error("--metrics: cannot listen on %s: %s", opts.metrics, describe_error(e))
+            except ConfigError as e:
+                log.error("%s", e)
                 link.close()
                 return 1
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from ..errors import ConfigError, describe_error
 from ..link.base import Link
 from ..link.pcap import CaptureWriter, PcapLink, open_capture_fd
 from ..options import Options
@@ -34,12 +35,16 @@ def open_capture(opts: Options, link: Link, index: int = 0) -> Link:
     """``link`` with a capture tap when ``--pcap`` is given (``link`` itself otherwise).
 
     Raises:
-        OSError: the capture file cannot be created.
+        ConfigError: the capture file cannot be created (one line naming it).
     """
     if opts.pcap is None:
         return link
     path = capture_path(opts.pcap, index)
-    fd, owned = open_capture_fd(path)
+    try:
+        fd, owned = open_capture_fd(path)
+    except OSError as e:
+        raise ConfigError(f"--pcap {path}: cannot create the capture: "
+                          f"{e.strerror or describe_error(e)}") from None
     shown = "standard output" if path == "-" else path
     writer = CaptureWriter(fd, owned=owned, max_bytes=opts.pcap_max or 0,
                            name=f"capture {shown}")
@@ -61,14 +66,18 @@ def start_metrics(opts: Options, driver: Driver, index: int = 0) -> MetricsServe
     """Serve ``driver``'s metrics when ``--metrics`` is given (on ``PORT + index``).
 
     Raises:
-        OSError: the address cannot be bound.
+        ConfigError: the address cannot be bound (one line naming it).
     """
     if opts.metrics is None:
         return None
     from ..metrics import serve_metrics
 
     host, port = opts.metrics
-    server = serve_metrics(driver, host, port + index)
     shown = f"[{host}]" if ":" in host else host
+    try:
+        server = serve_metrics(driver, host, port + index)
+    except OSError as e:
+        raise ConfigError(f"--metrics: cannot listen on {shown}:{port + index}: "
+                          f"{e.strerror or describe_error(e)}") from None
     log.info("metrics at http://%s:%d/metrics", shown, server.port)
     return server
