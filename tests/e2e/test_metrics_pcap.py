@@ -244,3 +244,21 @@ def test_with_two_workers_each_serves_its_metrics_and_writes_its_capture(lab: La
         syns += len(_tshark(f, "tcp.srcport", display=(
             "tcp.flags.syn == 1 && tcp.flags.ack == 0 && frame.packet_flags_direction == 1")))
     assert syns >= 16  # every connection's SYN, in one worker's capture or the other's
+
+
+def test_a_metrics_address_in_use_is_one_line_and_exit_1(lab: Lab) -> None:
+    busy = lab.socket(lab.R)
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        res = subprocess.run(
+            ["ip", "netns", "exec", lab.R, sys.executable, "-m", "tun2proxy", "--tun", TUN_NAME,
+             "--tun-netns", lab.C, "--loop", LOOP, "--metrics", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+    finally:
+        busy.close()
+    assert res.returncode == 1, res.stderr
+    assert f"--metrics: cannot listen on 127.0.0.1:{port}: Address already in use" in res.stderr
+    assert "Traceback" not in res.stderr
