@@ -58,6 +58,7 @@ async def test_a_scrape_reports_traffic_flows_failures_and_dial_latency() -> Non
     assert after["tun2proxy_upstream_dial_duration_seconds_bucket"][(("le", "+Inf"),)] == 1
     assert after["tun2proxy_upstream_dial_duration_seconds_sum"][()] > 0
     assert after["tun2proxy_tcp_flows"][()] == 0
+    assert "tun2proxy_tcp_flows_by_state" not in after  # a scrape does not walk the flows
     assert after["process_resident_memory_bytes"][()] > 0
     assert after["tun2proxy_flows_failed_total"][()] == 1
 
@@ -101,7 +102,7 @@ def test_a_scrape_waiting_for_a_stopped_loop_fails_at_close() -> None:
     class Stopped:
         loop = asyncio.new_event_loop()  # never run: a snapshot asked of it never comes
 
-        def stats(self) -> dict[str, object]:
+        def stats(self, per_flow: bool = True) -> dict[str, object]:
             raise AssertionError
 
     snap = LoopSnapshot(Stopped(), timeout=120)

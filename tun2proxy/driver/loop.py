@@ -701,9 +701,10 @@ class Driver:
 
     # ------------------------------------------------------------------ introspection
 
-    def stats(self) -> dict[str, object]:
-        """Stack counters, link counters and relay counts in one snapshot."""
-        s = self.stack.stats()
+    def stats(self, per_flow: bool = True) -> dict[str, object]:
+        """Stack counters, link counters and relay counts in one snapshot (``per_flow=False``:
+        without the walk over the flow table, see :meth:`NetStack.stats`)."""
+        s = self.stack.stats(per_flow)
         s["link"] = self.link.stats()
         s["relays"] = len(self._relays)
         s["udp_relays"] = len(self._udp)
