@@ -124,3 +124,22 @@ def test_a_scrape_waiting_for_a_stopped_loop_fails_at_close() -> None:
     assert [type(e) for e in got] == [RuntimeError]
     with pytest.raises(RuntimeError, match="stopped"):
         snap()
+
+
+def test_a_snapshot_without_the_flow_walk_has_the_same_counters() -> None:
+    from tun2proxy.driver import Driver
+    from tun2proxy.stack import StackConfig
+    from tun2proxy.stack.events import TcpConnectRequest
+    from tun2proxy.testing.packets import tcp_packet
+
+    st = Driver.make_stack(StackConfig())
+    st.receive_many([tcp_packet("10.0.0.2", "192.0.2.1", 1000 + i, 80, seq=1, flags=0x02)
+                     for i in range(50)], 1.0)
+    for ev in st.events():
+        if isinstance(ev, TcpConnectRequest):
+            st.tcp_accept(ev.flow_id)
+    st.poll(1.0)
+    full, quick = st.stats(), st.stats(per_flow=False)
+    assert full["tcp_states"] == {"SYN-RECEIVED": 50} and quick["tcp_states"] == {}
+    del full["tcp_states"], quick["tcp_states"]
+    assert full == quick
