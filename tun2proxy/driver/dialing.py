@@ -14,6 +14,7 @@ has not completed the handshake is not dialled: it is handed back to the stack
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import functools
 import logging
@@ -24,7 +25,45 @@ from ..stack.events import TcpConnectRequest
 from .admission import DialQueue
 from .host import RelayHost
 
-__all__ = ["DialHost", "Dialer"]
+__all__ = ["DIAL_BUCKETS", "DialHost", "DialStats", "Dialer"]
+
+#: Upper bounds (seconds) of the dial-latency histogram's buckets (the last one is +Inf).
+DIAL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class DialStats:
+    """Upstream dials: how long the successful ones took (a histogram) and the failures by
+    protocol and reason. Bumped once per dial, read by :meth:`snapshot` (``--metrics``)."""
+
+    __slots__ = ("buckets", "count", "failures", "sum")
+
+    def __init__(self) -> None:
+        #: Successful dials per bucket of :data:`DIAL_BUCKETS` (not cumulative; one more
+        #: for +Inf).
+        self.buckets = [0] * (len(DIAL_BUCKETS) + 1)
+        self.count = 0
+        self.sum = 0.0
+        #: ``"tcp:refused"`` -> dials that failed so.
+        self.failures: dict[str, int] = {}
+
+    def observe(self, seconds: float, reason: str | None, protocol: str = "tcp") -> None:
+        """One dial ended after ``seconds``: successfully (``reason`` None) or not."""
+        if reason is None:
+            self.buckets[bisect.bisect_left(DIAL_BUCKETS, seconds)] += 1
+            self.count += 1
+            self.sum += seconds
+        else:
+            key = f"{protocol}:{reason}"
+            self.failures[key] = self.failures.get(key, 0) + 1
+
+    def snapshot(self) -> dict[str, object]:
+        """The counters as plain values (for ``Driver.stats()``)."""
+        return {
+            "latency_buckets": list(self.buckets),
+            "latency_count": self.count,
+            "latency_sum": self.sum,
+            "failures": dict(self.failures),
+        }
 
 
 class DialHost(RelayHost, Protocol):
@@ -70,6 +109,8 @@ class Dialer:
         self._timer_at: float | None = None
         #: Flows refused because they waited in the queue past queue_timeout.
         self.expired = 0
+        #: Dial latencies and failures (timed by the driver around each upstream dial).
+        self.stats = DialStats()
 
     def request(self, ev: TcpConnectRequest) -> None:
         """A new flow to dial for (the routing-loop and stopping checks are done)."""

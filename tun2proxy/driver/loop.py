@@ -465,6 +465,7 @@ class Driver:
             else:
                 reason = "error"
                 log.debug("open_udp raised", exc_info=e)
+            self._dialer.stats.observe(0.0, reason, "udp")
             self._limited.log(
                 logging.WARNING, f"udp:{reason}", "UDP from %s:%d failed (%s): %s",
                 ev.src[0], ev.src[1], reason,
@@ -569,6 +570,7 @@ class Driver:
         )
         transport: asyncio.Transport | None = None
         reason: str | None = None
+        dial_started = loop.time()
         try:
             async with asyncio.timeout(self.config.connect_timeout):  # no extra task
                 transport = await self.upstream.open_tcp(dst, relay, flow)
@@ -591,6 +593,7 @@ class Driver:
         except Exception as e:  # a bug in an upstream must not kill the driver
             reason = "error"
             log.exception("flow to %s: upstream %s raised %r", dst, self.upstream.name, e)
+        self._dialer.stats.observe(loop.time() - dial_started, reason)
         self._connecting.pop(fid, None)
         stack = self.stack
         if fid not in stack or self._stopping:
@@ -698,15 +701,17 @@ class Driver:
 
     # ------------------------------------------------------------------ introspection
 
-    def stats(self) -> dict[str, object]:
-        """Stack counters, link counters and relay counts in one snapshot."""
-        s = self.stack.stats()
+    def stats(self, per_flow: bool = True) -> dict[str, object]:
+        """Stack counters, link counters and relay counts in one snapshot (``per_flow=False``:
+        without the walk over the flow table, see :meth:`NetStack.stats`)."""
+        s = self.stack.stats(per_flow)
         s["link"] = self.link.stats()
         s["relays"] = len(self._relays)
         s["udp_relays"] = len(self._udp)
         s["connecting"] = len(self._connecting)
         s["queued"] = len(self._dialer.queue)
         s["queue_expired"] = self._dialer.expired
+        s["dials"] = self._dialer.stats.snapshot()
         s["flows_opened"] = self.flows_opened
         s["flows_failed"] = self.flows_failed
         s["flows_looped"] = self.flows_looped

@@ -47,6 +47,8 @@ class PacketFlowLink(Link):
         self._closed = False
         self.packets_in = 0
         self.packets_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
 
     def start(
         self,
@@ -67,6 +69,7 @@ class PacketFlowLink(Link):
         if self._closed or self._deliver is None or not packets:
             return
         self.packets_in += len(packets)
+        self.bytes_in += sum(map(len, packets))
         self._deliver(list(packets))
 
     def feed_threadsafe(
@@ -85,6 +88,7 @@ class PacketFlowLink(Link):
         v6 = self.af_inet6
         fams = [AF_INET if p[0] >> 4 == 4 else v6 for p in packets]
         self.packets_out += len(packets)
+        self.bytes_out += sum(map(len, packets))
         self.on_output(list(packets), fams)
 
     def close(self) -> None:
@@ -92,5 +96,6 @@ class PacketFlowLink(Link):
         self._closed = True
 
     def stats(self) -> dict[str, int]:
-        """Packets fed in and handed out."""
-        return {"packets_in": self.packets_in, "packets_out": self.packets_out}
+        """Packets and bytes fed in and handed out."""
+        return {"packets_in": self.packets_in, "packets_out": self.packets_out,
+                "bytes_in": self.bytes_in, "bytes_out": self.bytes_out}

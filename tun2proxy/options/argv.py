@@ -74,6 +74,7 @@ _SECTIONS = {
     "udpgw": "UDP via udpgw",
     "routing": "routing",
     "setup": "host setup and service (--setup: see docs/setup.md)",
+    "observability": "metrics and packet capture",
     "debugging": "testing and debugging",
 }
 

@@ -327,6 +327,30 @@ class Options:
     pid_file: str | None = option(None, Spec(
         "write the process ID to this file once running (removed on exit)", v.path,
         metavar="FILE", section="setup"))
+    # --- observability: metrics and packet capture
+    metrics: tuple[str, int] | None = option(None, Spec(
+        "serve Prometheus metrics at http://HOST:PORT/metrics (pip install "
+        "'tun2proxy[metrics]'); with --workers N, worker i serves PORT+i",
+        v.listen_address, metavar="HOST:PORT", section="observability",
+        default_text="off", show=v.format_dns_address))
+    pcap: str | None = option(None, Spec(
+        "write every packet read from and written to the TUN to this pcapng file, '-' for "
+        "standard output (| tshark -i -); with --workers N, worker i > 0 writes FILE.i",
+        v.path, metavar="FILE", section="observability", default_text="off"))
+    pcap_filter: str | None = option(None, Spec(
+        "capture only packets matching this filter: [src|dst] host/net/port/portrange terms, "
+        "tcp, udp, icmp, icmp6, ip, ip6, and/or/not and parentheses, e.g. 'host 10.0.0.1 and "
+        "port 443'", v.pcap_filter, metavar="FILTER", section="observability",
+        default_text="every packet"))
+    pcap_max: int | None = option(None, Spec(
+        "stop the capture once it has written this much (4K to 1T); the tunnel carries on",
+        v.size(4096, 1 << 40), metavar="SIZE", toml=_SIZE, section="observability",
+        default_text="no limit", show=v.format_size))
+    pcap_snaplen: int | None = option(None, Spec(
+        "keep at most this many bytes of each captured packet (64 to 262144): headers only "
+        "cost far less than whole packets at high rates; lengths stay whole",
+        v.integer(64, 262144), metavar="N", toml=_INT, section="observability",
+        default_text="whole packets"))
     # --- testing and debugging
     impair: str | None = option(None, Spec(
         "testing and debugging: impair packets between the apps and tun2proxy, both ways, "
@@ -389,12 +413,30 @@ class Options:
                 f"--udpgw-server carries proxied UDP, but --udp {self.udp} sends none through "
                 "the proxy: drop one of them"
             )
+        self._check_observability()
         names: set[str] = set()
         for spec in self.upstream:
             name = spec.partition("=")[0].strip()
             if name in names:
                 raise UsageError(f"--upstream {name!r} given twice")
             names.add(name)
+
+    def _check_observability(self) -> None:
+        """--metrics and --pcap with --workers, and the capture flags without --pcap."""
+        if self.pcap is None:
+            for flag, value in (("--pcap-filter", self.pcap_filter), ("--pcap-max", self.pcap_max),
+                                ("--pcap-snaplen", self.pcap_snaplen)):
+                if value is not None:
+                    raise UsageError(f"{flag} applies to --pcap only: give --pcap FILE too")
+        elif self.pcap == "-" and self.workers > 1:
+            raise UsageError("--pcap - (standard output) takes one worker: give --pcap FILE "
+                             "(worker i > 0 writes FILE.i) or drop --workers")
+        elif self.pcap == "-" and self.unshare:
+            raise UsageError("--pcap - with --unshare: the command writes to the same standard "
+                             "output; give --pcap FILE")
+        if self.metrics is not None and self.metrics[1] + self.workers - 1 > 65535:
+            raise UsageError(f"--metrics port {self.metrics[1]} + --workers {self.workers}: "
+                             "worker i serves PORT+i, past 65535")
 
     @property
     def tun_name(self) -> str:

@@ -24,6 +24,7 @@ from ..errors import ConfigError
 from ..link.impair import Impairment
 from ..routing.rules import BUILTIN_TARGETS, parse_network
 from ..upstream.registry import upstream_from_url
+from ..wire.pcapfilter import parse_filter
 
 __all__ = [
     "MAX_FWMARK",
@@ -38,12 +39,14 @@ __all__ = [
     "integer",
     "interface",
     "interface_name",
+    "listen_address",
     "mask_url",
     "named_upstream",
     "netns_name",
     "network",
     "one_line",
     "path",
+    "pcap_filter",
     "pool",
     "proxy_url",
     "routing_table",
@@ -422,4 +425,39 @@ def impairment(text: str) -> str:
         Impairment.parse(text)
     except ConfigError as e:
         raise BadValue(f"{_shown(text)}: {e}") from None
+    return text.strip()
+
+
+# --- observability: --metrics, --pcap-filter
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` to listen on: an IP address (``[::1]:9100`` for IPv6) and a port."""
+    t = text.strip()
+    bad = BadValue(f"{_shown(text)} is not HOST:PORT (an IP address and a port, 1 to 65535; "
+                   "[::1]:PORT for IPv6)")
+    if t.startswith("["):
+        host, _, rest = t[1:].partition("]")
+        if not rest.startswith(":"):
+            raise bad
+        port = rest[1:]
+    else:
+        host, sep, port = t.rpartition(":")
+        if not sep or ":" in host:
+            raise bad
+    if not port.isdigit() or len(port) > 5 or not 0 < int(port) < 65536:
+        raise bad
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise bad from None
+    return host, int(port)
+
+
+def pcap_filter(text: str) -> str:
+    """A ``--pcap-filter`` that :func:`~tun2proxy.wire.pcapfilter.parse_filter` accepts."""
+    try:
+        parse_filter(text)
+    except ConfigError as e:
+        raise BadValue(str(e).removeprefix("--pcap-filter ")) from None
     return text.strip()

@@ -26,6 +26,7 @@ class Stats:
         "tcp_mtu_reductions",
         "tcp_rst_sent",
         "tcp_syn_received",
+        "udp_closed",
         "udp_datagrams_in",
         "udp_datagrams_out",
         "udp_evicted",
@@ -47,6 +48,8 @@ class Stats:
         self.udp_datagrams_out = 0
         self.udp_sessions_opened = 0
         self.udp_evicted = 0
+        #: UDP sessions ended, by reason (``idle``, ``evicted``, ``rejected``, ``closed``, ...).
+        self.udp_closed: dict[str, int] = {}
         self.icmp_echo_replies = 0
         self.icmp_errors_sent = 0
         #: Packets dropped, by reason (``tcp-checksum``, ``ip-fragment``, ...).

@@ -77,6 +77,7 @@ class UdpInput(StackBase):
             self._udp_by_id.pop(old.flow_id, None)
             old.sched = None
             self.stats_counters.udp_evicted += 1
+            self._count_udp_closed("evicted")
             self._events.append(UdpSessionClosed(old.flow_id, "evicted"))
         fid = self._next_id
         self._next_id += 1
@@ -92,7 +93,12 @@ class UdpInput(StackBase):
         self._udp.pop(sess.key, None)
         self._udp_by_id.pop(sess.flow_id, None)
         sess.sched = None
+        self._count_udp_closed(reason)
         self._events.append(UdpSessionClosed(sess.flow_id, reason))
+
+    def _count_udp_closed(self, reason: str) -> None:
+        d = self.stats_counters.udp_closed
+        d[reason] = d.get(reason, 0) + 1
 
     def _udp_timer(self, sess: UdpSession, now: float) -> None:
         if self._udp_by_id.get(sess.flow_id) is not sess:
