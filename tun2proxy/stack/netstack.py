@@ -224,6 +224,7 @@ class NetStack:
                     self._remove(conn)
                     conn = None
             if conn is not None:
+                conn.packets_in += 1
                 conn.on_segment(seg, now)
                 self._touch(conn)
                 return
@@ -344,6 +345,7 @@ class NetStack:
         self._next_id += 1
         conn.flow_id = fid
         conn.key = key
+        conn.packets_in = 1  # the SYN
         self._tcp[key] = conn
         self._flows[fid] = conn
         st.tcp_syn_received += 1
@@ -877,7 +879,9 @@ class NetStack:
             self._dirty = []
             for conn in dirty:
                 conn.dirty = False
+                n = len(out)
                 conn.dispatch(now, out)
+                conn.packets_out += len(out) - n
                 if conn.notify:
                     self._collect(conn)
                 if conn.state is not CLOSED:
@@ -923,7 +927,9 @@ class NetStack:
         """After the host saw TcpClosed: drop the flow id; keep TIME-WAIT keyed until it ends."""
         if conn.dirty:
             conn.dirty = False
+            n = len(out)
             conn.dispatch(now, out)
+            conn.packets_out += len(out) - n
         self._buffered -= conn.accounted
         conn.accounted = 0
         self._flows.pop(conn.flow_id, None)
@@ -1022,6 +1028,14 @@ class NetStack:
             timer_heap=len(self._heap),
         )
         return d
+
+    def flow_object(self, flow_id: int) -> TcpConnection | UdpSession | None:
+        """The TcpConnection or UdpSession behind a flow id (its counters: ``packets_in``,
+        ``packets_out``; ``datagrams_in``, ``bytes_in``...), or None when there is none."""
+        conn = self._flows.get(flow_id)
+        if conn is not None:
+            return conn
+        return self._udp_by_id.get(flow_id)
 
     def flows(self) -> list[tuple[int, str, State]]:
         """``(flow_id, "tcp", state)`` for every TCP flow the host can still address."""

@@ -119,6 +119,8 @@ class Tcb:
         "mss_limit",
         "notify",
         "offload",
+        "packets_in",
+        "packets_out",
         "peer_fin",
         "persist_backoff",
         "persist_deadline",
@@ -192,6 +194,9 @@ class Tcb:
             local_addr, local_port, remote_addr, remote_port, checksum_offload
         )
         self.mss_limit = mss_limit
+        # Segments from the app and IP packets to it (counted by the stack, for observers).
+        self.packets_in = 0
+        self.packets_out = 0
         self._pending: list[bytearray] = []  # control segments queued for the next dispatch
         # Send sequence space (RFC 9293 §3.3.1) and the send buffer: sbuf[0] is sbuf_seq.
         self.iss = iss & SEQ_MASK
