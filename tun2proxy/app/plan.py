@@ -21,6 +21,7 @@ from ..errors import ConfigError
 from ..link.impair import Impairment
 from ..link.netns import netns_path
 from ..options import Options, UsageError, read_text_file
+from ..options.files import read_token_file
 from ..routing.rules import Rule, Rules
 from ..upstream.base import Upstream
 from ..upstream.registry import upstream_from_url
@@ -40,6 +41,7 @@ class Plan:
         impairment: ``--impair`` and its seed.
         argv: the command line the settings came from (a reload parses it again, so its
             flags still win over the re-read config file).
+        control_token: the bearer token of ``--control-token-file``, if given.
     """
 
     options: Options
@@ -48,6 +50,7 @@ class Plan:
     rules: Rules | None
     impairment: tuple[Impairment, int] | None
     argv: tuple[str, ...] = ()
+    control_token: str | None = None
 
 
 def _rules(opts: Options, known: set[str]) -> Rules | None:
@@ -82,7 +85,8 @@ def prepare(opts: Options) -> Plan:
         raise
     except ConfigError as e:
         raise UsageError(str(e)) from None
-    return Plan(opts, main, extra, rules, impairment)
+    token = read_token_file(opts.control_token_file) if opts.control_token_file else None
+    return Plan(opts, main, extra, rules, impairment, control_token=token)
 
 
 def _check_fd(fd: int) -> None:

@@ -217,7 +217,10 @@ class FlowTable:
         #: The final byte counts of relays already gone.
         self._final: dict[int, tuple[int, int]] = {}
         self.hooks: list[FlowHook] = []
+        #: Flows ended, and the payload bytes they moved each way.
         self.ended = 0
+        self._ended_up = 0
+        self._ended_down = 0
 
     def __len__(self) -> int:
         return len(self._records)
@@ -310,6 +313,9 @@ class FlowTable:
     def _finish(self, rec: _Record) -> None:
         fid = rec.flow_id
         self.ended += 1
+        up, down = self._bytes(rec)
+        self._ended_up += up
+        self._ended_down += down
         if self.hooks:
             snap = self._snapshot(rec, self._clock(), final=True)
             for hook in list(self.hooks):
@@ -353,6 +359,28 @@ class FlowTable:
             return None
         return self._snapshot(rec, self._clock(), final=False)
 
+    def totals(self) -> tuple[int, int]:
+        """Payload bytes moved app -> upstream and upstream -> app by every flow so far
+        (ended and live; O(live flows))."""
+        up, down = self._ended_up, self._ended_down
+        for rec in self._records.values():
+            u, d = self._bytes(rec)
+            up += u
+            down += d
+        return up, down
+
+    def _bytes(self, rec: _Record) -> tuple[int, int]:
+        fid = rec.flow_id
+        if rec.protocol == "tcp":
+            relay = self._relays.get(fid)
+            if relay is not None:
+                return relay.bytes_up, relay.bytes_down
+            return self._final.get(fid, (0, 0))
+        obj = self._objs.get(fid)
+        if isinstance(obj, UdpSession):
+            return obj.bytes_in, obj.bytes_out
+        return 0, 0
+
     def ids(self) -> Iterable[int]:
         """The ids of the flows with a record."""
         return list(self._records)
@@ -361,12 +389,8 @@ class FlowTable:
         fid = rec.flow_id
         obj = self._objs.get(fid)
         tcp_state: str | None = None
+        up, down = self._bytes(rec)
         if rec.protocol == "tcp":
-            relay = self._relays.get(fid)
-            if relay is not None:
-                up, down = relay.bytes_up, relay.bytes_down
-            else:
-                up, down = self._final.get(fid, (0, 0))
             if isinstance(obj, TcpConnection):
                 pin, pout = obj.packets_in, obj.packets_out
                 tcp_state = obj.state.value
@@ -377,11 +401,10 @@ class FlowTable:
             state = "closed" if final else self._phase(fid)
         else:
             if isinstance(obj, UdpSession):
-                up, down = obj.bytes_in, obj.bytes_out
                 pin, pout = obj.datagrams_in, obj.datagrams_out
                 last = obj.last_activity
             else:
-                up = down = pin = pout = 0
+                pin = pout = 0
                 last = rec.started
             state = "closed" if final else self._phase(fid)
         dt = now - rec.r_time
