@@ -62,7 +62,9 @@ async def test_flows_close_and_top_once(tmp_path: Path, capsys: pytest.CaptureFi
             await srv.close()
 
 
-async def test_client_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_client_errors_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert await _cli("flows") == 2
     assert "give --control" in capsys.readouterr().err
     assert await _cli("close", "--control", str(tmp_path / "x.sock")) == 2
@@ -77,12 +79,13 @@ async def test_client_errors_are_one_line(tmp_path: Path, capsys: pytest.Capture
 
 
 def _snap(**kw: object) -> FlowSnapshot:
-    base: dict[str, object] = dict(
-        id=7, protocol="tcp", src=("10.0.0.33", 40112), dst=("10.0.1.2", 443),
-        host="example.com", upstream="proxy", state="closed", tcp_state="CLOSED",
-        bytes_up=512, bytes_down=1048576, packets_up=20, packets_down=800, age=1.25, idle=0.0,
-        end="app-fin",
-    )
+    base: dict[str, object] = {
+        "id": 7, "protocol": "tcp", "src": ("10.0.0.33", 40112), "dst": ("10.0.1.2", 443),
+        "host": "example.com", "upstream": "proxy", "state": "closed", "tcp_state": "CLOSED",
+        "bytes_up": 512, "bytes_down": 1048576, "packets_up": 20, "packets_down": 800,
+        "age": 1.25, "idle": 0.0,
+        "end": "app-fin",
+    }
     base.update(kw)
     return FlowSnapshot(**base)  # type: ignore[arg-type]
 

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.driver.test_driver_inprocess import LoopbackUpstream, _echo, running, server
 from tun2proxy.control import server as server_mod
 from tun2proxy.control.client import ControlClient, ControlClientError
 from tun2proxy.control.server import ControlError, ControlServer
 from tun2proxy.driver import Driver
-
-from tests.driver.test_driver_inprocess import LoopbackUpstream, _echo, running, server
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -77,7 +76,7 @@ async def test_unix_socket_is_private_and_removed(env: tuple) -> None:  # type: 
 
 
 async def test_flows_get_and_delete(env: tuple) -> None:  # type: ignore[type-arg]
-    host, driver, unix, _tcp = env
+    host, _driver, unix, _tcp = env
     app = host.connect("192.0.2.1", 80)
     await host.send_all(app, b"x" * 5000)
     await host.wait(app, lambda a: len(a.received) >= 5000)

@@ -153,6 +153,13 @@ BAD = [
     ("--impair", "loss=150%", "loss must be between 0% and 100%"),
     ("--impair", "jitter=nan", "jitter must be between 0 and 10000ms"),
     ("--verbosity", "loud", "invalid choice 'loud'"),
+    ("--control", " ", "is empty"),
+    ("--control", "localhost:0", "neither a socket path nor HOST:PORT"),
+    ("--control", "127.0.0.1:9000", "needs --control-token-file"),
+    ("--control", "/run/t2p.sock", None),
+    ("--control-token-file", "", "is empty: give a file name"),
+    ("--log-format", "xml", "choose from text, json"),
+    ("--stats-interval", "0", "must be positive"),
 ]
 
 

@@ -8,6 +8,7 @@ Keys: ``s`` next sort column, ``r`` reverse the order, ``t`` rate, ``b`` bytes, 
 from __future__ import annotations
 
 import curses
+import os
 import time
 from typing import Any
 
@@ -48,6 +49,10 @@ def frame(
 
 def run_top(cluster: Cluster, where: str, sort: str, interval: float) -> int:
     """Run the live table until ``q``; exit code 0."""
+    # LINES/COLUMNS in the environment would pin curses to a size the terminal may not
+    # have (or no longer have after a resize): ask the terminal itself.
+    os.environ.pop("LINES", None)
+    os.environ.pop("COLUMNS", None)
     return int(curses.wrapper(_loop, cluster, where, sort, interval))
 
 
