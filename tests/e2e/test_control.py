@@ -34,6 +34,11 @@ def _echo(s: socket.socket, data: bytes) -> None:
         got += len(chunk)
 
 
+def _drain(s: socket.socket) -> None:
+    while s.recv(65536):
+        pass
+
+
 def _flow_to(client: ControlClient, src_port: int) -> dict[str, object]:
     flows = [f for f in client.flows() if f["src"][1] == src_port]
     assert len(flows) == 1, flows
@@ -98,8 +103,7 @@ def test_flows_delete_top_and_flow_logs(lab: Lab, tun2proxy: Tun2Proxy) -> None:
     assert client.request("DELETE", f"/flows/{fid}")["closed"] == [fid]
     victim.settimeout(5)
     with pytest.raises(ConnectionResetError):
-        while victim.recv(65536):
-            pass
+        _drain(victim)
     reset_after = time.monotonic() - t0
     victim.close()
     _echo(other, os.urandom(200_000))
@@ -123,8 +127,8 @@ def test_flows_delete_top_and_flow_logs(lab: Lab, tun2proxy: Tun2Proxy) -> None:
     st = client.stats()
     assert st["rss_bytes"] > 0 and st["stats"]["flows_opened"] >= 2
     print(f"reset seen {reset_after:.3f}s after DELETE")
-    p.stop()
-    assert not os.path.exists(ctl), "the control socket is removed on exit"
+    assert p.stop() == 0, p.output()[-3000:]
+    assert not os.path.exists(ctl), p.output()[-3000:]
 
 
 def test_tcp_control_needs_the_token_and_json_logs_parse(

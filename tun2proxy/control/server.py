@@ -114,7 +114,7 @@ class ControlServer:
         self.max_clients = max_clients
         self._rss = rss
         self._server: asyncio.AbstractServer | None = None
-        self._clients: set[asyncio.Task[None]] = set()
+        self._clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._started = time.monotonic()
         #: Requests answered, by status code.
         self.responses: dict[int, int] = {}
@@ -177,13 +177,15 @@ class ControlServer:
         """Stop listening, end the connections, remove the socket file."""
         if self._server is not None:
             self._server.close()
-        for task in list(self._clients):
+        for task, writer in list(self._clients.items()):
+            writer.transport.abort()  # the task's read ends at once
             task.cancel()
         if self._clients:
-            await asyncio.gather(*self._clients, return_exceptions=True)
+            await asyncio.wait(list(self._clients), timeout=2.0)
         if self._server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._server.wait_closed()
             self._server = None
             if isinstance(self.address, str):
                 with contextlib.suppress(OSError):
@@ -195,10 +197,16 @@ class ControlServer:
         task = asyncio.current_task()
         assert task is not None
         if len(self._clients) >= self.max_clients:
-            await self._send(writer, 503, {"error": "too many control connections"}, False)
+            # Read (briefly, boundedly) what the client sent, so that closing does not turn
+            # the answer into a reset, and say why.
+            with contextlib.suppress(ConnectionError, TimeoutError, asyncio.IncompleteReadError,
+                                     asyncio.LimitOverrunError):
+                async with asyncio.timeout(0.5):
+                    await reader.readuntil(b"\r\n\r\n")
+                await self._send(writer, 503, {"error": "too many control connections"}, False)
             writer.close()
             return
-        self._clients.add(task)
+        self._clients[task] = writer
         try:
             await self._serve(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
@@ -206,16 +214,18 @@ class ControlServer:
         except asyncio.CancelledError:
             pass
         finally:
-            self._clients.discard(task)
+            self._clients.pop(task, None)
             writer.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await writer.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         for n in range(MAX_REQUESTS):
             timeout = HEAD_TIMEOUT if n == 0 else IDLE_TIMEOUT
             try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+                async with asyncio.timeout(timeout):
+                    head = await reader.readuntil(b"\r\n\r\n")
             except asyncio.IncompleteReadError as e:
                 if e.partial.strip():
                     await self._send(writer, 400, {"error": "incomplete request"}, False)
@@ -279,7 +289,8 @@ class ControlServer:
                     {"WWW-Authenticate": 'Bearer realm="tun2proxy"'},
                 )
         if int(length):
-            await asyncio.wait_for(reader.readexactly(int(length)), HEAD_TIMEOUT)
+            async with asyncio.timeout(HEAD_TIMEOUT):
+                await reader.readexactly(int(length))
         conn = headers.get("connection", "").lower()
         keep = conn != "close" if version == "HTTP/1.1" else conn == "keep-alive"
         return method, target, keep
@@ -299,7 +310,8 @@ class ControlServer:
             *(f"{k}: {v}" for k, v in (extra or {}).items()),
         ]
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
-        await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+        async with asyncio.timeout(WRITE_TIMEOUT):
+            await writer.drain()
 
     # ------------------------------------------------------------------ routes
 
