@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from tun2proxy.driver import Driver
+from tun2proxy.driver import Driver, DriverConfig
 from tun2proxy.driver.flows import FlowFilter, FlowSnapshot
 
 from .test_driver_inprocess import LoopbackUpstream, _echo, running, server
@@ -102,6 +102,35 @@ async def test_close_flow_resets_the_app_and_closes_the_upstream() -> None:
         assert not driver.close_flow(999_999)
         assert len(ended) == 1 and ended[0].end == "closed" and ended[0].id == fid
         assert ended[0].bytes_up == 5 and ended[0].bytes_down == 5
+
+
+async def test_close_a_flow_while_its_upstream_is_dialled() -> None:
+    ended: list[FlowSnapshot] = []
+    async with server(_echo) as port, running(LoopbackUpstream({80: port}, delay=3.0)) as (
+        host, driver,
+    ):
+        driver.add_flow_end_hook(ended.append)
+        app = host.connect("192.0.2.1", 80)
+        await _wait_for(lambda: [f.state for f in driver.flows()] == ["dialing"])
+        assert driver.flows()[0].tcp_state == "LISTEN"
+        assert driver.close_flow(driver.flows()[0].id)
+        await host.wait(app, lambda a: a.closed, timeout=5)
+        assert app.close_reason == "refused"  # the SYN was answered with an RST
+        await _wait_for(lambda: len(ended) == 1)
+        assert ended[0].end == "closed"
+        assert driver.flows() == []
+
+
+async def test_close_a_sniffing_flow() -> None:
+    async with server(_echo) as port, running(
+        LoopbackUpstream({80: port}), DriverConfig(sniff=True, sniff_timeout=5.0)
+    ) as (host, driver):
+        app = host.connect("192.0.2.1", 80)
+        await host.wait(app, lambda a: a.established, timeout=5)
+        await _wait_for(lambda: [f.state for f in driver.flows()] == ["sniffing"])
+        assert driver.close_flow(driver.flows()[0].id)
+        await host.wait(app, lambda a: a.closed, timeout=5)
+        assert app.close_reason == "reset"
 
 
 async def test_close_flows_by_filter() -> None:

@@ -776,9 +776,7 @@ class Driver:
         self.flow_table.ending(flow_id, why)
         try:
             if isinstance(obj, TcpConnection):
-                if flow_id in self._connecting or flow_id in self._dialer.queue or (
-                    flow_id not in self._relays and obj.state.value == "LISTEN"
-                ):
+                if obj.state.value == "LISTEN":  # not answered yet: refuse the SYN
                     stack.tcp_reject(flow_id, "reset")
                 else:
                     stack.abort(flow_id)
