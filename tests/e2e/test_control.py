@@ -18,7 +18,7 @@ import time
 import pytest
 
 from tun2proxy.control.client import ControlClient
-from tun2proxy.testing.netlab import SERVER_V4, Lab, wait_for
+from tun2proxy.testing.netlab import SERVER_V4, TUN_NAME, Lab, wait_for
 
 from .conftest import DANTE_PORT, STREAM_PORT, Tun2Proxy, connect
 
@@ -192,3 +192,14 @@ def test_tcp_control_needs_the_token_and_json_logs_parse(
     assert len(flow) == 1
     assert flow[0]["bytes_up"] == 12350 and flow[0]["bytes_down"] == 12345
     assert flow[0]["end"] in ("app-fin", "upstream-eof") and flow[0]["protocol"] == "tcp"
+
+
+def test_a_control_socket_that_cannot_listen_is_one_error_line(lab: Lab) -> None:
+    p = lab.start("tun2proxy-badctl", lab.R, [
+        sys.executable, "-m", "tun2proxy", "--tun", TUN_NAME, "--tun-netns", lab.C,
+        "--control", str(lab.tmp / "no-such-dir" / "c.sock"),
+    ])
+    assert p.popen.wait(30) == 1, p.output()
+    out = p.output()
+    assert "cannot listen: No such file or directory" in out, out
+    assert "Traceback" not in out and out.count("ERROR") == 1, out

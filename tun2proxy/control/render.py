@@ -28,11 +28,12 @@ SORT_KEYS: dict[str, tuple[str, Any]] = {
     "dst": ("DST", lambda f: (f.get("host") or "", str(f.get("dst")))),
 }
 
-#: The table's columns: title, width (0: takes what is left), right-aligned.
+#: The table's columns: title, width (0: shares what is left: SRC 2/5, DST the rest),
+#: right-aligned.
 COLUMNS: tuple[tuple[str, int, bool], ...] = (
-    ("ID", 7, True), ("P", 3, False), ("SRC", 21, False), ("DST", 0, False),
-    ("VIA", 8, False), ("STATE", 11, False), ("UP", 8, True), ("DOWN", 8, True),
-    ("UP/s", 8, True), ("DOWN/s", 8, True), ("AGE", 6, True), ("IDLE", 6, True),
+    ("ID", 6, True), ("P", 1, False), ("SRC", 0, False), ("DST", 0, False),
+    ("VIA", 8, False), ("STATE", 11, False), ("UP", 7, True), ("DOWN", 7, True),
+    ("UP/s", 7, True), ("DOWN/s", 7, True), ("AGE", 6, True), ("IDLE", 6, True),
 )
 
 
@@ -94,11 +95,13 @@ def flow_rows(flows: Sequence[Mapping[str, Any]], workers: int = 1) -> list[list
 
 
 def table(rows: list[list[str]], width: int = 120, sort_title: str | None = None) -> list[str]:
-    """The header and the rows laid out in ``width`` columns (the DST column takes the
-    rest; cells too long are cut with ``~``); the sorted column's title is marked ``*``."""
+    """The header and the rows laid out in ``width`` columns (SRC and DST share what the
+    other columns leave; cells too long are cut with ``~``); the sorted column's title is
+    marked ``*``."""
     fixed = sum(w for _, w, _ in COLUMNS if w) + len(COLUMNS) - 1
-    flex = max(12, width - fixed)
-    widths = [w or flex for _, w, _ in COLUMNS]
+    flex = max(27, width - fixed)
+    src = max(15, flex * 2 // 5)
+    widths = [w or (src if title == "SRC" else flex - src) for title, w, _ in COLUMNS]
 
     def cell(text: str, w: int, right: bool) -> str:
         if len(text) > w:
