@@ -97,6 +97,23 @@ async def test_flows_get_and_delete(env: tuple) -> None:  # type: ignore[type-ar
     client.close()
 
 
+async def test_long_flow_lists_are_built_in_chunks(
+    env: tuple, monkeypatch: pytest.MonkeyPatch  # type: ignore[type-arg]
+) -> None:
+    host, _driver, unix, _tcp = env
+    monkeypatch.setattr(server_mod, "CHUNK", 1)  # every flow its own chunk; JSON on a thread
+    apps = [host.connect(f"192.0.2.{i}", 80) for i in (1, 2, 3)]
+    for a in apps:
+        await host.send_all(a, b"hi")
+        await host.wait(a, lambda x: len(x.received) >= 2)
+    status, _, body = await _raw(unix.address, _get("/flows"))
+    assert status == 200
+    assert sorted(f["dst"][0] for f in json.loads(body)["flows"]) == [
+        "192.0.2.1", "192.0.2.2", "192.0.2.3"]
+    status, _, body = await _raw(unix.address, _get("/flows?dst=192.0.2.2"))
+    assert [f["dst"][0] for f in json.loads(body)["flows"]] == ["192.0.2.2"]
+
+
 async def test_delete_by_filter_and_empty_filter(env: tuple) -> None:  # type: ignore[type-arg]
     host, _driver, unix, _tcp = env
     a1, a2 = host.connect("192.0.2.1", 80), host.connect("192.0.2.2", 80)

@@ -4,6 +4,7 @@ package's TCP) on a PacketFlowLink, upstreams reaching loopback servers."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 
 import pytest
@@ -197,6 +198,17 @@ async def test_shutdown_reports_open_flows() -> None:
         await host.send_all(app, b"abc")
         await host.wait(app, lambda a: len(a.received) >= 3)
     assert [e.end for e in ended] == ["shutdown"]
+
+
+def test_as_dict_has_every_field() -> None:
+    s = FlowSnapshot(
+        id=1, protocol="udp", src=("10.0.0.1", 1), dst=("10.0.0.2", 53), host=None,
+        upstream=None, state="dns", tcp_state=None, bytes_up=1, bytes_down=2, packets_up=3,
+        packets_down=4, age=5.0, idle=6.0, end="idle",
+    )
+    d = s.as_dict()
+    assert list(d) == [f.name for f in dataclasses.fields(FlowSnapshot)]
+    assert d["dst"] == ["10.0.0.2", 53] and d["end"] == "idle" and d["packets_down"] == 4
 
 
 def test_filter_terms() -> None:

@@ -24,7 +24,6 @@ How a flow ended (:attr:`FlowSnapshot.end`), from the first cause seen:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -44,9 +43,11 @@ log = logging.getLogger("tun2proxy")
 RATE_WINDOW = 1.0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class FlowSnapshot:
-    """One flow as it is (or, given to a flow-end hook, as it ended).
+    """One flow as it is (or, given to a flow-end hook, as it ended): a copy, made when
+    asked for (not frozen, which would make it several times dearer to build; changing it
+    changes nothing).
 
     Attributes:
         id: the flow id (TCP and UDP share one id space).
@@ -88,10 +89,15 @@ class FlowSnapshot:
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (endpoints as ``[host, port]`` lists)."""
-        d = dataclasses.asdict(self)
-        d["src"] = list(self.src)
-        d["dst"] = list(self.dst)
-        return d
+        return {
+            "id": self.id, "protocol": self.protocol, "src": list(self.src),
+            "dst": list(self.dst), "host": self.host, "upstream": self.upstream,
+            "state": self.state, "tcp_state": self.tcp_state, "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down, "packets_up": self.packets_up,
+            "packets_down": self.packets_down, "age": self.age, "idle": self.idle,
+            "rate_up": self.rate_up, "rate_down": self.rate_down, "end": self.end,
+            "detail": self.detail,
+        }
 
 
 #: Called with the flow's final snapshot when it ends (on the driver's loop).
@@ -341,13 +347,16 @@ class FlowTable:
 
     # ------------------------------------------------------------------ snapshots
 
-    def snapshot(self) -> list[FlowSnapshot]:
-        """Every live flow, oldest first (rates advance when a window has passed)."""
+    def snapshot(self, ids: Iterable[int] | None = None) -> list[FlowSnapshot]:
+        """Every live flow (or those of ``ids`` still live), oldest first (rates advance
+        when a window has passed)."""
         now = self._clock()
         stack = self.stack
+        records = self._records
         out = []
-        for fid, rec in list(self._records.items()):
-            if fid not in stack:
+        for fid in list(records) if ids is None else ids:
+            rec = records.get(fid)
+            if rec is None or fid not in stack:
                 continue  # gone from the stack; its end event is on its way
             out.append(self._snapshot(rec, now, final=False))
         return out
