@@ -4,7 +4,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import stat
 
 from ..driver.loop import Driver
 from ..options import Options
@@ -46,6 +49,15 @@ async def start_observers(
     """
     obs = Observers()
     driver.add_flow_end_hook(FlowLog())
+    path = opts.control_token_file
+    if path and worker[0] == 0:
+        with contextlib.suppress(OSError):
+            mode = os.stat(path).st_mode
+            if mode & 0o044:
+                log.warning(
+                    "--control-token-file %s is readable by other users (mode %04o): "
+                    "chmod 600 %s", path, stat.S_IMODE(mode), path,
+                )
     if opts.stats_interval:
         obs.reporter = StatsReporter(driver, opts.stats_interval)
         obs.reporter.start()

@@ -29,6 +29,11 @@ signals: SIGINT/SIGTERM shut down cleanly (also while starting); SIGUSR1 logs th
 (flows, drops by reason, DNS, link) as one JSON line; SIGHUP re-reads --config and applies
 rules, bypass, upstreams, log level and limits to new flows (open flows keep theirs).
 
+watching a running tun2proxy (needs --control; see docs/observability.md):
+  tun2proxy top --control PATH               a live table of flows (s sort, r reverse, q quit)
+  tun2proxy flows --control PATH [--json]    the flows once
+  tun2proxy close --control PATH ID|--host NAME|--dst ADDR[:PORT]|--upstream NAME
+
 examples:
   # run one command with all its traffic going through a SOCKS5 proxy
   sudo tun2proxy --unshare --proxy socks5://127.0.0.1:1080 -- curl https://example.com/
