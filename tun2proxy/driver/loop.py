@@ -447,7 +447,7 @@ class Driver:
             # Our own UDP socket's datagram came back through the TUN: relaying it would open
             # another socket whose datagram comes back too, for ever. Drop it, and the session.
             self.udp_looped += 1
-            self.flow_table.ending(ev.flow_id, "refused", "routing loop")
+            self.flow_table.ending(ev.flow_id, "refused", "routing-loop")
             self.stack.stats_counters.drop("udp-routing-loop")
             with contextlib.suppress(FlowStateError):
                 self.stack.udp_close(ev.flow_id)
@@ -543,7 +543,7 @@ class Driver:
             # One of our own upstream connections came back through the TUN: dialling again
             # would loop until every fd is gone (tun2proxy#215). Refuse it.
             self.flows_looped += 1
-            self.flow_table.ending(ev.flow_id, "refused", "routing loop")
+            self.flow_table.ending(ev.flow_id, "refused", "routing-loop")
             self.stack.tcp_reject(ev.flow_id)
             self._limited.log(
                 logging.ERROR, "routing-loop",
