@@ -226,3 +226,17 @@ def test_filter_terms() -> None:
     assert FlowFilter(upstream="proxy", protocol="tcp").matches(s)
     assert not FlowFilter(upstream="proxy", protocol="udp").matches(s)
     assert not FlowFilter().matches(s)
+
+
+def test_records_of_flows_the_stack_forgot_are_bounded() -> None:
+    # Handshakes handed back under a SYN flood whose app never answers end without an event:
+    # their records must not pile up.
+    from tun2proxy.driver.flows import FlowTable
+    from tun2proxy.stack import StackConfig
+
+    stack = Driver.make_stack(StackConfig(max_flows=4, max_udp_sessions=4))
+    table = FlowTable(stack, {}, lambda _fid: "pending", lambda: 0.0)
+    for fid in range(1, 10_001):
+        table.tcp_started(fid, ("10.0.0.1", fid), ("192.0.2.1", 80))
+    assert len(table) <= 2 * (4 + 4) + 64
+    assert table.snapshot() == []  # none of them is in the stack
