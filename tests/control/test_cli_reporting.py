@@ -45,6 +45,8 @@ async def test_flows_close_and_top_once(tmp_path: Path, capsys: pytest.CaptureFi
             assert await _cli("top", "--control", sock, "--once") == 0
             out = capsys.readouterr().out
             assert out.startswith("tun2proxy top") and "192.0.2.1:80" in out
+            assert await _cli("top", "--control", sock) == 1  # no terminal here
+            assert "needs a terminal" in capsys.readouterr().err
             fid = next(f["id"] for f in data["flows"] if f["dst"][0] == "192.0.2.7")
             assert await _cli("close", "--control", sock, str(fid)) == 0
             assert f"closed 1 flow(s): {fid}" in capsys.readouterr().out

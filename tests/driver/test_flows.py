@@ -11,6 +11,7 @@ import pytest
 
 from tun2proxy.driver import Driver, DriverConfig
 from tun2proxy.driver.flows import FlowFilter, FlowSnapshot
+from tun2proxy.testing import tls_client_hello
 
 from .test_driver_inprocess import LoopbackUpstream, _echo, running, server
 
@@ -132,6 +133,19 @@ async def test_close_a_sniffing_flow() -> None:
         assert driver.close_flow(driver.flows()[0].id)
         await host.wait(app, lambda a: a.closed, timeout=5)
         assert app.close_reason == "reset"
+
+
+async def test_a_sniffed_name_is_the_flows_host() -> None:
+    async with server(_echo) as port, running(
+        LoopbackUpstream({443: port}), DriverConfig(sniff=True)
+    ) as (host, driver):
+        app = host.connect("192.0.2.1", 443)
+        hello = tls_client_hello("www.example.com")
+        await host.send_all(app, hello)
+        await host.wait(app, lambda a: len(a.received) >= len(hello))
+        s = _one(driver)
+        assert s.host == "www.example.com" and s.state == "open"
+        assert driver.close_flows(host="example.com") == [s.id]
 
 
 async def test_close_flows_by_filter() -> None:

@@ -113,7 +113,14 @@ def main(argv: Sequence[str]) -> int:
         if args.once:
             sys.stdout.write("\n".join(frame(cluster, args.sort, True, 120, control)) + "\n")
             return 0
-        return run_top(cluster, control, args.sort, args.interval)
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            raise ControlClientError("needs a terminal (use 'top --once' or 'flows' otherwise)")
+        import curses
+
+        try:
+            return run_top(cluster, control, args.sort, args.interval)
+        except curses.error as e:
+            raise ControlClientError(f"cannot drive this terminal: {e}") from None
     except ControlClientError as e:
         sys.stderr.write(f"tun2proxy {args.cmd}: {e}\n")
         return 1
