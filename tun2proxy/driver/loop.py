@@ -38,14 +38,14 @@ from ..stack.events import (
     UdpSessionClosed,
 )
 from ..stack.netstack import NetStack
-from ..tcp.connection import TcpConnection
 from ..upstream.base import FlowInfo, Upstream
 from ..upstream.dial import default_egress
 from ..upstream.direct import DirectUpstream
 from ..upstream.egress import Egress
 from .dialing import Dialer
 from .dns import DNS_MODES, DnsHandler
-from .flows import FlowFilter, FlowHook, FlowSnapshot, FlowTable
+from .flow_api import FlowApi
+from .flows import FlowTable
 from .relay import TcpRelay
 from .udp_relay import UdpRelay
 
@@ -128,7 +128,7 @@ class DriverConfig:
             raise ConfigError("queue_timeout must be positive")
 
 
-class Driver:
+class Driver(FlowApi):
     """Runs ``stack`` over ``link`` with flows bridged to ``upstream``.
 
     Use ``await driver.run()`` (returns after :meth:`stop` or a link failure), or
@@ -730,78 +730,6 @@ class Driver:
             bind(self.egress)
         if hasattr(upstream, "on_route"):
             upstream.on_route = self.flow_table.routed
-
-    # ------------------------------------------------------------------ flows
-
-    def _time(self) -> float:
-        return self._loop.time() if self._loop is not None else time.monotonic()
-
-    def _phase(self, fid: int) -> str:
-        """What the driver is doing with flow ``fid`` (a snapshot's ``state``)."""
-        relay = self._relays.get(fid)
-        if relay is not None:
-            if relay.app_eof and relay.upstream_eof:
-                return "closing"
-            return "half-closed" if relay.app_eof or relay.upstream_eof else "open"
-        if fid in self._udp:
-            return "open" if self._udp[fid].channel is not None else "opening"
-        if fid in self._sniffing:
-            return "sniffing"
-        if fid in self._connecting:
-            return "dialing"
-        if fid in self._dialer.queue:
-            return "queued"
-        obj = self.stack.flow_object(fid)
-        if obj is not None and not isinstance(obj, TcpConnection):
-            return "dns" if self.dns.mode != "direct" else "open"
-        return "pending"
-
-    def flows(self) -> list[FlowSnapshot]:
-        """A snapshot of every live TCP flow and UDP session (call on the driver's loop)."""
-        return self.flow_table.snapshot()
-
-    def flow(self, flow_id: int) -> FlowSnapshot | None:
-        """One live flow's snapshot, or None."""
-        return self.flow_table.get(flow_id)
-
-    def close_flow(self, flow_id: int, *, why: str = "closed") -> bool:
-        """Close flow ``flow_id`` now: a TCP flow gets an RST towards the app and its
-        upstream connection is aborted; a UDP session gets ICMP "administratively
-        prohibited" and its channel is closed. Its end (``why``) reaches the flow-end hooks.
-        False when there is no such flow. Call on the driver's loop."""
-        stack = self.stack
-        obj = stack.flow_object(flow_id)
-        if obj is None:
-            return False
-        self.flow_table.ending(flow_id, why)
-        try:
-            if isinstance(obj, TcpConnection):
-                if obj.state.value == "LISTEN":  # not answered yet: refuse the SYN
-                    stack.tcp_reject(flow_id, "reset")
-                else:
-                    stack.abort(flow_id)
-            else:
-                stack.udp_reject(flow_id, "admin")
-        except FlowStateError:
-            return False
-        self.schedule_pump()
-        return True
-
-    def close_flows(self, match: FlowFilter | None = None, **terms: str | None) -> list[int]:
-        """Close every flow matching ``match`` (or the :class:`FlowFilter` terms ``dst``,
-        ``host``, ``upstream``, ``protocol``); the ids closed. An empty filter closes none."""
-        f = match if match is not None else FlowFilter(**terms)
-        return [s.id for s in self.flows() if f.matches(s) and self.close_flow(s.id)]
-
-    def add_flow_end_hook(self, hook: FlowHook) -> None:
-        """Call ``hook(snapshot)`` on the driver's loop when a flow ends (``end`` and
-        ``detail`` say how); it must not block. Exceptions are logged and ignored."""
-        self.flow_table.hooks.append(hook)
-
-    def remove_flow_end_hook(self, hook: FlowHook) -> None:
-        """Stop calling ``hook``."""
-        with contextlib.suppress(ValueError):
-            self.flow_table.hooks.remove(hook)
 
     # ------------------------------------------------------------------ introspection
 
