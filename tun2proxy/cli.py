@@ -34,13 +34,19 @@ log = logging.getLogger("tun2proxy")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m tun2proxy`` and the ``tun2proxy`` script."""
+    """Entry point of ``python -m tun2proxy`` and the ``tun2proxy`` script (and of its
+    subcommands ``top``, ``flows`` and ``close``: :mod:`tun2proxy.control.cli`)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args and args[0] in ("top", "flows", "close"):
+        from .control.cli import main as control_main
+
+        return control_main(args)
     startup = StartupSignals()
     startup.install()
     try:
         from .app.run import run  # after the handlers: a signal while importing is clean
 
-        return run(sys.argv[1:] if argv is None else argv, startup)
+        return run(args, startup)
     except StopEarly as e:
         # Still starting: what was started has been undone on the way out.
         with contextlib.suppress(Exception):

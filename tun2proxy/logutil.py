@@ -1,16 +1,52 @@
-"""Logging helpers: :class:`RateLimitedLog`, one line per kind of event per interval.
+"""Logging helpers: :class:`RateLimitedLog`, one line per kind of event per interval, and
+:class:`JsonFormatter`, JSON lines for log shippers (``--log-format json``).
 
-Used where a remote peer or an application could otherwise make us log on every packet or
-flow (upstream failures, routing loops, authentication failures).
+The rate limit is used where a remote peer or an application could otherwise make us log on
+every packet or flow (upstream failures, routing loops, authentication failures).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 
-__all__ = ["RateLimitedLog"]
+__all__ = ["JSON_KEYS", "JsonFormatter", "RateLimitedLog"]
+
+#: The keys every JSON log line has (more follow for some lines: ``event`` and its fields).
+JSON_KEYS = ("ts", "level", "logger", "msg")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``ts`` (UTC, ISO 8601 with milliseconds), ``level``
+    (``info``, ``warning``...), ``logger``, ``msg`` (the text line), ``worker`` with
+    ``--workers``, ``exc`` with a traceback, and the record's ``fields`` (a dict given as
+    ``extra={"fields": {...}}``, e.g. ``event: "flow"`` and the flow's counters) merged in.
+    """
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one line of JSON."""
+        t = time.gmtime(record.created)
+        out: dict[str, object] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if self.worker is not None:
+            out["worker"] = self.worker
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            for k, v in fields.items():
+                out.setdefault(str(k), v)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str, separators=(",", ":"))
 
 
 class RateLimitedLog:

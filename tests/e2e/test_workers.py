@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import os
 import re
 import signal
 import socket
@@ -18,6 +19,7 @@ import sys
 
 import pytest
 
+from tun2proxy.control.client import Cluster
 from tun2proxy.testing.netlab import SERVER_V4, SERVER_V6, Lab, Proc, run, wait_for
 
 from .conftest import DANTE_PORT, OFFLOAD, STREAM_PORT
@@ -85,7 +87,8 @@ def _worker_flows(p: Proc) -> dict[int, int]:
 
 @pytest.mark.usefixtures("dante")
 def test_two_workers_carry_parallel_flows_both_ways(lab: Lab) -> None:
-    p = _start(lab)
+    ctl = str(lab.tmp / "workers.sock")
+    p = _start(lab, "--control", ctl)
     try:
         hosts = [SERVER_V4 if i % 2 == 0 else SERVER_V6 for i in range(FLOWS)]
         with concurrent.futures.ThreadPoolExecutor(8) as ex:
@@ -95,8 +98,17 @@ def test_two_workers_carry_parallel_flows_both_ways(lab: Lab) -> None:
         before = p.output().count("stats {")
         p.popen.send_signal(signal.SIGUSR1)
         assert wait_for(lambda: p.output().count("stats {") >= before + 2, 5), p.output()[-2000:]
+        # --control: one API per worker (PATH, PATH.1); the client asks them all
+        assert wait_for(lambda: os.path.exists(ctl + ".1"), 10), p.output()[-2000:]
+        cluster = Cluster(ctl)
+        assert cluster.workers == 2
+        st = cluster.stats()
+        assert [s["worker"] for s in st] == [0, 1]
+        assert sum(s["flows_ended"] for s in st) == 2 * FLOWS
+        cluster.close()
     finally:
         _stop(lab, p)
+    assert not os.path.exists(ctl) and not os.path.exists(ctl + ".1")
     flows = _worker_flows(p)
     assert set(flows) == {0, 1}, p.output()[-3000:]
     assert sum(flows.values()) == 2 * FLOWS

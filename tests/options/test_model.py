@@ -191,6 +191,13 @@ BAD = [
     ("--pcap-filter", "port 1 and", "unexpected end"),
     ("--pcap-max", "1K", "must be between 4K and 1T"),
     ("--pcap-snaplen", "20", "must be between 64 and 262144"),
+    ("--control", " ", "is empty"),
+    ("--control", "localhost:0", "neither a socket path nor HOST:PORT"),
+    ("--control", "127.0.0.1:9000", "needs --control-token-file"),
+    ("--control", "/run/t2p.sock", None),
+    ("--control-token-file", "", "is empty: give a file name"),
+    ("--log-format", "xml", "choose from text, json"),
+    ("--stats-interval", "0", "must be positive"),
 ]
 
 

@@ -21,6 +21,7 @@ from ..errors import ConfigError
 from ..link.impair import Impairment
 from ..link.netns import netns_path
 from ..options import Options, UsageError, read_text_file
+from ..options.files import read_token_file
 from ..routing.rules import Rule, Rules
 from ..upstream.base import Upstream
 from ..upstream.registry import upstream_from_url
@@ -43,6 +44,7 @@ class Plan:
             upstream is wrapped in a UdpgwUpstream when the upstream is built.
         argv: the command line the settings came from (a reload parses it again, so its
             flags still win over the re-read config file).
+        control_token: the bearer token of ``--control-token-file``, if given.
     """
 
     options: Options
@@ -52,6 +54,7 @@ class Plan:
     impairment: tuple[Impairment, int] | None
     argv: tuple[str, ...] = ()
     udpgw: UdpgwSettings | None = None
+    control_token: str | None = None
 
 
 def _rules(opts: Options, known: set[str]) -> Rules | None:
@@ -88,7 +91,11 @@ def prepare(opts: Options) -> Plan:
         raise
     except ConfigError as e:
         raise UsageError(str(e)) from None
-    return Plan(opts, main, extra, rules, impairment, udpgw=udpgw_settings(opts))
+    token = read_token_file(opts.control_token_file) if opts.control_token_file else None
+    return Plan(
+        opts, main, extra, rules, impairment, udpgw=udpgw_settings(opts),
+        control_token=token,
+    )
 
 
 def udpgw_settings(opts: Options) -> UdpgwSettings | None:

@@ -85,7 +85,7 @@ def run(argv: Sequence[str], startup: StartupSignals) -> int:
             sys.stderr.write(f"tun2proxy: warning: {note}\n")
         sys.stdout.write(render_config(opts))
         return 0
-    setup_logging(opts.verbosity)
+    setup_logging(opts.verbosity, fmt=opts.log_format)
     startup.install_reload()  # a SIGHUP while starting must not end the run (or a worker)
     for note in opts.notes:
         log.warning("%s", note)
@@ -206,12 +206,12 @@ def _fork_workers(
     for i in range(1, n):
 
         def run(i: int = i) -> int:
-            setup_logging(opts.verbosity, f"[{i}]")
+            setup_logging(opts.verbosity, f"[{i}]", opts.log_format)
             return run_on_loop(
                 opts.loop, startup, serve(plan, addresses, links[i], None, startup, (i, n),
                                           directory, own_nameservers=own_dns)
             )
 
         workers.fork(i, run, [fd for j, fd in enumerate(fds) if j != i])
-    setup_logging(opts.verbosity, "[0]")
+    setup_logging(opts.verbosity, "[0]", opts.log_format)
     return workers, directory

@@ -14,6 +14,8 @@ import os
 import signal
 from collections.abc import Callable, Coroutine, Sequence
 
+from ..control.server import ControlError
+from ..control.setup import Observers, start_observers
 from ..dns.pool import SlotDirectory
 from ..driver.loop import Driver
 from ..errors import ConfigError
@@ -83,6 +85,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     exit_code = 0
     driver: Driver | None = None
+    observers: Observers | None = None
     released = False
     stop_requested = False
     signals = (signal.SIGINT, signal.SIGTERM)
@@ -124,6 +127,11 @@ async def serve(
         )
         if worker[0] == 0:
             log.info("upstream %s", upstream.describe())
+        try:  # flow logs, --stats-interval, --control
+            observers = await start_observers(opts, driver, plan.control_token, worker)
+        except ControlError as e:
+            log.error("%s", e)
+            stop_requested, exit_code = True, 1
 
         def on_usr1() -> None:
             assert driver is not None
@@ -200,6 +208,8 @@ async def serve(
                 if metrics is not None:
                     metrics.close()
     finally:
+        if observers is not None:
+            await observers.close()
         for s in (*signals, signal.SIGUSR1, signal.SIGHUP):
             loop.remove_signal_handler(s)
         startup.reinstall()  # not the default handlers while shutting down (and tearing down)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from ..errors import ConfigError
+from ..logutil import JsonFormatter
 
 __all__ = [
     "TRACE",
@@ -186,13 +187,18 @@ LOG_LEVELS = {
 }
 
 
-def setup_logging(level: str, tag: str = "") -> None:
-    """Log to stderr at ``level`` (``off`` ... ``trace``), lines tagged with ``tag``."""
+def setup_logging(level: str, tag: str = "", fmt: str = "text") -> None:
+    """Log to stderr at ``level`` (``off`` ... ``trace``), lines tagged with ``tag``
+    (``[N]``: worker N); ``fmt`` ``json`` writes JSON lines (:class:`JsonFormatter`)."""
     logging.addLevelName(TRACE, "TRACE")
     logging.basicConfig(
         level=LOG_LEVELS[level], stream=sys.stderr,
         format=f"tun2proxy{tag}: %(levelname)s %(message)s", force=True,
     )
+    if fmt == "json":
+        worker = int(tag.strip("[]")) if tag.strip("[]").isdigit() else None
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter(worker))
     quiet_libraries(level)
 
 

@@ -44,6 +44,8 @@ from ..upstream.direct import DirectUpstream
 from ..upstream.egress import Egress
 from .dialing import Dialer
 from .dns import DNS_MODES, DnsHandler
+from .flow_api import FlowApi
+from .flows import FlowTable
 from .relay import TcpRelay
 from .udp_relay import UdpRelay
 
@@ -126,7 +128,7 @@ class DriverConfig:
             raise ConfigError("queue_timeout must be positive")
 
 
-class Driver:
+class Driver(FlowApi):
     """Runs ``stack`` over ``link`` with flows bridged to ``upstream``.
 
     Use ``await driver.run()`` (returns after :meth:`stop` or a link failure), or
@@ -151,10 +153,13 @@ class Driver:
         self.upstream = upstream
         #: This tunnel's outbound options, own-endpoint registry and resolver.
         self.egress = egress if egress is not None else default_egress()
-        self._bind(upstream)
-        self.config = config or DriverConfig()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._relays: dict[int, TcpRelay] = {}
+        #: One record per live flow, for :meth:`flows`, :meth:`close_flow` and the
+        #: flow-end hooks (see :mod:`tun2proxy.driver.flows`).
+        self.flow_table = FlowTable(stack, self._relays, self._phase, self._time)
+        self._bind(upstream)
+        self.config = config or DriverConfig()
         self._connecting: dict[int, asyncio.Task[None]] = {}
         #: Which connect request is dialled when (the dial queue; handshake-first floods).
         self._dialer = Dialer(
@@ -195,6 +200,8 @@ class Driver:
         #: Upstreams replaced by :meth:`reconfigure`, with the flows open then.
         self._retired: list[tuple[Upstream, set[int]]] = []
         self._closing: set[asyncio.Task[None]] = set()
+        #: One record per live flow, for :meth:`flows`, :meth:`close_flow` and the
+        #: flow-end hooks (see :mod:`tun2proxy.driver.flows`).
 
     @staticmethod
     def make_stack(config: StackConfig | None = None, **kw: object) -> NetStack:
@@ -235,6 +242,8 @@ class Driver:
 
     async def _shutdown(self) -> None:
         self._stopping = True
+        for fid in self.flow_table.ids():
+            self.flow_table.ending(fid, "shutdown")
         self._dialer.close()
         for task in list(self._connecting.values()):
             task.cancel()
@@ -254,6 +263,7 @@ class Driver:
         self._pump()
         for relay in list(self._relays.values()):
             relay.on_closed("aborted")
+        self.flow_table.close_all()  # their end events will not be seen: report them now
         self._relays.clear()
         for urelay in list(self._udp.values()):
             urelay.close()
@@ -332,7 +342,11 @@ class Driver:
         if fid is not None and fid in self.stack:
             with contextlib.suppress(FlowStateError, ValueError):
                 self.stack.abort(fid)
+        if fid is not None:
+            self.flow_table.ending(fid, "error", f"internal error: {exc!r}")
         relay = self._relays.pop(fid, None) if fid is not None else None
+        if relay is not None:
+            self.flow_table.relay_gone(fid, relay)  # type: ignore[arg-type]
         if relay is not None and relay.transport is not None:
             relay.closed = True
             relay.transport.abort()
@@ -396,6 +410,7 @@ class Driver:
             relay = self._relays.pop(ev.flow_id, None)
             if relay is not None:
                 relay.on_closed(ev.reason)
+            self.flow_table.tcp_closed(ev.flow_id, ev.reason, relay)
             task = self._connecting.pop(ev.flow_id, None)
             if task is not None:
                 task.cancel()
@@ -408,12 +423,15 @@ class Driver:
             urelay = self._udp.pop(ev.flow_id, None)
             if urelay is not None:
                 urelay.close()
+            self.flow_table.udp_closed(ev.flow_id, ev.reason)
 
     # ------------------------------------------------------------------ UDP
 
     def _on_udp(self, ev: UdpDatagram) -> None:
         loop = self._loop
         assert loop is not None
+        if ev.flow_id not in self.flow_table:
+            self.flow_table.udp_started(ev.flow_id, ev.src, ev.dst)
         if ev.dst[1] == 53 and self.dns.handle_udp(ev, loop.time()):
             return
         name = self.dns.name_for(ev.dst[0], loop.time())
@@ -429,6 +447,7 @@ class Driver:
             # Our own UDP socket's datagram came back through the TUN: relaying it would open
             # another socket whose datagram comes back too, for ever. Drop it, and the session.
             self.udp_looped += 1
+            self.flow_table.ending(ev.flow_id, "refused", "routing-loop")
             self.stack.stats_counters.drop("udp-routing-loop")
             with contextlib.suppress(FlowStateError):
                 self.stack.udp_close(ev.flow_id)
@@ -445,6 +464,9 @@ class Driver:
                 self.stack.udp_reject(ev.flow_id, "port")
             return
         relay = UdpRelay(self, ev.flow_id, ":" in ev.src[0])
+        if isinstance(name, str):
+            self.flow_table.named(ev.flow_id, name)
+        self.flow_table.routed(ev.flow_id, self.udp_upstream.name)
         self._udp[ev.flow_id] = relay
         relay.send(ev.payload, dst)
         relay.task = loop.create_task(self._open_udp(relay, ev))
@@ -474,6 +496,7 @@ class Driver:
             )
             self._udp.pop(ev.flow_id, None)
             relay.closed = True
+            self.flow_table.ending(ev.flow_id, "refused", f"{reason}: {describe_error(e)}")
             if ev.flow_id in self.stack:
                 with contextlib.suppress(FlowStateError):
                     self.stack.udp_reject(ev.flow_id, "port")
@@ -516,10 +539,12 @@ class Driver:
         self.schedule_pump()
 
     def _on_connect_request(self, ev: TcpConnectRequest) -> None:
+        self.flow_table.tcp_started(ev.flow_id, ev.src, ev.dst)
         if self.egress.is_own(ev.src[0], ev.src[1]):
             # One of our own upstream connections came back through the TUN: dialling again
             # would loop until every fd is gone (tun2proxy#215). Refuse it.
             self.flows_looped += 1
+            self.flow_table.ending(ev.flow_id, "refused", "routing-loop")
             self.stack.tcp_reject(ev.flow_id)
             self._limited.log(
                 logging.ERROR, "routing-loop",
@@ -530,6 +555,7 @@ class Driver:
             )
             return
         if self._stopping:
+            self.flow_table.ending(ev.flow_id, "shutdown")
             self.stack.tcp_reject(ev.flow_id)
             return
         self._dialer.request(ev)
@@ -544,6 +570,7 @@ class Driver:
             # A fake address whose name is forgotten: fail closed, never dial the fake IP.
             self._connecting.pop(fid, None)
             self.flows_failed += 1
+            self.flow_table.ending(fid, "refused", "virtual DNS name forgotten")
             self.stack.tcp_reject(fid, "host")
             self.schedule_pump()
             return
@@ -561,6 +588,8 @@ class Driver:
                 return  # the app went away while we looked
         domain = name if isinstance(name, str) else sniffed
         flow = FlowInfo(fid, ev.src, ev.dst, domain=domain)
+        self.flow_table.named(fid, domain)
+        self.flow_table.routed(fid, self.upstream.name)  # a router names its target instead
         if isinstance(name, str):
             self.dns.flow_started(ev.dst[0])
             self._fake_dst[fid] = ev.dst[0]
@@ -579,12 +608,14 @@ class Driver:
             raise
         except UpstreamError as e:
             reason = e.reason
+            self.flow_table.ending(fid, "refused", f"{e.reason}: {e}")
             self._limited.log(
                 logging.WARNING, f"upstream:{e.reason}", "flow to %s failed (%s): %s", dst,
                 e.reason, e,
             )
         except TimeoutError:
             reason = "timeout"
+            self.flow_table.ending(fid, "refused", "timeout: no upstream connection in time")
             self._limited.log(
                 logging.WARNING, "upstream:timeout",
                 "flow to %s failed (timeout): no upstream connection within %.0fs", dst,
@@ -592,6 +623,7 @@ class Driver:
             )
         except Exception as e:  # a bug in an upstream must not kill the driver
             reason = "error"
+            self.flow_table.ending(fid, "refused", f"error: {e!r}")
             log.exception("flow to %s: upstream %s raised %r", dst, self.upstream.name, e)
         self._dialer.stats.observe(loop.time() - dial_started, reason)
         self._connecting.pop(fid, None)
@@ -694,10 +726,13 @@ class Driver:
         return len(live)
 
     def _bind(self, upstream: Upstream) -> None:
-        """Let ``upstream`` open its sockets through this tunnel's Egress."""
+        """Let ``upstream`` open its sockets through this tunnel's Egress (and, for a
+        router, record each flow's routing target in the flow table)."""
         bind = getattr(upstream, "bind_egress", None)
         if callable(bind):  # an upstream not derived from Upstream may lack it
             bind(self.egress)
+        if hasattr(upstream, "on_route"):
+            upstream.on_route = self.flow_table.routed
 
     # ------------------------------------------------------------------ introspection
 

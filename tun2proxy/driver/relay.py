@@ -35,11 +35,15 @@ class TcpRelay(asyncio.Protocol):
     __slots__ = (
         "accepted",
         "app_eof",
+        "bytes_down",
+        "bytes_up",
         "closed",
         "driver",
         "eof_written",
         "fin_sent",
+        "first_eof",
         "flow_id",
+        "lost",
         "stash",
         "transport",
         "upstream_eof",
@@ -58,6 +62,13 @@ class TcpRelay(asyncio.Protocol):
         self.eof_written = False
         self.write_paused = False
         self.closed = False
+        #: Payload bytes moved app -> upstream and upstream -> app (for flow snapshots).
+        self.bytes_up = 0
+        self.bytes_down = 0
+        #: Who closed first: ``app`` (its FIN), ``upstream`` (EOF), or "" (neither yet).
+        self.first_eof = ""
+        #: How the upstream connection broke, when it did (for the flow's end record).
+        self.lost: str | None = None
 
     # ------------------------------------------------------------------ upstream side
 
@@ -79,6 +90,7 @@ class TcpRelay(asyncio.Protocol):
             n = self.driver.stack.send(self.flow_id, data)
         except FlowStateError:
             return
+        self.bytes_down += n
         if n < len(data):
             self.stash = data[n:]
             self._pause_upstream()
@@ -86,6 +98,8 @@ class TcpRelay(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         """The upstream finished sending: our FIN follows the queued bytes."""
+        if not self.first_eof:
+            self.first_eof = "upstream"
         self.upstream_eof = True
         self._maybe_fin()
         return True  # keep the transport open: the app may still be sending (half-close)
@@ -100,9 +114,12 @@ class TcpRelay(asyncio.Protocol):
             return
         if exc is not None:
             log.debug("flow %d: upstream lost: %s", self.flow_id, exc)
+            self.lost = str(exc) or type(exc).__name__
             with contextlib.suppress(FlowStateError):
                 stack.abort(self.flow_id)
         else:
+            if not self.first_eof:
+                self.first_eof = "upstream"
             self.upstream_eof = True
             self._maybe_fin()
         self.driver.schedule_pump()
@@ -141,6 +158,8 @@ class TcpRelay(asyncio.Protocol):
         stack = self.driver.stack
         with contextlib.suppress(FlowStateError):
             if stack.connection(self.flow_id).peer_fin:
+                if not self.first_eof:
+                    self.first_eof = "app"
                 self.app_eof = True
             if stack.readable(self.flow_id) or self.app_eof:
                 self.on_readable()
@@ -156,6 +175,7 @@ class TcpRelay(asyncio.Protocol):
         except FlowStateError:
             return
         if data:
+            self.bytes_up += len(data)
             t.write(data)
         if self.app_eof and not self.eof_written:
             self._write_eof()
@@ -171,6 +191,7 @@ class TcpRelay(asyncio.Protocol):
             except FlowStateError:
                 self.stash = b""
                 return
+            self.bytes_down += n
             self.stash = self.stash[n:]
         if not self.stash:
             if not self.upstream_eof:
@@ -179,6 +200,8 @@ class TcpRelay(asyncio.Protocol):
 
     def on_peer_closed(self) -> None:
         """The app closed its sending side: pass the EOF on after its bytes."""
+        if not self.first_eof:
+            self.first_eof = "app"
         self.app_eof = True
         self.on_readable()
 

@@ -33,6 +33,11 @@ rules, bypass, upstreams, log level and limits to new flows (open flows keep the
 re-reads --proxy-file too. With --setup the host is given back on every exit but SIGKILL
 (then: --cleanup).
 
+watching a running tun2proxy (needs --control; see docs/observability.md):
+  tun2proxy top --control PATH               a live table of flows (s sort, r reverse, q quit)
+  tun2proxy flows --control PATH [--json]    the flows once
+  tun2proxy close --control PATH ID|--host NAME|--dst ADDR[:PORT]|--upstream NAME
+
 examples:
   # run one command with all its traffic going through a SOCKS5 proxy
   sudo tun2proxy --unshare --proxy socks5://127.0.0.1:1080 -- curl https://example.com/

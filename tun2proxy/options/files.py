@@ -12,10 +12,14 @@ import stat
 
 from .model import UsageError
 
-__all__ = ["MAX_FILE_SIZE", "loose_permissions", "read_text_file"]
+__all__ = [
+    "MAX_FILE_SIZE", "MAX_TOKEN_SIZE", "loose_permissions", "read_text_file", "read_token_file",
+]
 
 #: The largest file a setting may name (a config file, a rules file, a secret).
 MAX_FILE_SIZE = 1 << 20
+#: The largest token file (``--control-token-file``).
+MAX_TOKEN_SIZE = 4096
 
 _KINDS = (
     (stat.S_ISDIR, "a directory"),
@@ -92,3 +96,19 @@ def loose_permissions(path: str, mode: int) -> str | None:
             f"credentials: chmod 600 {path}"
         )
     return None
+
+
+def read_token_file(path: str, what: str = "--control-token-file") -> str:
+    """The token in the regular file ``path``: its text without surrounding whitespace,
+    at most :data:`MAX_TOKEN_SIZE` bytes, one line of printable ASCII.
+
+    Raises:
+        UsageError: as :func:`read_text_file`, or the token is empty or not printable.
+    """
+    text, _mode = read_text_file(path, what, MAX_TOKEN_SIZE)
+    token = text.strip()
+    if not token:
+        raise UsageError(f"{what} {path}: the file is empty; put a token in it")
+    if not token.isascii() or not token.isprintable() or " " in token:
+        raise UsageError(f"{what} {path}: the token must be one word of printable ASCII")
+    return token

@@ -359,6 +359,24 @@ class Options:
     verbosity: Literal["off", "error", "warn", "info", "debug", "trace"] = option("info", Spec(
         "log level", v.choice(("off", "error", "warn", "info", "debug", "trace")),
         metavar="{off,error,warn,info,debug,trace}", section="debugging", short="-v"))
+    # --- observability: the control API, flow logs, periodic stats (docs/observability.md)
+    control: str | None = option(None, Spec(
+        "serve the control API (flows, closing them, counters; used by 'tun2proxy top', "
+        "'flows' and 'close') on a unix socket PATH (mode 0600) or on HOST:PORT (needs "
+        "--control-token-file)", v.control_address, metavar="PATH|HOST:PORT",
+        section="observability"))
+    control_token_file: str | None = option(None, Spec(
+        "file holding the bearer token that clients of --control must send (required with "
+        "HOST:PORT; a regular file of at most 4 KiB, keep it mode 0600)", v.path,
+        metavar="FILE", section="observability"))
+    log_format: Literal["text", "json"] = option("text", Spec(
+        "log lines as text, or as JSON lines with stable keys (ts, level, logger, msg, and "
+        "each ended flow's fields) for log shippers", v.choice(("text", "json")),
+        metavar="{text,json}", section="observability"))
+    stats_interval: float | None = option(None, Spec(
+        "log a one-line summary (flows, throughput each way, drops) every SECONDS at info "
+        "(at most 86400)", v.seconds(86400), metavar="SECONDS", toml=_SECONDS,
+        section="observability", default_text="off"))
 
     # --- the invocation (not settings: no flag of their own, no config-file key)
     #: the command after ``--`` (run with ``--unshare``).
@@ -414,6 +432,13 @@ class Options:
                 "the proxy: drop one of them"
             )
         self._check_observability()
+        if self.control and not self.control_token_file and isinstance(
+            v.split_control_address(self.control), tuple
+        ):
+            raise UsageError(
+                "--control HOST:PORT needs --control-token-file (a TCP port is open to every "
+                "local user, a token keeps them out); or give a unix socket path"
+            )
         names: set[str] = set()
         for spec in self.upstream:
             name = spec.partition("=")[0].strip()

@@ -461,3 +461,30 @@ def pcap_filter(text: str) -> str:
     except ConfigError as e:
         raise BadValue(str(e).removeprefix("--pcap-filter ")) from None
     return text.strip()
+
+
+# --- observability: --control
+
+
+def split_control_address(text: str) -> str | tuple[str, int]:
+    """A ``--control`` address: a unix socket path (has a ``/``, or no ``:``), or
+    ``HOST:PORT`` / ``[V6]:PORT`` as ``(host, port)``."""
+    t = text.strip()
+    if "/" in t or ":" not in t:
+        return t
+    if t.startswith("["):
+        host, _, rest = t[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port = t.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or len(port) > 5:
+        raise BadValue(f"{_shown(text)} is neither a socket path nor HOST:PORT (port 1 to 65535)")
+    return host, int(port)
+
+
+def control_address(text: str) -> str:
+    """``--control``: a unix socket path or ``HOST:PORT`` (checked, kept as given)."""
+    if not text.strip():
+        raise BadValue("is empty: give a socket path or HOST:PORT")
+    split_control_address(text)
+    return text.strip()

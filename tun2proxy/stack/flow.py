@@ -20,9 +20,11 @@ class StackConnection(TcpConnection):
         sched: the deadline of its live entry in the timer heap, or None.
         dirty: queued for dispatch at the next poll.
         accounted: buffered bytes the stack last counted for it.
+        packets_in, packets_out: segments from the app and IP packets to it (for observers:
+            ``Driver.flows()``).
     """
 
-    __slots__ = ("accounted", "dirty", "flow_id", "key", "sched")
+    __slots__ = ("accounted", "dirty", "flow_id", "key", "packets_in", "packets_out", "sched")
 
     def init_flow(self, flow_id: int, key: bytes) -> None:
         """Give a new connection its id and key, and nothing scheduled or counted yet."""
@@ -31,3 +33,5 @@ class StackConnection(TcpConnection):
         self.sched: float | None = None
         self.dirty = False
         self.accounted = 0
+        self.packets_in = 1  # the SYN
+        self.packets_out = 0

@@ -26,8 +26,8 @@ import ipaddress
 from collections.abc import Iterable
 
 from ..errors import ConfigError, FlowStateError, MalformedPacket
-from ..tcp.connection import TcpConnection
 from ..tcp.state import CLOSED, LISTEN, TIME_WAIT, State
+from ..udp.session import UdpSession
 from ..wire.icmp import unreachable
 from ..wire.ip import (
     IPPROTO_ICMP,
@@ -265,7 +265,7 @@ class NetStack(TcpInput, UdpInput, IcmpInput):
         """Bytes :meth:`send` would accept now on a TCP flow."""
         return self._conn(flow_id).send_capacity
 
-    def connection(self, flow_id: int) -> TcpConnection:
+    def connection(self, flow_id: int) -> StackConnection:
         """The :class:`TcpConnection` behind a flow id, for inspection and debugging."""
         return self._conn(flow_id)
 
@@ -339,7 +339,9 @@ class NetStack(TcpInput, UdpInput, IcmpInput):
             self._dirty = []
             for conn in dirty:
                 conn.dirty = False
+                n = len(out)
                 conn.dispatch(now, out)
+                conn.packets_out += len(out) - n
                 if conn.notify:
                     self._collect(conn)
                 if conn.state is not CLOSED:
@@ -385,7 +387,9 @@ class NetStack(TcpInput, UdpInput, IcmpInput):
         """After the host saw TcpClosed: drop the flow id; keep TIME-WAIT keyed until it ends."""
         if conn.dirty:
             conn.dirty = False
+            n = len(out)
             conn.dispatch(now, out)
+            conn.packets_out += len(out) - n
         self._buffered -= conn.accounted
         conn.accounted = 0
         self._flows.pop(conn.flow_id, None)
@@ -467,6 +471,14 @@ class NetStack(TcpInput, UdpInput, IcmpInput):
             timer_heap=len(self._timers),
         )
         return d
+
+    def flow_object(self, flow_id: int) -> StackConnection | UdpSession | None:
+        """The TcpConnection or UdpSession behind a flow id (its counters: ``packets_in``,
+        ``packets_out``; ``datagrams_in``, ``bytes_in``...), or None when there is none."""
+        conn = self._flows.get(flow_id)
+        if conn is not None:
+            return conn
+        return self._udp_by_id.get(flow_id)
 
     def flows(self) -> list[tuple[int, str, State]]:
         """``(flow_id, "tcp", state)`` for every TCP flow the host can still address."""

@@ -55,6 +55,7 @@ class TcpInput(StackBase):
                     self._remove(conn)
                     conn = None
             if conn is not None:
+                conn.packets_in += 1
                 conn.on_segment(seg, now)
                 self._touch(conn)
                 return

@@ -30,7 +30,7 @@ import dataclasses
 import ipaddress
 import logging
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..errors import ConfigError, UpstreamError
@@ -115,6 +115,8 @@ class RoutingUpstream(Upstream):
     """
 
     name = "router"
+    #: Told ``(flow_id, target)`` at each decision (the Driver records it for its flows).
+    on_route: Callable[[int, str], None] | None = None
 
     def __init__(
         self,
@@ -191,6 +193,8 @@ class RoutingUpstream(Upstream):
     def _note(self, d: Decision, flow: FlowInfo, dst: Address | None = None) -> None:
         """Count a decision and log it at debug level."""
         self._counts[d.target] = self._counts.get(d.target, 0) + 1
+        if self.on_route is not None:
+            self.on_route(flow.flow_id, d.target)
         if log.isEnabledFor(logging.DEBUG):
             where = str(dst) if dst is not None else f"{flow.dst[0]}:{flow.dst[1]}"
             shown = dst.host if dst is not None else None
