@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import heapq
 import ipaddress
 from collections import OrderedDict
 from collections.abc import Iterable
+
+try:  # the BLAKE2 module alone: hashlib would map OpenSSL's libcrypto (about 3.5 MiB of RSS)
+    from _blake2 import blake2s
+except ImportError:  # pragma: no cover - an interpreter without the builtin module
+    from hashlib import blake2s
 
 from ..errors import ConfigError, FlowStateError, MalformedPacket
 from ..tcp.connection import (
@@ -326,7 +330,7 @@ class NetStack:
         if refusal is not None:
             st.drop(refusal)  # the app retransmits its SYN
             return
-        h = hashlib.blake2s(key, key=cfg.isn_secret[:32], digest_size=8).digest()
+        h = blake2s(key, key=cfg.isn_secret[:32], digest_size=8).digest()
         # RFC 6528: ISN = M + F(4-tuple, secret), M a 4-microsecond clock.
         iss = (int(now * 250_000) + int.from_bytes(h[:4], "big")) & SEQ_MASK
         conn = TcpConnection.from_syn(
