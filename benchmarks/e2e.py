@@ -504,7 +504,8 @@ def main() -> int:
         b.close()
     print()
     print(f"tun2proxy end-to-end benchmark: TUN MTU {args.mtu}, upstream {args.upstream} "
-          f"{' ?pipeline=1' if args.pipeline else ''} (SOCKS5 baseline: dante), medians of {args.runs} runs of {args.seconds:.0f}s, "
+          f"{' ?pipeline=1' if args.pipeline else ''} (SOCKS5 baseline: dante), "
+          f"medians of {args.runs} runs of {args.seconds:.0f}s, "
           f"tun2proxy arguments: {' '.join(args.extra) or '(defaults)'}")
     head = f"{'metric':28} {'tun2proxy':>14} {'socks direct':>14} {'kernel':>14} "
     head += f"{'vs socks':>9} {'vs kernel':>9}"
