@@ -102,7 +102,8 @@ static int client(int argc, char **argv) {
     double took = now() - t0;
     if (n == 0) { fprintf(stderr, "no connection completed\n"); return 1; }
     qsort(samples, (size_t)n, sizeof(double), cmp);
-    printf("failed %ld\np50_ms %.4f\nrate %.1f\n", failed, samples[n / 2] * 1e3, n / took);
+    printf("count %ld\nfailed %ld\np50_ms %.4f\nrate %.1f\n", n, failed, samples[n / 2] * 1e3,
+           n / took);
     return 0;
 }
 

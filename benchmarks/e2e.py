@@ -85,6 +85,13 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (``/proc/PID/stat``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _tree_rss_kib(pid: int) -> int:
     """RSS of a process and its descendants (dante forks workers)."""
     total = 0
@@ -111,6 +118,10 @@ class Bench:
         self.udp_p50: dict[str, list[float]] = {}
         #: tun2proxy's whole RSS (MiB): "idle" just started, "held" with --held connections
         self.rss_mib: dict[str, list[float]] = {"idle": [], "held": []}
+        #: connections the last connrate run completed
+        self.conn_count = 0
+        #: tun2proxy's CPU time (user + system, µs) per connection of each connrate run
+        self.conn_cpu_us: list[float] = []
         #: path -> median connect+request+close times (ms) of each connrate run
         self.conn_p50: dict[str, list[float]] = {}
 
@@ -232,12 +243,18 @@ class Bench:
         prefix = ["ip", "netns", "exec", self.lab.R] if path == "socks" else self.prefix(path)
         cmd = [*prefix, self.connrate_bin, "client", SERVER_V4, str(REPLY_PORT),
                str(self.args.seconds), *via]
+        pid = self.t2p.pid if path == "tun2proxy" and self.t2p is not None else None
+        cpu0 = _cpu_seconds(pid) if pid else 0.0
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         if res.returncode != 0:
             raise RuntimeError(f"connrate failed on {path}: {res.stdout} {res.stderr}")
         out = dict(line.split() for line in res.stdout.strip().splitlines())
         self.conn_p50.setdefault(path, []).append(float(out["p50_ms"]))
-        return float(out["rate"])
+        rate = float(out["rate"])
+        self.conn_count = int(out["count"])
+        if pid:  # CPU per connection: what the machine's load does not blur
+            self.conn_cpu_us.append((_cpu_seconds(pid) - cpu0) / max(self.conn_count, 1) * 1e6)
+        return rate
 
     def udprtt_p50(self, path: str) -> tuple[float, float]:
         """UDP round trips per second and the median round trip (ms) on ``path``."""
@@ -362,6 +379,8 @@ def _fmt(v: float | None, unit: str) -> str:
         return f"{v:.0f} {unit}"
     if unit == "ms":
         return f"{v:.3f} {unit}"
+    if unit == "us":
+        return f"{v:.0f} {unit}"
     return f"{v:.1f} {unit}"
 
 
@@ -462,6 +481,9 @@ def main() -> int:
                 rows.append(("time per connection, median", "ms", {
                     p: statistics.median(b.conn_p50[p]) for p in paths if p in b.conn_p50
                 }))
+                if b.conn_cpu_us:
+                    rows.append(("tun2proxy CPU per connection", "us",
+                                 {"tun2proxy": statistics.median(b.conn_cpu_us)}))
             if key == "udp":
                 rows.append(("UDP round trip, median", "ms", {
                     p: statistics.median(b.udp_p50[p]) for p in paths if p in b.udp_p50

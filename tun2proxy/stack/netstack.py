@@ -363,8 +363,8 @@ class NetStack:
         self._events.append(
             TcpConnectRequest(
                 fid,
-                (str(ipaddress.ip_address(src)), seg.src_port),
-                (str(ipaddress.ip_address(dst)), seg.dst_port),
+                (_ip_text(src), seg.src_port),
+                (_ip_text(dst), seg.dst_port),
             )
         )
 
@@ -388,8 +388,8 @@ class NetStack:
             ev.append(
                 TcpConnectRequest(
                     fid,
-                    (str(ipaddress.ip_address(conn.remote_addr)), conn.remote_port),
-                    (str(ipaddress.ip_address(conn.local_addr)), conn.local_port),
+                    (_ip_text(conn.remote_addr), conn.remote_port),
+                    (_ip_text(conn.local_addr), conn.local_port),
                     established=True,
                 )
             )
@@ -1030,6 +1030,13 @@ class NetStack:
     def flows(self) -> list[tuple[int, str, State]]:
         """``(flow_id, "tcp", state)`` for every TCP flow the host can still address."""
         return [(fid, "tcp", c.state) for fid, c in self._flows.items()]
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_text(packed: bytes) -> str:
+    """A packed address as text; cached: apps open many flows to few addresses, and parsing
+    is a dozen Python calls per address on every SYN."""
+    return str(ipaddress.ip_address(packed))
 
 
 @functools.lru_cache(maxsize=4096)
