@@ -20,7 +20,8 @@ and server, compiled here with cc; the SOCKS path is the same client speaking SO
 UDP round trips and their median time (64-byte datagrams; the SOCKS baseline uses dante's UDP
 ASSOCIATE; with the ``uot`` path also tun2proxy -> sing-box with ``?uot=2``), memory per
 held connection (1,000 connections) and tun2proxy's RSS idle and with them, and one flow's
-throughput while 10,000 idle flows are held open (tun2proxy only: the cost of a poll must follow the active flows, not all flows);
+throughput while 10,000 idle flows are held open (tun2proxy only: the cost of a poll must
+follow the active flows, not all flows);
 and (metric ``udpgw``) UDP round trips and p50 latency by SOCKS5 UDP ASSOCIATE beside udpgw
 over dante (the built-in udpgw server in S).
 Medians of ``--runs`` runs. Not a test: timings are noisy on shared machines; read the ratios.
