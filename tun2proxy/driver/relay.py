@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import cast
 
 from ..errors import FlowStateError
@@ -40,6 +41,7 @@ class TcpRelay(asyncio.Protocol):
         "eof_written",
         "fin_sent",
         "flow_id",
+        "on_connected",
         "stash",
         "transport",
         "upstream_eof",
@@ -58,6 +60,9 @@ class TcpRelay(asyncio.Protocol):
         self.eof_written = False
         self.write_paused = False
         self.closed = False
+        #: Called once when the upstream stream is ready (the driver accepts the flow there,
+        #: in the wake-up that brought the proxy's reply, not when the dial's task resumes).
+        self.on_connected: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ upstream side
 
@@ -65,6 +70,10 @@ class TcpRelay(asyncio.Protocol):
         """The upstream stream is ready (after any proxy handshake)."""
         # Not isinstance: uvloop's transports are not asyncio.Transport subclasses.
         self.transport = cast(asyncio.Transport, transport)
+        cb = self.on_connected
+        if cb is not None:
+            self.on_connected = None
+            cb()
 
     def data_received(self, data: bytes) -> None:
         """Bytes from the upstream: into the flow's send buffer, or stash and pause."""
