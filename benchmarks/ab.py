@@ -2,7 +2,7 @@
 
 On a shared machine, two benchmark invocations minutes apart differ by more than most levers
 buy. This runs the variants in turn, round after round, in one lab (each turn a fresh
-tun2proxy process), and reports medians of the connection rate (or UDP round trips), the
+tun2proxy process; each round starts with the next variant), and reports medians of the connection rate (or UDP round trips), the
 median time per connection and tun2proxy's CPU time per connection, with the SOCKS-direct and
 kernel paths measured at the end.
 
@@ -46,7 +46,8 @@ def main() -> int:
     try:
         b.setup()
         for r in range(a.rounds):
-            for v in a.variants:
+            k = r % len(a.variants)  # each round starts with the next variant: no order bias
+            for v in a.variants[k:] + a.variants[:k]:
                 tree, *opts = v.split(",")
                 os.environ["PYTHONPATH"] = str(Path(tree).resolve())
                 args.pipeline = "pipe" in opts
