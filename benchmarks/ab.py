@@ -3,8 +3,8 @@
 On a shared machine, two benchmark invocations minutes apart differ by more than most levers
 buy. This runs the variants in turn, round after round, in one lab (each turn a fresh
 tun2proxy process; each round starts with the next variant), and reports medians of the
-connection rate (or UDP round trips), the median time per connection and tun2proxy's CPU time per connection, with the SOCKS-direct and
-kernel paths measured at the end.
+connection rate (or UDP round trips), the median time per connection and tun2proxy's CPU
+time per connection, with the SOCKS-direct and kernel paths measured at the end.
 
     sudo python benchmarks/ab.py [--rounds 5] [--metric conn|udp] VARIANT...
 
