@@ -14,11 +14,14 @@ and measures, for three paths to the same servers in S:
     socks direct  app in R -> dante (through proxychains4) -> S   (no TUN)
     kernel        app in K -> kernel routing in R -> S            (no proxy, no TUN)
 
-one-flow throughput both ways and 8 flows (iperf3), sequential connection rate, sequential
+one-flow throughput both ways and 8 flows (iperf3), sequential connection rate with the median
+time per connection and tun2proxy's CPU per connection (benchmarks/connrate.c, a C client
+and server, compiled here with cc; the SOCKS path is the same client speaking SOCKS5), sequential
 UDP round trips and their median time (64-byte datagrams; the SOCKS baseline uses dante's UDP
 ASSOCIATE; with the ``uot`` path also tun2proxy -> sing-box with ``?uot=2``), memory per
-held connection (1,000 connections), and one flow's throughput while 10,000 idle flows are
-held open (tun2proxy only: the cost of a poll must follow the active flows, not all flows);
+held connection (1,000 connections) and tun2proxy's RSS idle and with them, and one flow's
+throughput while 10,000 idle flows are held open (tun2proxy only: the cost of a poll must
+follow the active flows, not all flows);
 and (metric ``udpgw``) UDP round trips and p50 latency by SOCKS5 UDP ASSOCIATE beside udpgw
 over dante (the built-in udpgw server in S). Asked for by name only (``--metrics observe``):
 one flow's throughput each way with nothing on, with ``--metrics`` scraped every second, with
@@ -60,6 +63,7 @@ from tun2proxy.testing.netlab import (
 HERE = Path(__file__).resolve().parent
 CLIENT = str(HERE / "_netclient.py")
 ECHO_PORT = 7001
+REPLY_PORT = 7002
 DANTE_PORT = 1080
 UDPGW_PORT = 7300
 SB_PORT = 1095
@@ -86,6 +90,13 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (``/proc/PID/stat``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _tree_rss_kib(pid: int) -> int:
     """RSS of a process and its descendants (dante forks workers)."""
     total = 0
@@ -110,6 +121,14 @@ class Bench:
         self.sing_box: Proc | None = None
         #: path -> median UDP round-trip times (ms) of each udprtt run
         self.udp_p50: dict[str, list[float]] = {}
+        #: tun2proxy's whole RSS (MiB): "idle" just started, "held" with --held connections
+        self.rss_mib: dict[str, list[float]] = {"idle": [], "held": []}
+        #: connections the last connrate run completed
+        self.conn_count = 0
+        #: tun2proxy's CPU time (user + system, µs) per connection of each connrate run
+        self.conn_cpu_us: list[float] = []
+        #: path -> median connect+request+close times (ms) of each connrate run
+        self.conn_p50: dict[str, list[float]] = {}
 
     # ------------------------------------------------------------------ topology
 
@@ -139,6 +158,9 @@ class Bench:
         run("ip", "-n", lab.C, "link", "set", TUN_NAME, "mtu", str(self.args.mtu))
         lab.start("iperf3", lab.S, ["iperf3", "-s", "-B", SERVER_V4])
         lab.start("echo", lab.S, [sys.executable, CLIENT, "echo-server", SERVER_V4, str(ECHO_PORT)])
+        self.connrate_bin = str(lab.tmp / "connrate")
+        run("cc", "-O2", "-o", self.connrate_bin, str(HERE / "connrate.c"))
+        lab.start("reply", lab.S, [self.connrate_bin, "server", SERVER_V4, str(REPLY_PORT)])
         conf = lab.tmp / "sockd.conf"
         conf.write_text(
             DANTE_CONF.format(log=lab.tmp / "sockd-inner.log", port=DANTE_PORT,
@@ -162,7 +184,8 @@ class Bench:
         if self.t2p is not None:
             self.t2p.stop()
         upstream = upstream or {
-            "dante": f"socks5://127.0.0.1:{DANTE_PORT}",
+            "dante": f"socks5://127.0.0.1:{DANTE_PORT}"
+            + ("?pipeline=1" if self.args.pipeline else ""),
             "direct": "direct://",
         }[self.args.upstream]
         n = len(lab.procs)
@@ -219,14 +242,26 @@ class Bench:
         raise RuntimeError(f"iperf3 failed twice on {path}")
 
     def connrate(self, path: str) -> float:
-        # The SOCKS baseline speaks SOCKS5 itself (one round trip, as tun2proxy's own dial
-        # does not need proxychains' preloading either).
+        """Sequential connections per second on ``path`` (connect, one request byte, read the
+        one-byte answer to EOF, close), by the C client (benchmarks/connrate.c) against its
+        C server in S; the SOCKS baseline is the same client speaking SOCKS5 to dante (its
+        greeting and request in one write: one round trip, no Python in the path)."""
         via = ["127.0.0.1", str(DANTE_PORT)] if path == "socks" else []
         prefix = ["ip", "netns", "exec", self.lab.R] if path == "socks" else self.prefix(path)
-        cmd = [*prefix, sys.executable, CLIENT, "connrate", SERVER_V4, str(ECHO_PORT),
+        cmd = [*prefix, self.connrate_bin, "client", SERVER_V4, str(REPLY_PORT),
                str(self.args.seconds), *via]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
-        return float(res.stdout.strip().splitlines()[-1])
+        pid = self.t2p.pid if path == "tun2proxy" and self.t2p is not None else None
+        cpu0 = _cpu_seconds(pid) if pid else 0.0
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        if res.returncode != 0:
+            raise RuntimeError(f"connrate failed on {path}: {res.stdout} {res.stderr}")
+        out = dict(line.split() for line in res.stdout.strip().splitlines())
+        self.conn_p50.setdefault(path, []).append(float(out["p50_ms"]))
+        rate = float(out["rate"])
+        self.conn_count = int(out["count"])
+        if pid:  # CPU per connection: what the machine's load does not blur
+            self.conn_cpu_us.append((_cpu_seconds(pid) - cpu0) / max(self.conn_count, 1) * 1e6)
+        return rate
 
     def udprtt_p50(self, path: str) -> tuple[float, float]:
         """UDP round trips per second and the median round trip (ms) on ``path``."""
@@ -326,6 +361,8 @@ class Bench:
             # A fresh process, warmed up by a few connections: earlier tests' freed buffers
             # would otherwise hide the growth.
             self.start_tun2proxy()
+            assert self.t2p is not None
+            self.rss_mib["idle"].append(_rss_kib(self.t2p.pid) / 1024)
             self.connrate_warmup(path)
         proc = self.t2p if path == "tun2proxy" else self.dante
         assert proc is not None
@@ -334,6 +371,8 @@ class Bench:
         with self.holding(path, count):
             time.sleep(1.0)
             after = measure(proc.pid)
+        if path == "tun2proxy":
+            self.rss_mib["held"].append(after / 1024)
         return (after - before) / count
 
 
@@ -429,6 +468,8 @@ def _fmt(v: float | None, unit: str) -> str:
         return f"{v:.3f} {unit}"
     if unit == "x":
         return f"{v:.3f}"
+    if unit == "us":
+        return f"{v:.0f} {unit}"
     return f"{v:.1f} {unit}"
 
 
@@ -561,6 +602,8 @@ def main() -> int:
     ap.add_argument("--idle", type=int, default=10000,
                     help="idle connections held for the idle-flows figure (0: skip it)")
     ap.add_argument("--upstream", choices=("dante", "direct"), default="dante")
+    ap.add_argument("--pipeline", action="store_true",
+                    help="tun2proxy pipelines its SOCKS5 handshake to dante (?pipeline=1)")
     ap.add_argument("--profile", metavar="DIR",
                     help="run tun2proxy under cProfile; one .prof file per tun2proxy process "
                     "(read with: python -m pstats FILE)")
@@ -604,6 +647,13 @@ def main() -> int:
                 print(f"  {name:26} {p:10} {', '.join(_fmt(s, unit) for s in samples)}",
                       flush=True)
             rows.append((name, unit, vals))
+            if key == "conn":
+                rows.append(("time per connection, median", "ms", {
+                    p: statistics.median(b.conn_p50[p]) for p in paths if p in b.conn_p50
+                }))
+                if b.conn_cpu_us:
+                    rows.append(("tun2proxy CPU per connection", "us",
+                                 {"tun2proxy": statistics.median(b.conn_cpu_us)}))
             if key == "udp":
                 rows.append(("UDP round trip, median", "ms", {
                     p: statistics.median(b.udp_p50[p]) for p in paths if p in b.udp_p50
@@ -619,6 +669,10 @@ def main() -> int:
         if "mem" in metrics:
             mem = {p: b.held_memory(p, args.held) for p in paths}
             rows.append((f"memory, {args.held} held conns", "KiB/conn", mem))
+            if b.rss_mib["idle"]:
+                rows.append(("RSS idle", "MiB", {"tun2proxy": b.rss_mib["idle"][-1]}))
+                rows.append((f"RSS, {args.held} held conns", "MiB",
+                             {"tun2proxy": b.rss_mib["held"][-1]}))
         if "idle" in metrics and args.idle and "tun2proxy" in paths:
             for flag, label, short in (([], "client->server", "c->s"),
                                        (["-R"], "server->client", "s->c")):
@@ -646,7 +700,8 @@ def main() -> int:
         b.close()
     print()
     print(f"tun2proxy end-to-end benchmark: TUN MTU {args.mtu}, upstream {args.upstream} "
-          f"(SOCKS5 baseline: dante), medians of {args.runs} runs of {args.seconds:.0f}s, "
+          f"{' ?pipeline=1' if args.pipeline else ''} (SOCKS5 baseline: dante), "
+          f"medians of {args.runs} runs of {args.seconds:.0f}s, "
           f"tun2proxy arguments: {' '.join(args.extra) or '(defaults)'}")
     head = f"{'metric':28} {'tun2proxy':>14} {'socks direct':>14} {'kernel':>14} "
     head += f"{'vs socks':>9} {'vs kernel':>9}"

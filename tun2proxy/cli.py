@@ -19,7 +19,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from .app.startup import StartupSignals, StopEarly
@@ -44,7 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     startup = StartupSignals()
     startup.install()
     try:
-        from .app.run import run  # after the handlers: a signal while importing is clean
+        with _asyncio_without_tls():
+            from .app.run import run  # after the handlers: a signal while importing is clean
 
         return run(args, startup)
     except StopEarly as e:
@@ -54,6 +55,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     finally:
         startup.restore()
+
+
+@contextlib.contextmanager
+def _asyncio_without_tls() -> Iterator[None]:
+    """Import the run's modules (asyncio among them) with ``ssl`` unavailable.
+
+    ``asyncio`` imports ``ssl`` only to offer TLS transports, and tolerates its absence; the
+    command line never speaks TLS, and ``ssl`` maps OpenSSL (``libssl``, ``libcrypto``: about
+    4 MiB of the idle process). The block is lifted afterwards, so whatever really needs
+    ``ssl`` later (``uvloop``, ``pyroute2``) imports it as usual; only asyncio's own TLS
+    (``loop.create_connection(ssl=...)``) stays unavailable in this process. A no-op when
+    asyncio or ssl is already loaded (an embedding host, the tests).
+    """
+    if "asyncio" in sys.modules or "ssl" in sys.modules:
+        yield
+        return
+    sys.modules["ssl"] = None  # type: ignore[assignment]  # "import ssl" raises ImportError
+    try:
+        yield
+    finally:
+        if "ssl" in sys.modules and sys.modules["ssl"] is None:
+            del sys.modules["ssl"]
 
 
 def configure(argv: Sequence[str]) -> Plan:

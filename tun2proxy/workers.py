@@ -26,7 +26,6 @@ endpoint-independent for every destination.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -43,8 +42,9 @@ _PR_SET_PDEATHSIG = 1
 def set_parent_death_signal(sig: int = signal.SIGTERM) -> None:
     """Ask the kernel to send ``sig`` to this process when its parent dies (Linux)."""
     with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        from .link.netns import libc  # ctypes only where workers are forked
+
+        libc().prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
 
 
 class WorkerSet:

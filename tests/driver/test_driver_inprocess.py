@@ -576,3 +576,63 @@ async def test_an_upstream_answering_synchronously_inside_the_pump_loses_nothing
                 break
         got = [bytes(p[parse_ip(p).offset + 8 : parse_ip(p).end]) for p in udp]
         assert got == [b"echo:" + d for d in sent]
+
+
+class HandsOverThenWaits(Upstream):
+    """Hands its stream to the relay (``connection_made``), then keeps ``open_tcp`` pending
+    until the test releases it (and then fails if told to): what a proxy upstream looks like
+    between the proxy's reply and the dial's task resuming."""
+
+    name = "hands-over"
+
+    def __init__(self, port: int, fail_after: bool = False) -> None:
+        self.port = port
+        self.fail_after = fail_after
+        self.handed_over = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def open_tcp(
+        self, dst: Address, protocol: asyncio.Protocol, flow: FlowInfo
+    ) -> asyncio.Transport:
+        loop = asyncio.get_running_loop()
+        t, _ = await loop.create_connection(lambda: protocol, "127.0.0.1", self.port)
+        self.handed_over.set()
+        await self.release.wait()
+        if self.fail_after:
+            raise UpstreamError("failed after the hand-over", "error")
+        return t
+
+
+async def test_flow_is_accepted_when_the_upstream_hands_over_its_stream() -> None:
+    """The SYN-ACK leaves in the wake-up in which the upstream stream became ready (its
+    ``connection_made``), not when the dial's task resumes: here the task never resumes
+    until the app has already exchanged data (issue 14)."""
+    async with server(_echo) as port:
+        up = HandsOverThenWaits(port)
+        async with running(up) as (host, driver):
+            app = host.connect("192.0.2.1", 80)
+            await host.wait(app, lambda a: a.established)
+            assert up.handed_over.is_set() and not up.release.is_set()
+            await host.send_all(app, b"early bird")
+            await host.wait(app, lambda a: bytes(a.received) == b"early bird")
+            assert driver.flows_opened == 1
+            up.release.set()  # the task resumes: nothing is accepted twice
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert driver.flows_opened == 1 and driver.flows_failed == 0
+            await host.send_all(app, b"!")
+            await host.wait(app, lambda a: bytes(a.received) == b"early bird!")
+            host.shutdown(app)
+            await host.wait(app, lambda a: a.closed)
+            assert app.close_reason == "closed"
+
+
+async def test_upstream_failing_after_the_hand_over_resets_the_accepted_app() -> None:
+    async with server(_echo) as port:
+        up = HandsOverThenWaits(port, fail_after=True)
+        async with running(up) as (host, _):
+            app = host.connect("192.0.2.1", 80)
+            await host.wait(app, lambda a: a.established)
+            up.release.set()
+            await host.wait(app, lambda a: a.closed, timeout=5)
+            assert app.close_reason == "reset"

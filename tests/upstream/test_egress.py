@@ -158,7 +158,7 @@ def test_the_old_process_wide_registry_is_gone() -> None:
 #: Module-level names in upstream/ and driver/ bound to a mutable container on purpose.
 #: (module, name): why it is not per-tunnel state.
 ALLOWED_MODULE_STATE: dict[tuple[str, str], str] = {
-    ("upstream/registry.py", "SCHEMES"): "constant table: scheme -> from_url, never mutated",
+    ("upstream/registry.py", "SCHEMES"): "constant table: scheme -> module name, never mutated",
     ("upstream/shadowsocks.py", "_ALIASES"): "constant table of method names",
     ("upstream/socks5.py", "OPTIONS"): "constant table of the URL query parameters",
     ("upstream/ss_url.py", "OPTIONS"): "constant table of the URL query parameters",

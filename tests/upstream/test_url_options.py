@@ -44,14 +44,25 @@ def test_ss_uot_parameter() -> None:
     assert isinstance(up := upstream_from_url(SS), ShadowsocksUpstream) and up.uot is None
 
 
+def test_socks5_pipeline_parameter() -> None:
+    up = upstream_from_url("socks5://u:secretpw@127.0.0.1:1080?pipeline=1")
+    assert isinstance(up, Socks5Upstream) and up.pipeline
+    assert up.describe() == "socks5://user:***@127.0.0.1:1080?pipeline=1"
+    up = upstream_from_url("socks5://127.0.0.1:1080?pipeline=0&uot=2")
+    assert isinstance(up, Socks5Upstream) and not up.pipeline and up.uot == 2
+    up = upstream_from_url("socks5://127.0.0.1:1080")
+    assert isinstance(up, Socks5Upstream) and not up.pipeline  # off by default (microsocks)
+
+
 @pytest.mark.parametrize(
     ("url", "fragments"),
     [
         ("socks5://h:1?uot=3", ["bad value '3' for 'uot'", "1 or 2"]),
         ("socks5://h:1?uot=", ["bad value '' for 'uot'"]),
         ("socks5://h:1?uot=2&uot=2", ["'uot' given twice"]),
+        ("socks5://h:1?pipeline=yes", ["bad value 'yes' for 'pipeline'", "0 or 1"]),
         ("socks5://h:1?color=red", ["unexpected query parameter 'color'",
-                                    "socks5:// accepts: udp-relay, uot"]),
+                                    "socks5:// accepts: pipeline, udp-relay, uot"]),
         ("socks5://h:1?udp-relay=fd00::1:5000", ["bad value", "'udp-relay'", "[IPV6]:PORT"]),
         ("socks5://h:1?udp-relay=10.0.0.1", ["bad value '10.0.0.1' for 'udp-relay'"]),
         ("socks5://h:1?udp-relay=10.0.0.1:0", ["bad value"]),

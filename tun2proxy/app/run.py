@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..dns.pool import FakeIpPool, SlotDirectory
 from ..driver.shared import SharedSlotDirectory
@@ -23,7 +24,6 @@ from ..options import Options, UsageError, parse_args, render_config
 from ..options.values import one_line
 from ..service import notify_ready, remove_pid_file, write_pid_file
 from ..workers import WorkerSet
-from .hostrun import HostRun, Preflight, cleanup_command, preflight, setup_error
 from .links import close_links, open_links
 from .plan import Plan, check_host, prepare
 from .serve import run_on_loop, serve
@@ -31,6 +31,9 @@ from .startup import StartupSignals, raise_fd_limit, setup_logging
 from .upstreams import proxy_hosts, resolve_hosts
 
 __all__ = ["configure", "run"]
+
+if TYPE_CHECKING:
+    from .hostrun import HostRun, Preflight
 
 log = logging.getLogger("tun2proxy")
 
@@ -90,9 +93,13 @@ def run(argv: Sequence[str], startup: StartupSignals) -> int:
     for note in opts.notes:
         log.warning("%s", note)
     if opts.cleanup:
+        from .hostrun import cleanup_command
+
         return cleanup_command(opts)
     pre: Preflight | None = None
     if opts.setup:
+        from .hostrun import HostRun, preflight, setup_error  # only --setup changes the host
+
         try:
             pre = preflight(opts)  # before anything is changed, the TUN included
         except SetupError as e:
@@ -148,6 +155,8 @@ def _run(
             try:
                 host.apply(startup)
             except SetupError as e:
+                from .hostrun import setup_error
+
                 close_links(links)
                 return setup_error(e)
         own_dns = host.own_nameservers if host is not None else None

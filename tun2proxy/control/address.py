@@ -1,8 +1,9 @@
-"""Where each worker's control API listens (shared by the server and its clients; no I/O)."""
+"""Where each worker's control API listens, and its start-up error (shared by the server and its
+clients; no I/O, light enough for every run to import)."""
 
 from __future__ import annotations
 
-__all__ = ["worker_address"]
+__all__ = ["ControlError", "worker_address"]
 
 
 def worker_address(address: str | tuple[str, int], index: int) -> str | tuple[str, int]:
@@ -13,3 +14,7 @@ def worker_address(address: str | tuple[str, int], index: int) -> str | tuple[st
     if isinstance(address, tuple):
         return address[0], address[1] + index
     return f"{address}.{index}"
+
+
+class ControlError(Exception):
+    """The control server cannot start (address in use, bad path...): one line for users."""

@@ -37,7 +37,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from .._version import __version__
 from ..driver.flows import FlowFilter
 from ..driver.loop import Driver
-from .address import worker_address
+from .address import ControlError, worker_address
 
 __all__ = [
     "HEAD_TIMEOUT",
@@ -71,10 +71,6 @@ _REASONS = {
     503: "Service Unavailable", 505: "HTTP Version Not Supported",
 }
 _FILTER_KEYS = ("dst", "host", "upstream", "protocol")
-
-
-class ControlError(Exception):
-    """The control server cannot start (address in use, bad path...): one line for users."""
 
 
 class _HttpError(Exception):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -600,6 +601,10 @@ class Driver(FlowApi):
         transport: asyncio.Transport | None = None
         reason: str | None = None
         dial_started = loop.time()
+        if not early:
+            # Accept (SYN-ACK) as soon as the upstream stream is ready, inside the callback
+            # that made it so; the dial's task resumes only on the next loop iteration.
+            relay.on_connected = functools.partial(self._accept_connected, fid, relay, dst)
         try:
             async with asyncio.timeout(self.config.connect_timeout):  # no extra task
                 transport = await self.upstream.open_tcp(dst, relay, flow)
@@ -626,6 +631,19 @@ class Driver(FlowApi):
             self.flow_table.ending(fid, "refused", f"error: {e!r}")
             log.exception("flow to %s: upstream %s raised %r", dst, self.upstream.name, e)
         self._dialer.stats.observe(loop.time() - dial_started, reason)
+        relay.on_connected = None
+        if relay.accepted and not early:  # accepted by _accept_connected already
+            if reason is not None and self._relays.get(fid) is relay:
+                # The upstream failed after handing over its stream: reset the app.
+                self._relays.pop(fid, None)
+                relay.closed = True
+                if relay.transport is not None:
+                    relay.transport.abort()
+                with contextlib.suppress(FlowStateError):
+                    if fid in self.stack:
+                        self.stack.abort(fid)
+                self._pump()
+            return
         self._connecting.pop(fid, None)
         stack = self.stack
         if fid not in stack or self._stopping:
@@ -656,6 +674,21 @@ class Driver(FlowApi):
         # The SYN-ACK (or the refusal) leaves now, not on the next loop iteration: it is on
         # every connection's critical path.
         self._pump()
+
+    def _accept_connected(self, fid: int, relay: TcpRelay, dst: Address) -> None:
+        """The upstream stream of a flow being dialled is ready: accept the flow now (what
+        :meth:`_connect` does after its await, one loop iteration earlier). Left to
+        :meth:`_connect` when the app is gone or we are stopping."""
+        stack = self.stack
+        if fid not in stack or self._stopping or self._connecting.get(fid) is None:
+            return
+        self._connecting.pop(fid, None)
+        self.flows_opened += 1
+        stack.tcp_accept(fid)
+        self._relays[fid] = relay
+        relay.on_accepted()
+        log.debug("flow %d: -> %s via %s", fid, dst, self.upstream.name)
+        self._pump()  # the SYN-ACK leaves in this wake-up
 
     async def _sniff(self, fid: int) -> str | None:
         """Wait (boundedly) for the app's first bytes and read a host name from them."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import cast
 
 from ..errors import FlowStateError
@@ -44,6 +45,7 @@ class TcpRelay(asyncio.Protocol):
         "first_eof",
         "flow_id",
         "lost",
+        "on_connected",
         "stash",
         "transport",
         "upstream_eof",
@@ -69,6 +71,9 @@ class TcpRelay(asyncio.Protocol):
         self.first_eof = ""
         #: How the upstream connection broke, when it did (for the flow's end record).
         self.lost: str | None = None
+        #: Called once when the upstream stream is ready (the driver accepts the flow there,
+        #: in the wake-up that brought the proxy's reply, not when the dial's task resumes).
+        self.on_connected: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ upstream side
 
@@ -76,6 +81,10 @@ class TcpRelay(asyncio.Protocol):
         """The upstream stream is ready (after any proxy handshake)."""
         # Not isinstance: uvloop's transports are not asyncio.Transport subclasses.
         self.transport = cast(asyncio.Transport, transport)
+        cb = self.on_connected
+        if cb is not None:
+            self.on_connected = None
+            cb()
 
     def data_received(self, data: bytes) -> None:
         """Bytes from the upstream: into the flow's send buffer, or stash and pause."""

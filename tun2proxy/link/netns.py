@@ -8,27 +8,51 @@ relies on the namespace (tun2proxy uses it during start-up only).
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import functools
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-__all__ = ["CLONE_NEWNET", "CLONE_NEWNS", "CLONE_NEWUSER", "entered", "netns_path", "unshare"]
+if TYPE_CHECKING:
+    import ctypes
+
+__all__ = [
+    "CLONE_NEWNET", "CLONE_NEWNS", "CLONE_NEWUSER", "entered", "libc", "libc_error", "netns_path",
+    "unshare",
+]
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 
 @functools.cache
+def libc() -> ctypes.CDLL:
+    """The C library, through the process's own symbols (``dlopen(NULL)``).
+
+    ``ctypes`` is imported here, on first use, not when this module is: a run that enters no
+    namespace does not load it. ``ctypes.util.find_library`` is avoided (it runs
+    ``ldconfig`` and imports ``shutil``/``tempfile``).
+    """
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def libc_error(what: str) -> OSError:
+    """An OSError for the errno the last :func:`libc` call left, naming ``what``."""
+    import ctypes
+
+    err = ctypes.get_errno()
+    return OSError(err, f"{what}: {os.strerror(err)}")
+
+
 def _c() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    return libc()
 
 
 def _check(rc: int, what: str) -> None:
     if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
+        raise libc_error(what)
 
 
 def netns_path(name_or_path: str) -> str:

@@ -9,13 +9,12 @@ and with it the device: nothing is left behind.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import sys
 from dataclasses import dataclass
 
-from .netns import CLONE_NEWNET, CLONE_NEWNS, unshare
+from .netns import CLONE_NEWNET, CLONE_NEWNS, libc_error, unshare
+from .netns import libc as _libc
 
 __all__ = ["PrivateNamespace", "spawn_private"]
 
@@ -45,10 +44,8 @@ class PrivateNamespace:
 
 
 def _make_mounts_private() -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-    if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"making mounts private: {os.strerror(err)}")
+    if _libc().mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
+        raise libc_error("making mounts private")
 
 
 def _private_resolv_conf(content: str) -> None:
@@ -58,7 +55,7 @@ def _private_resolv_conf(content: str) -> None:
     """
     import tempfile
 
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    libc = _libc()
     fd, path = tempfile.mkstemp(prefix="tun2proxy-resolv-")
     try:
         os.write(fd, content.encode())
@@ -69,8 +66,7 @@ def _private_resolv_conf(content: str) -> None:
             with open(target, "a"):
                 pass
         if libc.mount(path.encode(), target.encode(), None, _MS_BIND, None) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"bind-mounting resolv.conf: {os.strerror(err)}")
+            raise libc_error("bind-mounting resolv.conf")
     finally:
         os.unlink(path)
 

@@ -9,8 +9,6 @@ file and the key. See docs/config.md.
 
 from __future__ import annotations
 
-import difflib
-import tomllib
 from collections.abc import Iterable
 
 from .files import loose_permissions, read_text_file
@@ -69,6 +67,8 @@ def _unknown(key: str, path: str) -> UsageError:
     elif key.replace("_", "-") in keys:
         hint = f" (keys are spelled with '-': {key.replace('_', '-')!r})"
     else:
+        import difflib  # only for the message about an unknown key
+
         close = difflib.get_close_matches(key, keys, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else " (docs/config.md lists the keys)"
     return UsageError(f"config {path}: unknown key {key!r}{hint}")
@@ -82,6 +82,8 @@ def load_config(path: str) -> tuple[dict[str, object], tuple[str, ...]]:
             :func:`~tun2proxy.options.files.read_text_file`), is not TOML, has an unknown
             key or a value of the wrong type.
     """
+    import tomllib  # only when there is a file to read
+
     text, mode = read_text_file(path, "--config")
     try:
         data = tomllib.loads(text)

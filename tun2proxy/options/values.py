@@ -18,13 +18,16 @@ import ipaddress
 import math
 import re
 from collections.abc import Callable, Sequence
-from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from ..link.impair import Impairment
 from ..routing.rules import BUILTIN_TARGETS, parse_network
 from ..upstream.registry import upstream_from_url
 from ..wire.pcapfilter import parse_filter
+
+if TYPE_CHECKING:
+    from decimal import Decimal
 
 __all__ = [
     "MAX_FWMARK",
@@ -153,10 +156,16 @@ def size(lo: int, hi: int) -> Callable[[str], int]:
         m = _SIZE.fullmatch(text.strip().upper())
         if m is None:
             raise BadValue(f"{_shown(text)} is not a size (e.g. 256K, 64M; allowed: {allowed})")
-        try:
-            exact = Decimal(m.group(1)) * _UNITS[m.group(2)]
-        except InvalidOperation:
-            raise BadValue(f"{_shown(text)} is not a size (allowed: {allowed})") from None
+        number = m.group(1)
+        if number.isdigit():
+            exact: int | Decimal = int(number) * _UNITS[m.group(2)]
+        else:  # a fraction: decimal only here, not at every start-up
+            from decimal import Decimal, InvalidOperation
+
+            try:
+                exact = Decimal(number) * _UNITS[m.group(2)]
+            except InvalidOperation:
+                raise BadValue(f"{_shown(text)} is not a size (allowed: {allowed})") from None
         if exact < lo or exact > hi:
             raise BadValue(
                 f"must be between {format_size(lo)} and {format_size(hi)} (got {text.strip()})"

@@ -26,6 +26,7 @@ __all__ = [
     "decode_socks_address",
     "domain_bytes",
     "encode_socks_address",
+    "ip_of",
 ]
 
 #: ATYP: an IPv4 address follows (4 bytes).
@@ -61,19 +62,12 @@ class Address:
     @classmethod
     def from_host(cls, host: str, port: int) -> Address:
         """An address from text; IP literals are normalised (``[::1]`` brackets removed)."""
-        h = host.strip()
-        if h.startswith("[") and h.endswith("]"):
-            h = h[1:-1]
-        try:
-            h = str(ipaddress.ip_address(h))
-        except ValueError:
-            h = h.rstrip(".").lower() if h.rstrip(".") else h
-        return cls(h, port)
+        return cls(_normal_host(host), port)
 
     @property
     def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         """The address as an IP object, or None for a domain name."""
-        return _ip_of(self.host)
+        return ip_of(self.host)
 
     @property
     def is_domain(self) -> bool:
@@ -88,7 +82,20 @@ class Address:
 
 
 @functools.lru_cache(maxsize=4096)
-def _ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def _normal_host(host: str) -> str:
+    """``host`` normalised (see :meth:`Address.from_host`); cached: every flow to an address
+    would parse it again."""
+    h = host.strip()
+    if h.startswith("[") and h.endswith("]"):
+        h = h[1:-1]
+    try:
+        return str(ipaddress.ip_address(h))
+    except ValueError:
+        return h.rstrip(".").lower() if h.rstrip(".") else h
+
+
+@functools.lru_cache(maxsize=4096)
+def ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """``host`` parsed as an IP address (None for a name); cached: the same few addresses
     are parsed for every datagram of a UDP session."""
     try:

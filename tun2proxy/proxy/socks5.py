@@ -5,7 +5,7 @@ replies from whatever bytes arrive, in any split or coalescing (see :mod:`.base`
 :func:`encode_udp_datagram` and :func:`decode_udp_datagram` are the UDP ASSOCIATE datagram
 header codec (RFC 1928 §7).
 
-The exchange (no pipelining: each message is sent only after the previous reply)::
+The exchange (by default each message is sent only after the previous reply)::
 
     client: VER=5 NMETHODS METHODS...             (NO_AUTH, plus USERPASS when auth is given)
     server: VER=5 METHOD
@@ -13,6 +13,14 @@ The exchange (no pipelining: each message is sent only after the previous reply)
     server: VER STATUS
     client: VER=5 CMD RSV=0 ATYP DST.ADDR DST.PORT
     server: VER=5 REP RSV ATYP BND.ADDR BND.PORT  [tunnel bytes follow]
+
+With ``pipeline=True`` the greeting, the authentication and the request go in one write and
+the replies are read in order: one round trip to the proxy instead of two or three. The
+greeting then offers exactly one method (USERPASS with credentials, NO_AUTH without), so the
+bytes that follow it can only mean one thing; a server that selects another fails the
+handshake. Servers that read each message with its own ``recv`` and drop what follows
+(microsocks) never answer the request: the caller's timeout ends the attempt, and its error
+names the pipelining. dante, 3proxy, sing-box and hev accept it.
 
 Leniency, where servers differ from the letter of the RFCs:
 
@@ -107,13 +115,15 @@ class Socks5Handshake(HandshakeBase):
         "command",
         "dst",
         "method",
+        "pipeline",
         "reply_code",
     )
 
     _name = "SOCKS5 handshake"
 
     def __init__(
-        self, dst: Address, *, auth: tuple[str, str] | None = None, command: int = CONNECT
+        self, dst: Address, *, auth: tuple[str, str] | None = None, command: int = CONNECT,
+        pipeline: bool = False,
     ) -> None:
         if command not in _COMMAND_NAMES:
             raise ValueError(f"unsupported SOCKS5 command {command}; use CONNECT or UDP_ASSOCIATE")
@@ -125,10 +135,18 @@ class Socks5Handshake(HandshakeBase):
         self.method: int | None = None
         #: The reply's REP code, once it has arrived (for logging).
         self.reply_code: int | None = None
+        #: Greeting, authentication and request sent at once (see the module's docstring).
+        self.pipeline = pipeline
         self._request = bytes((_VERSION, command, 0)) + encode_socks_address(dst)
         self._auth_msg = _encode_userpass(*auth) if auth is not None else b""
-        self._methods = bytes((NO_AUTH, USERPASS)) if auth is not None else bytes((NO_AUTH,))
-        super().__init__(bytes((_VERSION, len(self._methods))) + self._methods)
+        if pipeline:  # one method only: what follows the greeting must be unambiguous
+            self._methods = bytes((USERPASS,)) if auth is not None else bytes((NO_AUTH,))
+        else:
+            self._methods = bytes((NO_AUTH, USERPASS)) if auth is not None else bytes((NO_AUTH,))
+        greeting = bytes((_VERSION, len(self._methods))) + self._methods
+        if pipeline:
+            greeting += self._auth_msg + self._request
+        super().__init__(greeting)
         self._state = _METHOD
 
     # -- internals -------------------------------------------------------------------------
@@ -161,10 +179,12 @@ class Socks5Handshake(HandshakeBase):
                     return
                 del buf[:2]
                 if method == USERPASS:
-                    self._out += self._auth_msg
+                    if not self.pipeline:
+                        self._out += self._auth_msg
                     self._state = _AUTH
                 else:
-                    self._out += self._request
+                    if not self.pipeline:
+                        self._out += self._request
                     self._state = _REPLY
             elif state == _AUTH:
                 if n >= 1 and buf[0] != 1 and buf[0] != _VERSION:
@@ -177,7 +197,8 @@ class Socks5Handshake(HandshakeBase):
                     self._fail("auth", f"username/password rejected (status {status:#04x})", status)
                     return
                 del buf[:2]
-                self._out += self._request
+                if not self.pipeline:
+                    self._out += self._request
                 self._state = _REPLY
             else:  # _REPLY
                 if n >= 1 and buf[0] != _VERSION:

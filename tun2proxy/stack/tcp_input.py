@@ -3,8 +3,14 @@ and ISN, RSTs for unknown flows, and the connection's notifications turned into 
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import ipaddress
+
+try:  # the BLAKE2 module alone: hashlib would map OpenSSL's libcrypto (about 3.5 MiB of RSS)
+    from _blake2 import blake2s
+except ImportError:  # pragma: no cover - an interpreter without the builtin module
+    from hashlib import blake2s
+
 
 from ..errors import MalformedPacket
 from ..tcp.connection import N_CLOSED, N_ESTABLISHED, N_PEER_CLOSED, N_READABLE, N_WRITABLE
@@ -135,7 +141,7 @@ class TcpInput(StackBase):
         if refusal is not None:
             st.drop(refusal)  # the app retransmits its SYN
             return
-        h = hashlib.blake2s(key, key=cfg.isn_secret[:32], digest_size=8).digest()
+        h = blake2s(key, key=cfg.isn_secret[:32], digest_size=8).digest()
         # RFC 6528: ISN = M + F(4-tuple, secret), M a 4-microsecond clock.
         iss = (int(now * 250_000) + int.from_bytes(h[:4], "big")) & SEQ_MASK
         conn = StackConnection.from_syn(
@@ -167,8 +173,8 @@ class TcpInput(StackBase):
         self._events.append(
             TcpConnectRequest(
                 fid,
-                (str(ipaddress.ip_address(src)), seg.src_port),
-                (str(ipaddress.ip_address(dst)), seg.dst_port),
+                (_ip_text(src), seg.src_port),
+                (_ip_text(dst), seg.dst_port),
             )
         )
 
@@ -192,8 +198,8 @@ class TcpInput(StackBase):
             ev.append(
                 TcpConnectRequest(
                     fid,
-                    (str(ipaddress.ip_address(conn.remote_addr)), conn.remote_port),
-                    (str(ipaddress.ip_address(conn.local_addr)), conn.local_port),
+                    (_ip_text(conn.remote_addr), conn.remote_port),
+                    (_ip_text(conn.local_addr), conn.local_port),
                     established=True,
                 )
             )
@@ -222,3 +228,10 @@ class TcpInput(StackBase):
         if self._syn_quote.pop(conn.flow_id, None) is None:
             return
         self._adm.remove_pending(conn.remote_addr)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_text(packed: bytes) -> str:
+    """A packed address as text; cached: apps open many flows to few addresses, and parsing
+    is a dozen Python calls per address on every SYN."""
+    return str(ipaddress.ip_address(packed))

@@ -20,6 +20,7 @@ never mix.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 import struct
@@ -91,10 +92,17 @@ def literal_infos(host: str, port: int) -> list[Any] | None:
 
 
 def _key(host: str, port: int) -> tuple[str, int]:
+    return _key_host(host), port
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_host(host: str) -> str:
+    """The registry's spelling of a socket's address (cached: one parse per address, not per
+    socket)."""
     ip = ipaddress.ip_address(host.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return str(ip), port
+    return str(ip)
 
 
 def _is_local_address(host: str) -> bool:

@@ -14,29 +14,35 @@ with the helpers of :mod:`.url`.
 
 from __future__ import annotations
 
+import importlib
 import urllib.parse
 from collections.abc import Callable
 
 from ..errors import ConfigError
-from . import direct, http, reject, socks4, socks5, ss_url
 from .base import Upstream
 from .url import query_options, redact_url
 
 __all__ = ["QUERY_SCHEMES", "SCHEMES", "upstream_from_url"]
 
-#: URL scheme -> the scheme module's ``from_url(split_url, raw_url)``.
-SCHEMES: dict[str, Callable[[urllib.parse.SplitResult, str], Upstream]] = {
-    "direct": direct.from_url,
-    "none": direct.from_url,
-    "reject": reject.from_url,
-    "socks5": socks5.from_url,
-    "socks5h": socks5.from_url,
-    "ss": ss_url.from_url,
-    "socks4": socks4.from_url,
-    "socks4a": socks4.from_url,
-    "http": http.from_url,
-    "https": http.from_url,  # refused with a message saying TLS to the proxy is not supported
+#: URL scheme -> the module (in this package) whose ``from_url(split_url, raw_url)`` builds it.
+#: Imported on first use, so a ``socks5://`` run never loads the Shadowsocks codecs.
+SCHEMES: dict[str, str] = {
+    "direct": "direct",
+    "none": "direct",
+    "reject": "reject",
+    "socks5": "socks5",
+    "socks5h": "socks5",
+    "ss": "ss_url",
+    "socks4": "socks4",
+    "socks4a": "socks4",
+    "http": "http",
+    "https": "http",  # refused with a message saying TLS to the proxy is not supported
 }
+
+
+def _builder(module: str) -> Callable[[urllib.parse.SplitResult, str], Upstream]:
+    mod = importlib.import_module(f"{__package__}.{module}")
+    return mod.from_url  # type: ignore[no-any-return]
 
 
 #: The schemes whose ``from_url`` reads query parameters (see :func:`.url.query_options`);
@@ -68,8 +74,8 @@ def _build(raw: str) -> Upstream:
     except ValueError as e:  # e.g. an unclosed IPv6 bracket
         raise ConfigError(f"proxy URL {raw!r}: {e}") from None
     scheme = u.scheme.lower()
-    builder = SCHEMES.get(scheme)
-    if builder is None:
+    module = SCHEMES.get(scheme)
+    if module is None:
         raise ConfigError(
             f"proxy URL {raw!r}: unknown scheme {scheme!r} (known: {', '.join(sorted(SCHEMES))})"
         )
@@ -78,4 +84,4 @@ def _build(raw: str) -> Upstream:
     if u.query and scheme not in QUERY_SCHEMES:
         query_options(u.query, raw, scheme, {})  # raises, naming the parameter
         raise ConfigError(f"proxy URL {raw!r}: unexpected query or fragment")
-    return builder(u, raw)
+    return _builder(module)(u, raw)

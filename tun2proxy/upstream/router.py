@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..errors import ConfigError, UpstreamError
-from ..proxy.address import Address
+from ..proxy.address import Address, ip_of
 from ..routing.rules import IPAddress, NetworkSet, Rule, Rules, parse_network
 from .base import DatagramReceiver, FlowInfo, UdpChannel, Upstream
 from .direct import DirectUpstream
@@ -162,9 +162,8 @@ class RoutingUpstream(Upstream):
 
     def _real_ip(self, host: str) -> IPAddress | None:
         """``host`` as an IP object, unless it is no IP or a virtual-DNS placeholder."""
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
+        ip = ip_of(host)
+        if ip is None:
             return None
         if self.virtual_networks and ip in self.virtual_networks:
             return None

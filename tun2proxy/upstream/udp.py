@@ -192,7 +192,7 @@ class Socks5UdpChannel(DatagramChannel):
 async def open_socks5_udp(
     host: str, port: int, auth: tuple[str, str] | None, receiver: DatagramReceiver,
     *, outbound: Outbound | None = None, relay: Address | None = None,
-    egress: Egress | None = None,
+    egress: Egress | None = None, pipeline: bool = False,
 ) -> Socks5UdpChannel:
     """UDP ASSOCIATE through the proxy at ``host:port``.
 
@@ -206,7 +206,9 @@ async def open_socks5_udp(
             without UDP answer).
     """
     ch = Socks5UdpChannel(receiver, egress)
-    hs = Socks5Handshake(Address("0.0.0.0", 0), auth=auth, command=UDP_ASSOCIATE)
+    hs = Socks5Handshake(
+        Address("0.0.0.0", 0), auth=auth, command=UDP_ASSOCIATE, pipeline=pipeline
+    )
     control = await open_via_handshake(
         host, port, hs, _ControlProtocol(ch), "SOCKS5 proxy", outbound=outbound,
         egress=ch.egress,

@@ -74,6 +74,13 @@ def _uot_version(value: str) -> int:
     return int(value)
 
 
+def _flag(value: str) -> bool:
+    """``1`` or ``0`` as a bool; ValueError otherwise."""
+    if value not in ("0", "1"):
+        raise ValueError("not 0 or 1")
+    return value == "1"
+
+
 def parse_endpoint(value: str) -> Address:
     """``ADDR:PORT`` (IPv6 as ``[ADDR]:PORT``, or a host name) as an Address; the port is
     1-65535. Raises ValueError."""
@@ -99,6 +106,8 @@ def parse_endpoint(value: str) -> Address:
 
 #: ``uot=1|2``: carry UDP as sing-box's UDP-over-TCP stream through the proxy.
 UOT_OPTION = UrlOption("uot", "1 or 2 (the UDP-over-TCP version)", _uot_version)
+#: ``pipeline=1``: send the SOCKS5 greeting, authentication and request in one write.
+PIPELINE_OPTION = UrlOption("pipeline", "0 or 1", _flag)
 #: ``udp-relay=ADDR:PORT``: send SOCKS5 UDP datagrams there, whatever the proxy announced.
 UDP_RELAY_OPTION = UrlOption(
     "udp-relay", "ADDR:PORT, [IPV6]:PORT or NAME:PORT", parse_endpoint

@@ -1,0 +1,86 @@
+"""Interleaved A/B of tun2proxy variants in one namespace lab (issue 14).
+
+On a shared machine, two benchmark invocations minutes apart differ by more than most levers
+buy. This runs the variants in turn, round after round, in one lab (each turn a fresh
+tun2proxy process; each round starts with the next variant), and reports medians of the
+connection rate (or UDP round trips), the median time per connection and tun2proxy's CPU
+time per connection, with the SOCKS-direct and kernel paths measured at the end.
+
+    sudo python benchmarks/ab.py [--rounds 5] [--metric conn|udp] VARIANT...
+
+A variant is ``TREE[,pipe][,ARG...]``: the directory whose ``tun2proxy`` package runs (an
+older checkout: ``git archive REV tun2proxy | tar -x -C DIR``), optionally ``pipe``
+(``?pipeline=1`` to dante) and extra tun2proxy arguments. Example:
+
+    sudo python benchmarks/ab.py --rounds 5 /tmp/old . .,pipe
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import e2e
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--metric", choices=("conn", "udp"), default="conn")
+    ap.add_argument("variants", nargs="+")
+    a = ap.parse_args()
+    args = argparse.Namespace(
+        mtu=65535, runs=1, seconds=a.seconds, held=10, idle=0, upstream="dante", profile=None,
+        metrics=a.metric, paths="tun2proxy", extra=[], pipeline=False,
+    )
+    b = e2e.Bench(args)
+    res: dict[str, list[tuple[float, float, float]]] = {v: [] for v in a.variants}
+    try:
+        b.setup()
+        for r in range(a.rounds):
+            k = r % len(a.variants)  # each round starts with the next variant: no order bias
+            for v in a.variants[k:] + a.variants[:k]:
+                tree, *opts = v.split(",")
+                os.environ["PYTHONPATH"] = str(Path(tree).resolve())
+                args.pipeline = "pipe" in opts
+                args.extra = [o for o in opts if o != "pipe"]
+                b.start_tun2proxy()
+                assert b.t2p is not None
+                b.connrate_warmup("tun2proxy")
+                cpu0 = e2e._cpu_seconds(b.t2p.pid)
+                if a.metric == "conn":
+                    rate = b.connrate("tun2proxy")
+                    p50 = b.conn_p50["tun2proxy"][-1]
+                    n = b.conn_count
+                else:
+                    rate = b.udprtt("tun2proxy")
+                    p50 = b.udp_p50["tun2proxy"][-1]
+                    n = int(rate * a.seconds)
+                cpu = (e2e._cpu_seconds(b.t2p.pid) - cpu0) / max(n, 1) * 1e6
+                res[v].append((rate, p50, cpu))
+                print(f"round {r} {v}: {rate:.0f}/s, p50 {p50:.3f} ms, CPU {cpu:.0f} us",
+                      flush=True)
+        for path in ("socks", "kernel"):
+            fn = b.connrate if a.metric == "conn" else b.udprtt
+            p50s = b.conn_p50 if a.metric == "conn" else b.udp_p50
+            res[path] = [(fn(path), p50s[path][-1], 0.0) for _ in range(3)]
+    finally:
+        b.close()
+    print(f"\n{'variant':40} {'rate/s':>8} {'p50 ms':>8} {'CPU us':>8}  (medians)")
+    for v, s in res.items():
+        cpu = statistics.median(x[2] for x in s)
+        print(f"{v:40} {statistics.median(x[0] for x in s):8.0f} "
+              f"{statistics.median(x[1] for x in s):8.3f} {cpu if cpu else float('nan'):8.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
