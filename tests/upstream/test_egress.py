@@ -162,7 +162,7 @@ ALLOWED_MODULE_STATE: dict[tuple[str, str], str] = {
     ("upstream/shadowsocks.py", "_ALIASES"): "constant table of method names",
     ("upstream/socks5.py", "OPTIONS"): "constant table of the URL query parameters",
     ("upstream/ss_url.py", "OPTIONS"): "constant table of the URL query parameters",
-    ("driver/loop.py", "_REJECT"): "constant table: upstream error reason -> reply",
+    ("driver/tcp_flows.py", "_REJECT"): "constant table: upstream error reason -> reply",
     ("upstream/shadowsocks.py", "_limited"): "a log throttle only (which message, when)",
     ("upstream/udp.py", "_refusal_log"): "a log throttle only (which message, when)",
 }

@@ -6,30 +6,28 @@ re-arm one timer at ``NetStack.poll_at()``. Relays push upstream bytes into the 
 their protocol callbacks and ask for a pump, which runs once per loop iteration however many
 callbacks asked.
 
-(Over 700 lines: the pump, TCP and UDP dialling and the reload entry point share the flow
-tables; splitting them would pass those tables around. Issue 10 tracks the split.)
+What happens to each kind of flow lives beside it, as mixins over the same state: a TCP
+connect request in :mod:`.tcp_flows`, UDP datagrams in :mod:`.udp_flows`, the flow table API
+in :mod:`.flow_api`; the settings in :mod:`.config`. This module keeps the loop: the pump,
+the timer, event dispatch, start, stop and reload.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from ..dns.pool import SlotDirectory
-from ..errors import ConfigError, FlowStateError, UpstreamError, describe_error
+from ..errors import FlowStateError, describe_error
 from ..link.base import Link
 from ..logutil import RateLimitedLog
 from ..proxy.address import Address
-from ..routing.sniff import sniff_host
 from ..stack.config import StackConfig
 from ..stack.events import (
-    RejectReason,
     TcpClosed,
     TcpConnectRequest,
     TcpPeerClosed,
@@ -39,97 +37,25 @@ from ..stack.events import (
     UdpSessionClosed,
 )
 from ..stack.netstack import NetStack
-from ..upstream.base import FlowInfo, Upstream
+from ..upstream.base import Upstream
 from ..upstream.dial import default_egress
 from ..upstream.direct import DirectUpstream
 from ..upstream.egress import Egress
+from .config import UDP_POLICIES, DriverConfig
 from .dialing import Dialer
-from .dns import DNS_MODES, DnsHandler
+from .dns import DnsHandler
 from .flow_api import FlowApi
 from .flows import FlowTable
 from .relay import TcpRelay
+from .tcp_flows import TcpFlows
+from .udp_flows import UdpFlows
 from .udp_relay import UdpRelay
 
 __all__ = ["UDP_POLICIES", "Driver", "DriverConfig", "RateLimitedLog"]
 
-UDP_POLICIES = ("proxy", "direct", "reject")
-
 log = logging.getLogger("tun2proxy")
 
-#: How an upstream failure is reported to the app: RST, or an ICMP unreachable.
-_REJECT: dict[str, RejectReason] = {
-    "refused": "reset",
-    "denied": "reset",
-    "auth": "reset",
-    "protocol": "reset",
-    "unsupported": "reset",
-    "error": "reset",
-    "unreachable": "host",
-    "timeout": "host",
-}
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DriverConfig:
-    """Driver settings. Times in seconds.
-
-    Attributes:
-        connect_timeout: how long an upstream dial may take before the SYN is rejected.
-        max_connecting: upstream dials in flight; further flows wait in the dial queue
-            (they cost no upstream socket; the stack's ``max_pending`` and ``max_queued``
-            bound the queue).
-        max_connecting_per_destination: upstream dials in flight to one destination
-            address; with round robin across destinations in the queue, a destination
-            whose dials all hang (black-holed) holds this many slots and no more.
-        queue_timeout: how long a flow may wait in the dial queue; then it is refused as
-            unreachable (ICMP host unreachable, or RST when the app's connection is open:
-            handshake-first flows under a SYN flood).
-        shutdown_grace: on stop, how long flows get to close before they are reset.
-        udp: ``proxy`` (UDP through the upstream when it can carry it, else ICMP port
-            unreachable), ``direct`` (UDP from this host's network whatever the upstream),
-            or ``reject`` (ICMP port unreachable at once, so QUIC falls back to TCP).
-        dns: ``virtual`` (fake addresses answered here; flows reach the proxy by name),
-            ``over-tcp`` (UDP queries forwarded as DNS over TCP through the upstream) or
-            ``direct`` (DNS is ordinary UDP); see :mod:`tun2proxy.driver.dns`.
-        dns_addr: where forwarded queries go (through the upstream).
-        virtual_dns_pool, virtual_dns_pool6: the fake address ranges.
-        sniff: read the host name from a TCP flow's first bytes (TLS SNI, HTTP ``Host``)
-            when no name is known: the handshake is completed first, the upstream is dialled
-            once the name is found or ``sniff_timeout`` has passed (bounded by
-            ``sniff_bytes``), and a failed dial then resets the app's connection.
-        worker: ``(index, count)`` of this driver among the worker processes of
-            ``--workers`` (its share of the virtual DNS addresses).
-        dns_directory: the virtual DNS directory the workers share (needed with count > 1).
-    """
-
-    connect_timeout: float = 10.0
-    max_connecting: int = 256
-    max_connecting_per_destination: int = 32
-    queue_timeout: float = 10.0
-    shutdown_grace: float = 0.5
-    udp: str = "proxy"
-    dns: str = "direct"
-    dns_addr: tuple[str, int] = ("8.8.8.8", 53)
-    virtual_dns_pool: str = "198.18.0.0/15"
-    virtual_dns_pool6: str | None = None
-    sniff: bool = False
-    sniff_timeout: float = 0.3
-    sniff_bytes: int = 16384 + 512
-    worker: tuple[int, int] = (0, 1)
-    dns_directory: SlotDirectory | None = None
-
-    def __post_init__(self) -> None:
-        if self.udp not in UDP_POLICIES:
-            raise ConfigError(f"udp must be one of {', '.join(UDP_POLICIES)}")
-        if self.dns not in DNS_MODES:
-            raise ConfigError(f"dns must be one of {', '.join(DNS_MODES)}")
-        if self.max_connecting < 1 or self.max_connecting_per_destination < 1:
-            raise ConfigError("max_connecting and max_connecting_per_destination must be >= 1")
-        if not self.queue_timeout > 0:
-            raise ConfigError("queue_timeout must be positive")
-
-
-class Driver(FlowApi):
+class Driver(TcpFlows, UdpFlows, FlowApi):
     """Runs ``stack`` over ``link`` with flows bridged to ``upstream``.
 
     Use ``await driver.run()`` (returns after :meth:`stop` or a link failure), or
@@ -201,8 +127,6 @@ class Driver(FlowApi):
         #: Upstreams replaced by :meth:`reconfigure`, with the flows open then.
         self._retired: list[tuple[Upstream, set[int]]] = []
         self._closing: set[asyncio.Task[None]] = set()
-        #: One record per live flow, for :meth:`flows`, :meth:`close_flow` and the
-        #: flow-end hooks (see :mod:`tun2proxy.driver.flows`).
 
     @staticmethod
     def make_stack(config: StackConfig | None = None, **kw: object) -> NetStack:
@@ -425,303 +349,6 @@ class Driver(FlowApi):
             if urelay is not None:
                 urelay.close()
             self.flow_table.udp_closed(ev.flow_id, ev.reason)
-
-    # ------------------------------------------------------------------ UDP
-
-    def _on_udp(self, ev: UdpDatagram) -> None:
-        loop = self._loop
-        assert loop is not None
-        if ev.flow_id not in self.flow_table:
-            self.flow_table.udp_started(ev.flow_id, ev.src, ev.dst)
-        if ev.dst[1] == 53 and self.dns.handle_udp(ev, loop.time()):
-            return
-        name = self.dns.name_for(ev.dst[0], loop.time())
-        if name is False:
-            self.stack.stats_counters.drop("udp-unmapped-fake-address")
-            return
-        dst = Address(name, ev.dst[1]) if isinstance(name, str) else Address(*ev.dst)
-        relay = self._udp.get(ev.flow_id)
-        if relay is not None:
-            relay.send(ev.payload, dst)
-            return
-        if self.egress.is_own(ev.src[0], ev.src[1]):
-            # Our own UDP socket's datagram came back through the TUN: relaying it would open
-            # another socket whose datagram comes back too, for ever. Drop it, and the session.
-            self.udp_looped += 1
-            self.flow_table.ending(ev.flow_id, "refused", "routing-loop")
-            self.stack.stats_counters.drop("udp-routing-loop")
-            with contextlib.suppress(FlowStateError):
-                self.stack.udp_close(ev.flow_id)
-            self._limited.log(
-                logging.ERROR, "routing-loop-udp",
-                "routing loop: tun2proxy's own UDP socket %s:%d sent into the TUN (to %s:%d); "
-                "keep its traffic out of the tunnel (--outbound-interface, --fwmark, routes "
-                "that exclude it, or --unshare/--tun-netns)",
-                ev.src[0], ev.src[1], ev.dst[0], ev.dst[1],
-            )
-            return
-        if self._stopping or self.config.udp == "reject":
-            with contextlib.suppress(FlowStateError):
-                self.stack.udp_reject(ev.flow_id, "port")
-            return
-        relay = UdpRelay(self, ev.flow_id, ":" in ev.src[0])
-        if isinstance(name, str):
-            self.flow_table.named(ev.flow_id, name)
-        self.flow_table.routed(ev.flow_id, self.udp_upstream.name)
-        self._udp[ev.flow_id] = relay
-        relay.send(ev.payload, dst)
-        relay.task = loop.create_task(self._open_udp(relay, ev))
-
-    async def _open_udp(self, relay: UdpRelay, ev: UdpDatagram) -> None:
-        flow = FlowInfo(ev.flow_id, ev.src, ev.dst, protocol="udp")
-        try:
-            channel = await asyncio.wait_for(
-                self.udp_upstream.open_udp(flow, relay), self.config.connect_timeout
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # a custom upstream may raise anything: the session ends
-            if isinstance(e, UpstreamError):
-                reason = e.reason
-            elif isinstance(e, TimeoutError):
-                reason = "timeout"
-            else:
-                reason = "error"
-                log.debug("open_udp raised", exc_info=e)
-            self._dialer.stats.observe(0.0, reason, "udp")
-            self._limited.log(
-                logging.WARNING, f"udp:{reason}", "UDP from %s:%d failed (%s): %s",
-                ev.src[0], ev.src[1], reason,
-                "no upstream channel in time" if reason == "timeout" and not str(e)
-                else describe_error(e),
-            )
-            self._udp.pop(ev.flow_id, None)
-            relay.closed = True
-            self.flow_table.ending(ev.flow_id, "refused", f"{reason}: {describe_error(e)}")
-            if ev.flow_id in self.stack:
-                with contextlib.suppress(FlowStateError):
-                    self.stack.udp_reject(ev.flow_id, "port")
-            self.schedule_pump()
-            return
-        if relay.closed or self._stopping:
-            channel.close()
-            return
-        relay.opened(channel)
-
-    def udp_reply(self, relay: UdpRelay, payload: bytes, src: Address) -> None:
-        """A datagram from upstream for the app (called by the relay)."""
-        host = src.host
-        if src.is_domain:
-            loop = self._loop
-            assert loop is not None
-            fake = self.dns.fake_address(host, relay.v6, loop.time())
-            if fake is None:
-                return
-            host = fake
-        try:
-            self.stack.udp_send(relay.flow_id, payload, (host, src.port))
-        except FlowStateError:
-            relay.close()
-            self._udp.pop(relay.flow_id, None)
-            return
-        except ValueError:
-            return  # a reply of the other IP version: cannot be shown to this app socket
-        # Out at once rather than on the next loop iteration: a datagram waits for nothing
-        # that could join it.
-        self._pump()
-
-    def udp_lost(self, relay: UdpRelay, exc: BaseException | None) -> None:
-        """The relay's channel died: end the session (the next datagram builds a new one)."""
-        self._udp.pop(relay.flow_id, None)
-        relay.close()
-        if relay.flow_id in self.stack:
-            with contextlib.suppress(FlowStateError):
-                self.stack.udp_close(relay.flow_id)
-        self.schedule_pump()
-
-    def _on_connect_request(self, ev: TcpConnectRequest) -> None:
-        self.flow_table.tcp_started(ev.flow_id, ev.src, ev.dst)
-        if self.egress.is_own(ev.src[0], ev.src[1]):
-            # One of our own upstream connections came back through the TUN: dialling again
-            # would loop until every fd is gone (tun2proxy#215). Refuse it.
-            self.flows_looped += 1
-            self.flow_table.ending(ev.flow_id, "refused", "routing-loop")
-            self.stack.tcp_reject(ev.flow_id)
-            self._limited.log(
-                logging.ERROR, "routing-loop",
-                "routing loop: tun2proxy's own connection from %s:%d to %s:%d came back "
-                "through the TUN; keep its traffic out of the tunnel (--outbound-interface, "
-                "--fwmark, routes that exclude the proxy, or --unshare/--tun-netns)",
-                ev.src[0], ev.src[1], ev.dst[0], ev.dst[1],
-            )
-            return
-        if self._stopping:
-            self.flow_table.ending(ev.flow_id, "shutdown")
-            self.stack.tcp_reject(ev.flow_id)
-            return
-        self._dialer.request(ev)
-
-    async def _connect(self, ev: TcpConnectRequest) -> None:
-        fid = ev.flow_id
-        relay = TcpRelay(self, fid)
-        loop = self._loop
-        assert loop is not None
-        name = self.dns.name_for(ev.dst[0], loop.time())
-        if name is False:
-            # A fake address whose name is forgotten: fail closed, never dial the fake IP.
-            self._connecting.pop(fid, None)
-            self.flows_failed += 1
-            self.flow_table.ending(fid, "refused", "virtual DNS name forgotten")
-            self.stack.tcp_reject(fid, "host")
-            self.schedule_pump()
-            return
-        early = False
-        sniffed: str | None = None
-        if self.config.sniff and not isinstance(name, str):
-            early = not ev.established
-            if early:
-                # Complete the handshake now: the name is in the app's first bytes.
-                self.stack.tcp_accept(fid)
-                self.schedule_pump()
-            sniffed = await self._sniff(fid)
-            if fid not in self.stack:
-                self._connecting.pop(fid, None)
-                return  # the app went away while we looked
-        domain = name if isinstance(name, str) else sniffed
-        flow = FlowInfo(fid, ev.src, ev.dst, domain=domain)
-        self.flow_table.named(fid, domain)
-        self.flow_table.routed(fid, self.upstream.name)  # a router names its target instead
-        if isinstance(name, str):
-            self.dns.flow_started(ev.dst[0])
-            self._fake_dst[fid] = ev.dst[0]
-        dst = (
-            Address(name, ev.dst[1]) if isinstance(name, str)
-            else Address.from_host(ev.dst[0], ev.dst[1])
-        )
-        transport: asyncio.Transport | None = None
-        reason: str | None = None
-        dial_started = loop.time()
-        if not early:
-            # Accept (SYN-ACK) as soon as the upstream stream is ready, inside the callback
-            # that made it so; the dial's task resumes only on the next loop iteration.
-            relay.on_connected = functools.partial(self._accept_connected, fid, relay, dst)
-        try:
-            async with asyncio.timeout(self.config.connect_timeout):  # no extra task
-                transport = await self.upstream.open_tcp(dst, relay, flow)
-        except asyncio.CancelledError:
-            self._connecting.pop(fid, None)
-            raise
-        except UpstreamError as e:
-            reason = e.reason
-            self.flow_table.ending(fid, "refused", f"{e.reason}: {e}")
-            self._limited.log(
-                logging.WARNING, f"upstream:{e.reason}", "flow to %s failed (%s): %s", dst,
-                e.reason, e,
-            )
-        except TimeoutError:
-            reason = "timeout"
-            self.flow_table.ending(fid, "refused", "timeout: no upstream connection in time")
-            self._limited.log(
-                logging.WARNING, "upstream:timeout",
-                "flow to %s failed (timeout): no upstream connection within %.0fs", dst,
-                self.config.connect_timeout,
-            )
-        except Exception as e:  # a bug in an upstream must not kill the driver
-            reason = "error"
-            self.flow_table.ending(fid, "refused", f"error: {e!r}")
-            log.exception("flow to %s: upstream %s raised %r", dst, self.upstream.name, e)
-        self._dialer.stats.observe(loop.time() - dial_started, reason)
-        relay.on_connected = None
-        if relay.accepted and not early:  # accepted by _accept_connected already
-            if reason is not None and self._relays.get(fid) is relay:
-                # The upstream failed after handing over its stream: reset the app.
-                self._relays.pop(fid, None)
-                relay.closed = True
-                if relay.transport is not None:
-                    relay.transport.abort()
-                with contextlib.suppress(FlowStateError):
-                    if fid in self.stack:
-                        self.stack.abort(fid)
-                self._pump()
-            return
-        self._connecting.pop(fid, None)
-        stack = self.stack
-        if fid not in stack or self._stopping:
-            # The app gave up (RST, pending timeout) or we are stopping.
-            if transport is not None:
-                transport.abort()
-            if fid in stack:
-                with contextlib.suppress(FlowStateError):
-                    if early:
-                        stack.abort(fid)
-                    else:
-                        stack.tcp_reject(fid)
-            self.schedule_pump()
-            return
-        if reason is not None or transport is None:
-            self.flows_failed += 1
-            if early:
-                stack.abort(fid)  # the app's connection is open: a reset tells it
-            else:
-                stack.tcp_reject(fid, _REJECT.get(reason or "error", "reset"))
-        else:
-            self.flows_opened += 1
-            if not early:
-                stack.tcp_accept(fid)
-            self._relays[fid] = relay
-            relay.on_accepted()
-            log.debug("flow %d: %s -> %s via %s", fid, ev.src, dst, self.upstream.name)
-        # The SYN-ACK (or the refusal) leaves now, not on the next loop iteration: it is on
-        # every connection's critical path.
-        self._pump()
-
-    def _accept_connected(self, fid: int, relay: TcpRelay, dst: Address) -> None:
-        """The upstream stream of a flow being dialled is ready: accept the flow now (what
-        :meth:`_connect` does after its await, one loop iteration earlier). Left to
-        :meth:`_connect` when the app is gone or we are stopping."""
-        stack = self.stack
-        if fid not in stack or self._stopping or self._connecting.get(fid) is None:
-            return
-        self._connecting.pop(fid, None)
-        self.flows_opened += 1
-        stack.tcp_accept(fid)
-        self._relays[fid] = relay
-        relay.on_accepted()
-        log.debug("flow %d: -> %s via %s", fid, dst, self.upstream.name)
-        self._pump()  # the SYN-ACK leaves in this wake-up
-
-    async def _sniff(self, fid: int) -> str | None:
-        """Wait (boundedly) for the app's first bytes and read a host name from them."""
-        loop = self._loop
-        assert loop is not None
-        deadline = loop.time() + self.config.sniff_timeout
-        waiter = asyncio.Event()
-        self._sniffing[fid] = waiter
-        result = None
-        try:
-            while fid in self.stack:
-                waiter.clear()
-                data = self.stack.peek(fid, self.config.sniff_bytes)
-                if data:
-                    result = sniff_host(data)
-                    if not result.need_more:
-                        break
-                    if len(data) >= self.config.sniff_bytes:
-                        break
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    await asyncio.wait_for(waiter.wait(), remaining)
-                except TimeoutError:
-                    break
-        finally:
-            self._sniffing.pop(fid, None)
-        host = result.host if result is not None else None
-        self.sniff_counts["found" if host else "none"] += 1
-        if host:
-            log.debug("flow %d: sniffed %s (%s)", fid, host, result.protocol if result else "")
-        return host
 
     def reconfigure(
         self, upstream: Upstream | None = None, config: DriverConfig | None = None,
