@@ -44,6 +44,7 @@ from .hostworld import (
 )
 from .servers import payload
 from .test_setup import EchoServer, _client, _echoes
+from .unprivileged import readable_package
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -384,6 +385,9 @@ def test_a_failure_half_way_or_a_refusal_leaves_nothing_behind(w: World) -> None
     msg = _refused(w, env={"PYTHONPATH": f"{shim}:{ROOT}"})
     assert "pip install pyroute2" in msg, msg
     # not root (no CAP_NET_ADMIN)
-    msg = _refused(w, prefix=("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                              "--inh-caps=-all", "--"))
+    # (nobody reads its own copy of the package: the checkout may be readable by root only)
+    copy = readable_package(w.tmp / "nobody")
+    msg = _refused(w, env={"PYTHONPATH": str(copy)},
+                   prefix=("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           "--inh-caps=-all", "--"))
     assert "run them as root" in msg, msg

@@ -4,18 +4,17 @@ vanishes under us ends the process with one clear error instead of a spin."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-import tun2proxy
 from tun2proxy.testing.netlab import Lab, run, wait_for
+
+from .unprivileged import readable_package
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -72,16 +71,7 @@ def test_vanished_device_ends_the_process_with_one_error(lab: Lab) -> None:
 def test_not_root_unshare_is_a_clear_error(lab: Lab, tmp_path: Path) -> None:
     # The checkout may sit in a directory only root can read (a CI clone under mktemp -d):
     # give the unprivileged user its own readable copy of the package.
-    src = Path(tun2proxy.__file__).resolve().parent
-    tmp_path.chmod(0o755)
-    shutil.copytree(src, tmp_path / "tun2proxy",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    for d in (tmp_path, *tmp_path.rglob("*")):
-        d.chmod(0o755 if d.is_dir() else 0o644)
-    for parent in tmp_path.parents:  # pytest's base temp dir is 0700 too
-        if parent == Path(tempfile.gettempdir()):
-            break
-        parent.chmod(parent.stat().st_mode | 0o011)
+    readable_package(tmp_path)
     res = subprocess.run(
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
          sys.executable, "-m", "tun2proxy", "--unshare", "--", "true"],

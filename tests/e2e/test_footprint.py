@@ -29,7 +29,8 @@ ECHO_PORT = 7101
 #: OpenSSL, is — on asyncio's loop: uvloop imports ssl itself (CI's second pass).
 NOT_IMPORTED = (
     "pyroute2", "cryptography", "blake3", "dnslib", "hashlib", "_hashlib",
-    "tun2proxy.proxy.shadowsocks", "tun2proxy.upstream.shadowsocks", "tun2proxy.hostsetup",
+    "tun2proxy.proxy.shadowsocks", "tun2proxy.upstream.shadowsocks", "tun2proxy.hostsetup.host",
+    "tun2proxy.hostsetup.resolver", "tun2proxy.hostsetup.state", "tun2proxy.hostsetup.netlink",
     "tomllib", "decimal", "difflib",
 ) + (("_ssl",) if LOOP == "asyncio" else ())
 
