@@ -83,6 +83,10 @@ _RST_BUDGET = 200  # RSTs to unknown flows per second (RFC 9293 §3.10.7.1; no a
 #: beside its buffers: an idle established flow measured about 2.2 KB with tracemalloc
 #: (tests/stack/test_memory.py keeps this figure honest).
 FLOW_OVERHEAD = 2200
+#: The timer heap is rebuilt without its stale entries once it holds more than this many
+#: entries per flow and session (plus the slack): stale ones then outnumber live ones 2:1.
+_COMPACT_FACTOR = 3
+_COMPACT_SLACK = 64
 
 
 def _address_refused(src: bytes, dst: bytes, allow_scoped: bool) -> str:
@@ -842,7 +846,29 @@ class NetStack:
     def _push(self, obj: TcpConnection | UdpSession, deadline: float) -> None:
         obj.sched = deadline
         self._heap_seq += 1
-        heapq.heappush(self._heap, (deadline, self._heap_seq, obj))
+        heap = self._heap
+        heapq.heappush(heap, (deadline, self._heap_seq, obj))
+        # Lazy deletion leaves an entry behind for every earlier deadline and every flow that
+        # ends before its timer: under churn that is one per closed flow, each holding its
+        # connection until the deadline passes (tens of seconds). Each object has at most one
+        # live entry, so once the heap is much bigger than the tables, rebuild it.
+        if len(heap) > _COMPACT_FACTOR * (len(self._tcp) + len(self._udp)) + _COMPACT_SLACK:
+            self._compact_heap()
+
+    def _compact_heap(self) -> None:
+        """Drop the stale heap entries (amortised O(1) per push: it runs only when at least
+        two thirds of the entries are stale)."""
+        udp = self._udp_by_id
+        heap = self._heap  # in place: poll() may be iterating over this very list
+        heap[:] = [
+            e for e in heap
+            if e[2].sched == e[0] and (
+                e[2].state is not CLOSED if isinstance(e[2], TcpConnection)
+                else udp.get(e[2].flow_id) is e[2]
+            )
+        ]
+        heapq.heapify(heap)
+        self.stats_counters.timer_compactions += 1
 
     def _schedule(self, conn: TcpConnection) -> None:
         d = conn.poll_at()
@@ -930,8 +956,10 @@ class NetStack:
         self._syn_quote.pop(conn.flow_id, None)
         if conn.state is TIME_WAIT:
             self._schedule(conn)
-        elif self._tcp.get(conn.key) is conn:
-            del self._tcp[conn.key]
+        else:
+            conn.sched = None  # its heap entries are stale now
+            if self._tcp.get(conn.key) is conn:
+                del self._tcp[conn.key]
 
     def _remove(self, conn: TcpConnection) -> None:
         self._buffered -= conn.accounted
