@@ -1051,6 +1051,26 @@ class NetStack:
         )
         return d
 
+    def table_sizes(self) -> dict[str, int]:
+        """The size of every table keyed by address, port or flow (leak checks: all are 0 on
+        an idle stack once TIME-WAIT, the UDP timeout and the stale timers have passed)."""
+        adm = self._adm
+        return {
+            "stack_tcp_keys": len(self._tcp),
+            "stack_tcp_ids": len(self._flows),
+            "stack_udp_sessions": len(self._udp),
+            "stack_udp_ids": len(self._udp_by_id),
+            "stack_timers": len(self._heap),
+            "stack_lingering": len(self._lingering),
+            "stack_syn_quotes": len(self._syn_quote),
+            "stack_pending_sources": len(adm.pending_by_src),
+            "stack_held": len(adm.held),
+            "stack_half_open": len(adm.half_open),
+            "stack_converted": len(adm.converted),
+            "stack_awaiting": len(adm.awaiting),
+            "stack_awaiting_destinations": len(adm.awaiting_by_dst),
+        }
+
     def flows(self) -> list[tuple[int, str, State]]:
         """``(flow_id, "tcp", state)`` for every TCP flow the host can still address."""
         return [(fid, "tcp", c.state) for fid, c in self._flows.items()]
