@@ -740,6 +740,7 @@ class Driver:
             retired_upstreams=len(self._retired),
             closing_tasks=len(self._closing),
             egress_own_endpoints=self.egress.own_count,
+            egress_lookups_waiting=self.egress.lookups_waiting,
             log_keys=len(self._limited),
         )
         for name, up in (("upstream", self.upstream), ("udp_upstream", self.udp_upstream)):

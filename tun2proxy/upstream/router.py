@@ -389,11 +389,12 @@ class _RoutingUdpChannel(UdpChannel):
                 channel.close()
 
 
-async def resolve_proxy_addresses(host: str) -> list[str]:
+async def resolve_proxy_addresses(host: str, egress: Egress | None = None) -> list[str]:
     """Every address (IPv4 and IPv6) of a proxy host, for ``proxy_addresses``.
 
-    An IP literal (``[v6]`` brackets allowed) is returned as it is. Call it before virtual
-    DNS answers the host's own queries.
+    An IP literal (``[v6]`` brackets allowed) is returned as it is; a name is resolved
+    through ``egress`` (default: a new :class:`Egress`, the system resolver: see
+    :mod:`.resolve`). Call it before virtual DNS answers the host's own queries.
 
     Raises:
         ConfigError: the name does not resolve.
@@ -405,9 +406,9 @@ async def resolve_proxy_addresses(host: str) -> list[str]:
         return [str(ipaddress.ip_address(h))]
     except ValueError:
         pass
-    loop = asyncio.get_running_loop()
+    eg = egress if egress is not None else Egress()
     try:
-        infos = await loop.getaddrinfo(h, None, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM)
+        infos = await eg.getaddrinfo(h, None, socket.AF_UNSPEC, socket.SOCK_STREAM)
     except (OSError, UnicodeError) as e:
         raise ConfigError(f"proxy host {host!r}: cannot resolve ({e})") from None
     out: list[str] = []
