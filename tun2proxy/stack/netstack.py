@@ -855,6 +855,15 @@ class NetStack:
         if len(heap) > _COMPACT_FACTOR * (len(self._tcp) + len(self._udp)) + _COMPACT_SLACK:
             self._compact_heap()
 
+    def _maybe_compact(self) -> None:
+        """After a poll: compact as :meth:`_push` does, and when no flow or session is left
+        every entry is stale, so an idle stack keeps no timers (and no closed flows)."""
+        n = len(self._heap)
+        if n:
+            live = len(self._tcp) + len(self._udp)
+            if live == 0 or n > _COMPACT_FACTOR * live + _COMPACT_SLACK:
+                self._compact_heap()
+
     def _compact_heap(self) -> None:
         """Drop the stale heap entries (amortised O(1) per push: it runs only when at least
         two thirds of the entries are stale)."""
@@ -923,6 +932,7 @@ class NetStack:
             for conn in self._closing:
                 self._finish(conn, out, now)
             self._closing = []
+        self._maybe_compact()
         st = self.stats_counters
         st.packets_out += len(out)
         return out
