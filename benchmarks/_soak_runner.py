@@ -3,7 +3,7 @@
     python benchmarks/_soak_runner.py TUN2PROXY-ARGUMENTS...
 
 Environment: ``T2P_SOAK_DUMP`` (a path prefix; required), ``T2P_SOAK_TRACE=N`` (tracemalloc
-with N frames). When ``$T2P_SOAK_DUMP.req`` appears, holding ``base``, ``final`` or ``trim``,
+with N frames), ``T2P_SOAK_TRIM_EVERY=S`` (``malloc_trim(0)`` every S seconds). When ``$T2P_SOAK_DUMP.req`` appears, holding ``base``, ``final`` or ``trim``,
 the probe thread writes ``$T2P_SOAK_DUMP.json``: RSS, the objects the garbage collector
 tracks counted by type, pymalloc's figures, and with tracemalloc the biggest differences from
 the ``base`` snapshot; ``trim`` also calls ``malloc_trim(0)`` and reports the RSS after it.
@@ -28,6 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 DUMP = os.environ["T2P_SOAK_DUMP"]
 FRAMES = int(os.environ.get("T2P_SOAK_TRACE", "0") or 0)
+#: ``malloc_trim(0)`` every this many seconds (0: never): is the growth free memory that the
+#: C allocator keeps, or memory in use?
+TRIM_EVERY = float(os.environ.get("T2P_SOAK_TRIM_EVERY", "0") or 0)
 
 
 def _rss_kib() -> int:
@@ -41,8 +44,12 @@ def _probe() -> None:
     base: tracemalloc.Snapshot | None = None
     libc = ctypes.CDLL("libc.so.6")
     req = Path(DUMP + ".req")
+    next_trim = time.monotonic() + TRIM_EVERY
     while True:
         time.sleep(0.2)
+        if TRIM_EVERY and time.monotonic() >= next_trim:
+            libc.malloc_trim(0)
+            next_trim = time.monotonic() + TRIM_EVERY
         if not req.exists():
             continue
         what = req.read_text().strip()

@@ -93,6 +93,7 @@ class Soak:
         self.dump = str(lab.tmp / "probe")
         os.environ["T2P_SOAK_DUMP"] = self.dump
         os.environ["T2P_SOAK_TRACE"] = str(self.args.trace or 0)
+        os.environ["T2P_SOAK_TRIM_EVERY"] = str(self.args.trim_every or 0)
         argv = [sys.executable, RUNNER, "--tun", TUN_NAME, "--tun-netns", lab.C,
                 "--proxy", f"socks5://127.0.0.1:{DANTE_PORT}", "--loop", self.args.loop,
                 "-v", "info", *self.args.extra]
@@ -212,6 +213,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "tracemalloc_top": final.get("top_lines"),
             "tracemalloc_tracebacks": final.get("top"),
             "alive": soak.t2p.alive(),
+            "samples": [(round(s["t"], 1), s["rss_kib"], s["fds"], s["timers"], s["udp"])
+                        for s in samples],
         }
     finally:
         soak.close()
@@ -234,7 +237,10 @@ def main() -> int:
     ap.add_argument("--settle", type=float, default=120.0,
                     help="seconds to wait for the tables after the churn")
     ap.add_argument("--trace", type=int, default=0, metavar="FRAMES")
-    ap.add_argument("--trim", action="store_true")
+    ap.add_argument("--trim", action="store_true",
+                    help="malloc_trim(0) at the end: RSS of live memory against free memory kept")
+    ap.add_argument("--trim-every", type=float, default=0.0, metavar="SECONDS",
+                    help="malloc_trim(0) in tun2proxy every SECONDS during the run")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     args.extra = extra
@@ -246,7 +252,8 @@ def main() -> int:
         return 2
     res = run(args)
     brief = {k: v for k, v in res.items()
-             if k not in ("object_growth_by_type", "tracemalloc_top", "tracemalloc_tracebacks")}
+             if k not in ("object_growth_by_type", "tracemalloc_top", "tracemalloc_tracebacks",
+                          "samples")}
     print(json.dumps(brief, default=str))
     print("objects by type, after - before:",
           ", ".join(f"{n} {d:+d}" for n, d in res["object_growth_by_type"]))
