@@ -3,10 +3,11 @@
     python benchmarks/_soak_runner.py TUN2PROXY-ARGUMENTS...
 
 Environment: ``T2P_SOAK_DUMP`` (a path prefix; required), ``T2P_SOAK_TRACE=N`` (tracemalloc
-with N frames), ``T2P_SOAK_TRIM_EVERY=S`` (``malloc_trim(0)`` every S seconds). When ``$T2P_SOAK_DUMP.req`` appears, holding ``base``, ``final`` or ``trim``,
-the probe thread writes ``$T2P_SOAK_DUMP.json``: RSS, the objects the garbage collector
-tracks counted by type, pymalloc's figures, and with tracemalloc the biggest differences from
-the ``base`` snapshot; ``trim`` also calls ``malloc_trim(0)`` and reports the RSS after it.
+with N frames), ``T2P_SOAK_TRIM_EVERY=S`` (``malloc_trim(0)`` every S seconds). When
+``$T2P_SOAK_DUMP.req`` appears, holding ``base``, ``final`` or ``trim``, the probe thread
+writes ``$T2P_SOAK_DUMP.json``: RSS, the objects the garbage collector tracks counted by
+type, pymalloc's block count, and with tracemalloc the biggest differences from the ``base``
+snapshot; ``trim`` also calls ``malloc_trim(0)`` and reports the RSS after it.
 A thread and files rather than a signal: it works the same under asyncio and uvloop.
 """
 
