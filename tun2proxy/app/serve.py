@@ -20,6 +20,7 @@ from ..link.base import Link
 from ..link.impair import ImpairedLink
 from ..link.unshare import PrivateNamespace
 from ..workers import WorkerSet
+from .memory import MallocTrimmer
 from .plan import Plan
 from .reload import Reloader, ReloadResult
 from .settings import driver_config, stack_config
@@ -168,10 +169,24 @@ async def serve(
                 watch.add(pid, on_child_exit)
                 child.release()
                 released = True
+        trimmer: MallocTrimmer | None = None
+        if opts.malloc_trim > 0:
+            d = driver
+
+            def churn() -> int:
+                st = d.stack.stats_counters
+                return st.tcp_accepted + st.udp_sessions_opened + d.flows_failed
+
+            trimmer = MallocTrimmer(loop, opts.malloc_trim, churn)
+            trimmer.start()
         if stop_requested:
             link.close()
         else:
-            await driver.run()
+            try:
+                await driver.run()
+            finally:
+                if trimmer is not None:
+                    trimmer.stop()
     finally:
         for s in (*signals, signal.SIGUSR1, signal.SIGHUP):
             loop.remove_signal_handler(s)
