@@ -2,9 +2,9 @@
 
 Under steady churn (thousands of short flows and UDP sessions a minute) glibc's malloc keeps
 the memory the ended flows freed: a live allocation high in the heap stops it from shrinking
-the heap on its own, so RSS creeps up though nothing is kept (``benchmarks/soak.py``: about
-+10 MiB/h on asyncio's loop over 15 minutes, -0.8 ± 1.7 MiB/h with a trim every 30 s; the
-objects the garbage collector tracks stayed flat). :class:`MallocTrimmer` calls
+the heap on its own, so RSS creeps up though nothing is kept (``benchmarks/soak.py``: the
+objects the garbage collector tracks stay flat while RSS grows, and a trim returns 3-6 MiB;
+figures in docs/performance.md "Memory under churn"). :class:`MallocTrimmer` calls
 ``malloc_trim(0)`` at most every ``interval`` seconds, and only when flows ended since the
 last time (an idle or steady tunnel costs nothing). Not glibc (musl, macOS): it does nothing.
 """
