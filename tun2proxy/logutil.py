@@ -89,6 +89,10 @@ class RateLimitedLog:
             msg += f" (and {n} more like it in the last {self.interval:.0f}s)"
         self.logger.log(level, msg, *args)
 
+    def __len__(self) -> int:
+        """How many keys are remembered now (at most ``max_keys``)."""
+        return len(self._last)
+
     def warning(self, key: str, msg: str, *args: object) -> None:
         """:meth:`log` at WARNING."""
         self.log(logging.WARNING, key, msg, *args)

@@ -29,6 +29,7 @@ from tun2proxy.testing.packets import pack
 from tun2proxy.upstream import DirectUpstream
 from tun2proxy.upstream.base import FlowInfo
 from tun2proxy.upstream.dial import connect_tcp, local_destination
+from tun2proxy.upstream.resolve import SystemResolver
 from tun2proxy.wire import ACK, SYN, unreachable
 from tun2proxy.wire.addrclass import SCOPED, bad_destination, bad_source, classify, dial_refused
 
@@ -475,11 +476,10 @@ async def test_a_rebinding_name_is_dialled_only_at_its_other_addresses(
     the attempts are recorded instead."""
     from tun2proxy.upstream import dial
 
-    loop = asyncio.get_running_loop()
     answer: list[tuple[object, ...]] = []
     tried: list[str] = []
 
-    async def fake_getaddrinfo(host: str, port: int, **kw: object) -> list[tuple[object, ...]]:
+    async def fake_getaddrinfo(*a: object, **kw: object) -> list[tuple[object, ...]]:
         return answer
 
     async def fake_attempt(loop: object, family: int, addr: tuple[str, int], ob: object,
@@ -487,7 +487,7 @@ async def test_a_rebinding_name_is_dialled_only_at_its_other_addresses(
         tried.append(addr[0])
         raise ConnectionRefusedError("recorded, not dialled")
 
-    monkeypatch.setattr(loop, "getaddrinfo", fake_getaddrinfo)
+    monkeypatch.setattr(SystemResolver, "getaddrinfo", fake_getaddrinfo)
     monkeypatch.setattr(dial, "_attempt", fake_attempt)
     answer[:] = [
         (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 80)),

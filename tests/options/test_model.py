@@ -136,6 +136,7 @@ BAD = [
     ("--memory-limit", "512K", "must be between 1M and 1T"),
     ("--udp", "maybe", "choose from proxy, direct, reject"),
     ("--udp-timeout", "-inf", "must be a finite number of seconds"),
+    ("--malloc-trim", "-1", "must be positive"),
     ("--max-udp-sessions", "0", "must be positive"),
     ("--dns", "doh", "choose from virtual, over-tcp, direct"),
     ("--dns-addr", "8.8.8.8:0", "is not an IP address with an optional port"),

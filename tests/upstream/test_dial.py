@@ -13,6 +13,7 @@ import pytest
 from tun2proxy.upstream import dial
 from tun2proxy.upstream.dial import Outbound, udp_socket
 from tun2proxy.upstream.egress import Egress
+from tun2proxy.upstream.resolve import SystemResolver
 
 #: The egress these tests dial through (a Driver has one of its own).
 EG = Egress()
@@ -102,7 +103,7 @@ async def test_race_takes_the_address_that_answers(monkeypatch: pytest.MonkeyPat
             await asyncio.sleep(3600)
         await real(sock, addr)
 
-    monkeypatch.setattr(loop, "getaddrinfo", fake_getaddrinfo)
+    monkeypatch.setattr(SystemResolver, "getaddrinfo", fake_getaddrinfo)
     monkeypatch.setattr(loop, "sock_connect", hang_for_testnet)
     t0 = loop.time()
     t, _ = await connect_tcp("name.test", port, _Sink)

@@ -17,6 +17,7 @@ from tun2proxy.routing.rules import Rules
 from tun2proxy.upstream import router as router_mod
 from tun2proxy.upstream.base import DatagramReceiver, FlowInfo, UdpChannel, Upstream
 from tun2proxy.upstream.direct import DirectUpstream
+from tun2proxy.upstream.resolve import SystemResolver
 from tun2proxy.upstream.router import Decision, RoutingUpstream, resolve_proxy_addresses
 
 pytestmark = pytest.mark.timeout(30)
@@ -435,11 +436,12 @@ async def test_resolve_localhost() -> None:
 
 
 async def test_resolve_every_family_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    loop = asyncio.get_running_loop()
     calls: list[tuple[object, ...]] = []
 
-    async def fake(host: str, port: object, **kw: object) -> list[tuple[Any, ...]]:
-        calls.append((host, port, kw))
+    async def fake(
+        self: object, host: str, port: object, family: int = 0, type: int = 0
+    ) -> list[tuple[Any, ...]]:
+        calls.append((host, port, {"family": family, "type": type}))
         return [
             (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("203.0.113.5", 0)),
             (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("fe80::1%eth0", 0, 0, 2)),
@@ -447,7 +449,7 @@ async def test_resolve_every_family_once(monkeypatch: pytest.MonkeyPatch) -> Non
             (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2001:db8::5", 0, 0, 0)),
         ]
 
-    monkeypatch.setattr(loop, "getaddrinfo", fake)
+    monkeypatch.setattr(SystemResolver, "getaddrinfo", fake)
     assert await resolve_proxy_addresses("proxy.example") == [
         "203.0.113.5", "fe80::1", "2001:db8::5"
     ]
@@ -455,17 +457,15 @@ async def test_resolve_every_family_once(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 async def test_resolve_failure_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    loop = asyncio.get_running_loop()
-
     async def fail(*a: object, **kw: object) -> list[tuple[Any, ...]]:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
     async def empty(*a: object, **kw: object) -> list[tuple[Any, ...]]:
         return []
 
-    monkeypatch.setattr(loop, "getaddrinfo", fail)
+    monkeypatch.setattr(SystemResolver, "getaddrinfo", fail)
     with pytest.raises(ConfigError, match=r"proxy host 'nope\.example': cannot resolve"):
         await resolve_proxy_addresses("nope.example")
-    monkeypatch.setattr(loop, "getaddrinfo", empty)
+    monkeypatch.setattr(SystemResolver, "getaddrinfo", empty)
     with pytest.raises(ConfigError, match="no IPv4 or IPv6 address"):
         await resolve_proxy_addresses("nope.example")

@@ -23,6 +23,7 @@ from ..link.base import Link
 from ..link.impair import ImpairedLink
 from ..link.unshare import PrivateNamespace
 from ..workers import WorkerSet
+from .memory import MallocTrimmer
 from .plan import Plan
 from .reload import Reloader, ReloadResult
 from .settings import driver_config, stack_config
@@ -191,6 +192,16 @@ async def serve(
                 watch.add(pid, on_child_exit)
                 child.release()
                 released = True
+        trimmer: MallocTrimmer | None = None
+        if opts.malloc_trim > 0:
+            d = driver
+
+            def churn() -> int:
+                st = d.stack.stats_counters
+                return st.tcp_accepted + st.udp_sessions_opened + d.flows_failed
+
+            trimmer = MallocTrimmer(loop, opts.malloc_trim, churn)
+            trimmer.start()
         if stop_requested:
             link.close()
         else:
@@ -208,6 +219,8 @@ async def serve(
             finally:
                 if metrics is not None:
                     metrics.close()
+                if trimmer is not None:
+                    trimmer.stop()
     finally:
         if observers is not None:
             await observers.close()

@@ -208,6 +208,14 @@ class DialQueue(Generic[T]):
             "destinations": len(self._dests),
         }
 
+    def table_sizes(self) -> dict[str, int]:
+        """Queued flows, destinations known, and queue deadlines (lazily deleted)."""
+        return {
+            "dial_queue": len(self._entries),
+            "dial_destinations": len(self._dests),
+            "dial_deadlines": len(self._times),
+        }
+
     def _gc(self, key: str, d: _Dest) -> None:
         if d.active == 0 and not d.live[0] and not d.live[1]:
             del self._dests[key]

@@ -232,6 +232,15 @@ class DnsHandler:
             return None
         return str(a6 if v6 else a4)
 
+    def table_sizes(self) -> dict[str, int]:
+        """Fake-address mappings (they expire; the pool's capacity bounds them), addresses in
+        use by flows, and DNS forwards in flight."""
+        return {
+            "dns_mappings": len(self.pool) if self.pool is not None else 0,
+            "dns_active_addresses": len(self._active),
+            "dns_forwards": len(self._tasks),
+        }
+
     def stats(self) -> dict[str, object]:
         """Counters of the DNS handling."""
         s: dict[str, object] = {"mode": self.mode, "forwarded": self.forwarded,

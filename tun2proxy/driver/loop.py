@@ -417,7 +417,38 @@ class Driver(TcpFlows, UdpFlows, FlowApi):
         if callable(router_stats):
             s["upstream"] = router_stats()
         s["dns"] = self.dns.stats()
+        s["tables"] = self.table_sizes()
         return s
+
+    def table_sizes(self) -> dict[str, int]:
+        """The size of every table keyed by address, port or flow, in the stack and here:
+        flows, timers, UDP sessions, DNS mappings, the dial queue, relays, the egress's own
+        endpoints, rate-limited log keys, and the upstream's own tables if it reports them.
+
+        For leak checks (``benchmarks/soak.py``, ``tests/driver/test_churn.py``): after the
+        churn stops and the timeouts pass, each is back to its value before the churn.
+        """
+        t = self.stack.table_sizes()
+        t.update(self._dialer.queue.table_sizes())
+        t.update(self.dns.table_sizes())
+        t.update(
+            relays=len(self._relays),
+            connecting=len(self._connecting),
+            udp_relays=len(self._udp),
+            fake_destinations=len(self._fake_dst),
+            sniffing=len(self._sniffing),
+            retired_upstreams=len(self._retired),
+            closing_tasks=len(self._closing),
+            egress_own_endpoints=self.egress.own_count,
+            egress_lookups_waiting=self.egress.lookups_waiting,
+            log_keys=len(self._limited),
+        )
+        for name, up in (("upstream", self.upstream), ("udp_upstream", self.udp_upstream)):
+            sizes = getattr(up, "table_sizes", None)
+            if callable(sizes) and (name == "upstream" or up is not self.upstream):
+                for k, v in sizes().items():
+                    t[f"{name}_{k}"] = int(v)
+        return t
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:

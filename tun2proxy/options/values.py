@@ -139,6 +139,22 @@ def seconds(hi: float) -> Callable[[str], float]:
     return parse
 
 
+def seconds_or_off(hi: float) -> Callable[[str], float]:
+    """A duration in seconds like :func:`seconds`, or ``0`` (off)."""
+    positive = seconds(hi)
+
+    def parse(text: str) -> float:
+        t = text.strip()
+        if t in ("0", "0.0", "off"):
+            return 0.0
+        try:
+            return positive(t)
+        except BadValue as e:
+            raise BadValue(f"{e} (or 0: off)") from None
+
+    return parse
+
+
 def format_size(n: int) -> str:
     """``1048576`` as ``1M``; sizes that are no whole unit stay in bytes."""
     for unit in ("T", "G", "M", "K"):

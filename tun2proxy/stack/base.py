@@ -29,6 +29,10 @@ _RST_BUDGET = 200  # RSTs to unknown flows per second (RFC 9293 §3.10.7.1; no a
 #: beside its buffers: an idle established flow measured about 2.2 KB with tracemalloc
 #: (tests/stack/test_memory.py keeps this figure honest).
 FLOW_OVERHEAD = 2200
+#: The timer heap is rebuilt without its stale entries once it holds more than this many
+#: entries per flow and session (plus the slack): stale ones then outnumber live ones 2:1.
+_COMPACT_FACTOR = 3
+_COMPACT_SLACK = 64
 
 
 def address_refused(src: bytes, dst: bytes, allow_scoped: bool) -> str:
@@ -164,3 +168,21 @@ class StackBase:
             del self._tcp[conn.key]
         self._flows.pop(conn.flow_id, None)
         conn.sched = None
+
+    def _maybe_compact(self) -> None:
+        """After a poll: rebuild the timer heap when stale entries outnumber live ones 2:1
+        (amortised O(1) per entry); with no flow or session left every entry is stale, so an
+        idle stack keeps no timers (and no closed flows alive)."""
+        n = len(self._timers)
+        if n:
+            live = len(self._tcp) + len(self._udp)
+            if live == 0 or n > _COMPACT_FACTOR * live + _COMPACT_SLACK:
+                udp = self._udp_by_id
+
+                def alive(obj: StackConnection | UdpSession) -> bool:
+                    if isinstance(obj, StackConnection):
+                        return obj.state is not CLOSED
+                    return udp.get(obj.flow_id) is obj
+
+                self._timers.compact(alive)
+                self.stats_counters.timer_compactions += 1

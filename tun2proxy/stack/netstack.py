@@ -361,6 +361,8 @@ class NetStack(TcpInput, UdpInput, IcmpInput):
             for conn in self._closing:
                 self._finish(conn, out, now)
             self._closing = []
+        self._maybe_compact()
+        self._maybe_compact()
         st = self.stats_counters
         st.packets_out += len(out)
         return out
@@ -396,8 +398,10 @@ class NetStack(TcpInput, UdpInput, IcmpInput):
         self._syn_quote.pop(conn.flow_id, None)
         if conn.state is TIME_WAIT:
             self._timers.schedule(conn)
-        elif self._tcp.get(conn.key) is conn:
-            del self._tcp[conn.key]
+        else:
+            conn.sched = None  # its heap entries are stale now
+            if self._tcp.get(conn.key) is conn:
+                del self._tcp[conn.key]
 
     def busy(self) -> bool:
         """True when events are queued or packets are due: call :meth:`events`/:meth:`poll`."""
@@ -479,6 +483,26 @@ class NetStack(TcpInput, UdpInput, IcmpInput):
         if conn is not None:
             return conn
         return self._udp_by_id.get(flow_id)
+
+    def table_sizes(self) -> dict[str, int]:
+        """The size of every table keyed by address, port or flow (leak checks: all are 0 on
+        an idle stack once TIME-WAIT, the UDP timeout and the stale timers have passed)."""
+        adm = self._adm
+        return {
+            "stack_tcp_keys": len(self._tcp),
+            "stack_tcp_ids": len(self._flows),
+            "stack_udp_sessions": len(self._udp),
+            "stack_udp_ids": len(self._udp_by_id),
+            "stack_timers": len(self._timers),
+            "stack_lingering": len(self._lingering),
+            "stack_syn_quotes": len(self._syn_quote),
+            "stack_pending_sources": len(adm.pending_by_src),
+            "stack_held": len(adm.held),
+            "stack_half_open": len(adm.half_open),
+            "stack_converted": len(adm.converted),
+            "stack_awaiting": len(adm.awaiting),
+            "stack_awaiting_destinations": len(adm.awaiting_by_dst),
+        }
 
     def flows(self) -> list[tuple[int, str, State]]:
         """``(flow_id, "tcp", state)`` for every TCP flow the host can still address."""

@@ -26,6 +26,7 @@ class Stats:
         "tcp_mtu_reductions",
         "tcp_rst_sent",
         "tcp_syn_received",
+        "timer_compactions",
         "udp_closed",
         "udp_datagrams_in",
         "udp_datagrams_out",
@@ -52,6 +53,8 @@ class Stats:
         self.udp_closed: dict[str, int] = {}
         self.icmp_echo_replies = 0
         self.icmp_errors_sent = 0
+        #: Times the timer heap was rebuilt without its stale entries (churn).
+        self.timer_compactions = 0
         #: Packets dropped, by reason (``tcp-checksum``, ``ip-fragment``, ...).
         self.drops: dict[str, int] = {}
         #: Of those drops, the ones for a special address, by protocol, side and class of

@@ -5,11 +5,18 @@ not the flow's ``sched`` any more is stale and skipped when it reaches the top. 
 deadline moves later keeps its earlier entry: when that fires and nothing is due, the flow
 reports its next deadline and gets a new entry (``DESIGN.md`` §2 rule 7). Idle flows cost
 nothing.
+
+Lazy deletion leaves an entry behind for every earlier deadline and for every flow that ends
+before its timer: under churn that is one per closed flow, each holding its connection until
+the deadline passes (tens of seconds). The stack calls :meth:`compact` when stale entries
+outnumber live ones 2:1 (and when no flow is left), so the heap stays proportional to the
+flows.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 
 from ..udp.session import UdpSession
 from .flow import StackConnection
@@ -69,3 +76,10 @@ class TimerHeap:
                 return deadline
             heapq.heappop(heap)
         return None
+
+    def compact(self, live: Callable[[Timed], bool]) -> None:
+        """Drop every entry that is stale or whose flow ``live`` says has ended (in place:
+        a caller may be looping over :meth:`pop_due`)."""
+        heap = self._heap
+        heap[:] = [e for e in heap if e[2].sched == e[0] and live(e[2])]
+        heapq.heapify(heap)

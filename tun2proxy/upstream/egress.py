@@ -19,7 +19,6 @@ never mix.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import ipaddress
 import socket
@@ -27,6 +26,8 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+
+from .resolve import SystemResolver, literal_answer
 
 #: SO_MARK as an unsigned 32-bit value in the machine's byte order.
 _U32 = struct.Struct("=I")
@@ -125,12 +126,21 @@ class Egress:
         resolver: resolves the names this tunnel connects to (None: the system resolver).
     """
 
-    __slots__ = ("_own", "outbound", "resolver")
+    __slots__ = ("_own", "_system", "outbound", "resolver")
 
     def __init__(self, outbound: Outbound | None = None, resolver: Resolver | None = None) -> None:
         self.outbound = outbound if outbound is not None else Outbound()
         self.resolver = resolver
         self._own: dict[tuple[str, int], int] = {}
+        self._system: SystemResolver | None = None
+
+    @property
+    def system_resolver(self) -> SystemResolver:
+        """This tunnel's bounded ``socket.getaddrinfo`` pool (:mod:`.resolve`), used when no
+        ``resolver`` is set; its threads start on the first name."""
+        if self._system is None:
+            self._system = SystemResolver()
+        return self._system
 
     def outbound_for(self, override: Outbound | None) -> Outbound:
         """``override`` (an upstream's own options, e.g. ``DirectUpstream(fwmark=...)``), or
@@ -186,15 +196,25 @@ class Egress:
         """How many endpoints are remembered now (for stats and leak tests)."""
         return len(self._own)
 
+    @property
+    def lookups_waiting(self) -> int:
+        """Name lookups waiting for a resolver thread now (for stats and leak tests)."""
+        return self._system.queued if self._system is not None else 0
+
     # -- names -------------------------------------------------------------------------------
 
     async def getaddrinfo(
         self, host: str, port: int | None, family: int = 0, type: int = socket.SOCK_STREAM
     ) -> list[Any]:
-        """``loop.getaddrinfo`` for this tunnel's own sockets, through its resolver."""
-        if self.resolver is not None and literal_infos(host, port or 0) is None:
+        """``getaddrinfo`` for this tunnel's own sockets: IP literals at once, names through
+        its resolver, else its :attr:`system_resolver` (bounded threads; never the event
+        loop's ``getaddrinfo``, see :mod:`.resolve`)."""
+        lit = literal_answer(host, port, family, type)
+        if lit is not None:
+            return lit
+        if self.resolver is not None:
             return await self.resolver(host, port, family, type)
-        return await asyncio.get_running_loop().getaddrinfo(host, port, family=family, type=type)
+        return await self.system_resolver.getaddrinfo(host, port, family, type)
 
     def describe(self) -> str:
         """The outbound options and resolver, for logs."""

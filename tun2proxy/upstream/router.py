@@ -404,9 +404,10 @@ class _RoutingUdpChannel(UdpChannel):
 async def resolve_proxy_addresses(host: str, egress: Egress | None = None) -> list[str]:
     """Every address (IPv4 and IPv6) of a proxy host, for ``proxy_addresses``.
 
-    An IP literal (``[v6]`` brackets allowed) is returned as it is. Call it before virtual
-    DNS answers the host's own queries, or give the tunnel's ``egress``, whose resolver
-    (``--setup``: an OwnResolver) asks outside the tunnel.
+    An IP literal (``[v6]`` brackets allowed) is returned as it is; a name is resolved
+    through ``egress`` (default: a new :class:`Egress`, the system resolver: see
+    :mod:`.resolve`; ``--setup``: the tunnel's OwnResolver, which asks outside the tunnel).
+    Call it before virtual DNS answers the host's own queries.
 
     Raises:
         ConfigError: the name does not resolve.
@@ -418,13 +419,9 @@ async def resolve_proxy_addresses(host: str, egress: Egress | None = None) -> li
         return [str(ipaddress.ip_address(h))]
     except ValueError:
         pass
+    eg = egress if egress is not None else Egress()
     try:
-        if egress is not None:
-            infos = await egress.getaddrinfo(h, None, socket.AF_UNSPEC, socket.SOCK_STREAM)
-        else:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                h, None, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM
-            )
+        infos = await eg.getaddrinfo(h, None, socket.AF_UNSPEC, socket.SOCK_STREAM)
     except (OSError, UnicodeError) as e:
         raise ConfigError(f"proxy host {host!r}: cannot resolve ({e})") from None
     out: list[str] = []

@@ -31,6 +31,10 @@ __all__ = ["DirectUdpChannel", "Socks5UdpChannel", "open_direct_udp", "open_sock
 _MAX_PENDING = 64
 _NAME_TTL = 60.0
 _NAME_CACHE = 256
+#: Replies matched back to the name the app sent to: (address, port) -> name, the most recent
+#: this many per session (a session that talks to many names and ports must not grow it
+#: without bound).
+_REVERSE_CAP = 1024
 log = logging.getLogger(__name__)
 #: One line per 10 s for datagrams refused because they would reach this host itself.
 _refusal_log = RateLimitedLog(log, interval=10.0)
@@ -49,7 +53,8 @@ class DirectUdpChannel(DatagramChannel):
         self.refuse_local = refuse_local
         self.refused = 0
         self._names: OrderedDict[str, tuple[str, float]] = OrderedDict()  # name -> ip, expiry
-        self._reverse: dict[tuple[str, int], Address] = {}  # (ip, port) -> name address
+        #: (ip, port) -> the name address the app sent to (most recent last; capped).
+        self._reverse: OrderedDict[tuple[str, int], Address] = OrderedDict()
         self._pending: list[tuple[bytes, Address]] = []
         self._resolving: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -73,7 +78,12 @@ class DirectUdpChannel(DatagramChannel):
         hit = self._names.get(dst.host)
         if hit is not None and hit[1] > time.monotonic():
             if not self._refused(hit[0], dst):
-                self._reverse[(hit[0], dst.port)] = dst
+                rev = self._reverse
+                key = (hit[0], dst.port)
+                rev[key] = dst
+                rev.move_to_end(key)
+                if len(rev) > _REVERSE_CAP:
+                    rev.popitem(last=False)
                 with contextlib.suppress(OSError):
                     t.sendto(payload, (hit[0], dst.port))
             return
