@@ -43,7 +43,7 @@ def test_glibc_trim_is_found_and_runs() -> None:
 
 
 def test_the_option_takes_seconds_or_zero() -> None:
-    assert parse_args([]).malloc_trim == 60.0
+    assert parse_args([]).malloc_trim == 30.0
     assert parse_args(["--malloc-trim", "0"]).malloc_trim == 0.0
     assert parse_args(["--malloc-trim", "300"]).malloc_trim == 300.0
     for bad in ("-1", "nan", "1e400", "x", "100000"):

@@ -166,7 +166,7 @@ class Options:
         "processes, one per queue of a multi-queue TUN device (Linux; 1 to 64). Limits are "
         "divided among them; see docs/performance.md", v.integer(1, 64), metavar="N",
         toml=_INT, section="speed"))
-    malloc_trim: float = option(60.0, Spec(
+    malloc_trim: float = option(30.0, Spec(
         "give memory that ended flows freed back to the system (glibc malloc_trim) at most "
         "this often, only after churn; 0: never (at most 86400)", v.seconds_or_off(86400),
         metavar="SECONDS", toml=_SECONDS, section="speed"))
