@@ -38,19 +38,27 @@ def test_tables_fds_and_timers_back_to_baseline_after_churn(
     time.sleep(0.5)
     base = stats(p)
     base_tables = _tables(base)
-    base_fds = fd_count(p.pid)
-    peak_timers = 0
-    peak_ratio = 0.0
-    for _ in range(3):
+
+    def churn(n: int, bulk: float) -> None:
         r = churn_round(
             lambda: lab.socket(lab.C),
             lambda: lab.socket(lab.C, socket.AF_INET, socket.SOCK_DGRAM),
             (SERVER_V4, STREAM_PORT), (SERVER_V4, UDP_PORT),
-            connections=200, udp_round_trips=200, bulk_seconds=0.5,
+            connections=n, udp_round_trips=n, bulk_seconds=bulk,
         )
         assert r.tcp_failed == 0, r.errors
-        assert r.udp_ok >= 190, r  # UDP may lose a datagram; the sessions are what counts
+        assert r.udp_ok >= n * 0.95, r  # UDP may lose a datagram; the sessions are what counts
         assert r.bulk_bytes > 0, r.errors
+
+    # A short warm-up first: the event loop makes some fds on first use (uvloop: libuv's
+    # io_uring ring), which are not the churn's; the fd baseline is taken after it.
+    churn(20, 0.1)
+    assert wait_for(lambda: _tables(stats(p)) == base_tables, timeout=30, interval=0.5)
+    base_fds = fd_count(p.pid)
+    peak_timers = 0
+    peak_ratio = 0.0
+    for _ in range(3):
+        churn(200, 0.5)
         st = stats(p)
         t = _tables(st)
         peak_timers = max(peak_timers, t["stack_timers"])
@@ -72,5 +80,5 @@ def test_tables_fds_and_timers_back_to_baseline_after_churn(
     assert after["tcp_flows"] == 0 and after["udp_sessions"] == 0
     assert after["timer_heap"] == 0
     assert after["relays"] == 0 and after["udp_relays"] == 0
-    assert int(after["flows_opened"]) >= 600  # type: ignore[call-overload]
+    assert int(after["flows_opened"]) >= 620  # type: ignore[call-overload]
     assert p.alive()
