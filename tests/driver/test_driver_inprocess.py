@@ -369,7 +369,9 @@ async def test_udp_sessions_from_many_sources_leave_every_table_empty_when_they_
 
     fds = len(os.listdir("/proc/self/fd"))
     try:
-        async with running(ToEcho({}), udp_timeout=0.3) as (host, driver):
+        # 2 s: long enough that a loaded machine never lets a session expire between the
+        # three feeds (it would be opened twice), short enough to wait out.
+        async with running(ToEcho({}), udp_timeout=2.0) as (host, driver):
             sources = [(f"10.1.{i // 250}.{i % 250 + 1}", 20000 + i) for i in range(300)]
             for _ in range(3):
                 host.link.feed([udp_packet(h, "192.0.2.1", p, 9999, b"x" * 32) for h, p in sources])
