@@ -44,6 +44,7 @@ __all__ = [
     "Egress",
     "Outbound",
     "connect_tcp",
+    "connect_tcp_early",
     "default_egress",
     "default_outbound",
     "getaddrinfo",
@@ -198,6 +199,70 @@ async def connect_tcp(
         sock.close()
         raise
     return transport, protocol
+
+
+async def connect_tcp_early(
+    host: str,
+    port: int,
+    protocol_factory: Callable[[], asyncio.Protocol],
+    outbound: Outbound | None = None,
+    *,
+    egress: Egress | None = None,
+) -> tuple[asyncio.Transport, asyncio.Protocol, Callable[[], None]]:
+    """:func:`connect_tcp` for a protocol that waits for its peer's first bytes anyway (a proxy
+    handshake): with one address, the transport is attached while the connect is still in
+    progress — one ``connect()`` call, no wait for writability, the first write queued until
+    the socket connects. The protocol's ``connection_made`` therefore does not mean connected:
+    a refused or unreachable peer arrives as ``connection_lost(OSError)``.
+
+    Returns the transport, the protocol and a callable that ends the socket's place in the
+    egress's registry (call it once the peer has answered, or the connection is gone). With
+    several addresses to race, this is :func:`connect_tcp` (its registry entry already ended).
+
+    Raises:
+        OSError: the socket could not be made, or (several addresses) none connected.
+    """
+    eg = egress if egress is not None else default_egress()
+    infos = literal_infos(host, port)
+    if infos is None or len(infos) != 1:
+        transport, protocol = await connect_tcp(
+            host, port, protocol_factory, outbound, egress=eg
+        )
+        return transport, protocol, _nothing
+    family, addr = infos[0][0], infos[0][4]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    key = None
+    try:
+        sock.setblocking(False)
+        eg.outbound_for(outbound).apply(sock)
+        with contextlib.suppress(BlockingIOError):
+            sock.connect(addr)  # in progress: the local port is chosen, the SYN is on its way
+        key = eg.remember(sock)
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.create_connection(protocol_factory, sock=sock)
+    except BaseException:
+        eg.forget(key)
+        sock.close()
+        raise
+    return transport, protocol, _Forget(eg, key)
+
+
+def _nothing() -> None:
+    """Nothing to undo."""
+
+
+class _Forget:
+    """Ends one socket's place in an egress's registry, once however often it is called."""
+
+    __slots__ = ("egress", "key")
+
+    def __init__(self, egress: Egress, key: tuple[str, int] | None) -> None:
+        self.egress = egress
+        self.key = key
+
+    def __call__(self) -> None:
+        key, self.key = self.key, None
+        self.egress.forget(key)
 
 
 async def _race(
