@@ -42,7 +42,7 @@ def main() -> int:
         metrics=a.metric, paths="tun2proxy", extra=[], pipeline=False,
     )
     b = e2e.Bench(args)
-    res: dict[str, list[tuple[float, float, float]]] = {v: [] for v in a.variants}
+    res: dict[str, list[tuple[float, float, float, float]]] = {v: [] for v in a.variants}
     try:
         b.setup()
         for r in range(a.rounds):
@@ -55,7 +55,7 @@ def main() -> int:
                 b.start_tun2proxy()
                 assert b.t2p is not None
                 b.connrate_warmup("tun2proxy")
-                cpu0 = e2e._cpu_seconds(b.t2p.pid)
+                user0, sys0 = e2e._cpu_split(b.t2p.pid)
                 if a.metric == "conn":
                     rate = b.connrate("tun2proxy")
                     p50 = b.conn_p50["tun2proxy"][-1]
@@ -64,21 +64,25 @@ def main() -> int:
                     rate = b.udprtt("tun2proxy")
                     p50 = b.udp_p50["tun2proxy"][-1]
                     n = int(rate * a.seconds)
-                cpu = (e2e._cpu_seconds(b.t2p.pid) - cpu0) / max(n, 1) * 1e6
-                res[v].append((rate, p50, cpu))
-                print(f"round {r} {v}: {rate:.0f}/s, p50 {p50:.3f} ms, CPU {cpu:.0f} us",
-                      flush=True)
+                user1, sys1 = e2e._cpu_split(b.t2p.pid)
+                cpu = (user1 - user0 + sys1 - sys0) / max(n, 1) * 1e6
+                sys_us = (sys1 - sys0) / max(n, 1) * 1e6
+                res[v].append((rate, p50, cpu, sys_us))
+                print(f"round {r} {v}: {rate:.0f}/s, p50 {p50:.3f} ms, CPU {cpu:.0f} us "
+                      f"(system {sys_us:.0f})", flush=True)
         for path in ("socks", "kernel"):
             fn = b.connrate if a.metric == "conn" else b.udprtt
             p50s = b.conn_p50 if a.metric == "conn" else b.udp_p50
-            res[path] = [(fn(path), p50s[path][-1], 0.0) for _ in range(3)]
+            res[path] = [(fn(path), p50s[path][-1], 0.0, 0.0) for _ in range(3)]
     finally:
         b.close()
-    print(f"\n{'variant':40} {'rate/s':>8} {'p50 ms':>8} {'CPU us':>8}  (medians)")
+    print(f"\n{'variant':40} {'rate/s':>8} {'p50 ms':>8} {'CPU us':>8} {'sys us':>8}  (medians)")
     for v, s in res.items():
         cpu = statistics.median(x[2] for x in s)
+        sys_us = statistics.median(x[3] for x in s)
         print(f"{v:40} {statistics.median(x[0] for x in s):8.0f} "
-              f"{statistics.median(x[1] for x in s):8.3f} {cpu if cpu else float('nan'):8.0f}")
+              f"{statistics.median(x[1] for x in s):8.3f} {cpu if cpu else float('nan'):8.0f} "
+              f"{sys_us if cpu else float('nan'):8.0f}")
     return 0
 
 
