@@ -12,6 +12,11 @@ from ..options import Options
 from ..stack.config import StackConfig
 from ..tcp.config import TcpConfig
 
+#: A download's send buffer may grow to this many times ``--tcp-buffer`` while the buffer is
+#: what limits it (TcpConfig.send_buffer_max); 8 flows server->client moved 4.2-4.9 Gbit/s
+#: with 1M and no growth, 5.6-5.9 with 2M-4M (docs/performance.md).
+SEND_BUFFER_GROWTH = 4
+
 __all__ = ["driver_config", "stack_config"]
 
 
@@ -41,7 +46,9 @@ def stack_config(
         icmp_echo=opts.icmp,
         tcp=TcpConfig(
             idle_timeout=opts.tcp_timeout, recv_buffer=opts.tcp_buffer,
-            send_buffer=opts.tcp_buffer, gso_max_size=gso if offload else 0,
+            send_buffer=opts.tcp_buffer,
+            send_buffer_max=min(SEND_BUFFER_GROWTH * opts.tcp_buffer, 1 << 30),
+            gso_max_size=gso if offload else 0,
         ),
     )
 

@@ -206,7 +206,9 @@ class Options:
         "minute)", v.seconds(120), metavar="SECONDS", toml=_SECONDS, section="limits"))
     tcp_buffer: int = option(1 << 20, Spec(
         "bytes buffered per TCP flow in each direction (4K to 1G, allocated only while data "
-        "flows); the window advertised to apps is what is free of it", v.size(4096, 1 << 30),
+        "flows); the window advertised to apps is what is free of it; a download's send "
+        "buffer grows up to 4 times this while it limits the flow (not under "
+        "--memory-limit pressure)", v.size(4096, 1 << 30),
         metavar="SIZE", toml=_SIZE, section="limits", show=v.format_size))
     memory_limit: int | None = option(None, Spec(
         "budget for buffered data (1M to 1T, e.g. 64M): above half of it buffers shrink, at "

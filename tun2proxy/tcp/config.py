@@ -21,6 +21,11 @@ class TcpConfig:
             receive window we advertise (backpressure).
         send_buffer: bytes buffered from the upstream towards the app, unacknowledged data
             included; ``send()`` accepts no more than the free room.
+        send_buffer_max: how far the send buffer may grow (doubling) while it is what limits
+            the flow — a ``send()`` that does not fit while at most a quarter of the buffer
+            waits unsent, the rest in flight: the app keeps up and the buffer, not the app's
+            window, bounds the rate (Linux grows ``tcp_wmem`` the same way). Never under
+            memory pressure (``StackConfig.memory_limit``), which scales it back. 0: no growth.
         window_scale, sack, timestamps: offer/accept these options (RFC 7323, RFC 2018).
         initial_rto, min_rto, max_rto: RFC 6298 timer bounds.
         max_retries: data retransmissions before the connection is reset (R2).
@@ -45,6 +50,7 @@ class TcpConfig:
 
     recv_buffer: int = 256 * 1024
     send_buffer: int = 256 * 1024
+    send_buffer_max: int = 0
     window_scale: bool = True
     sack: bool = True
     timestamps: bool = True
@@ -71,6 +77,8 @@ class TcpConfig:
             raise ConfigError("recv_buffer must be between 1 KiB and 1 GiB")
         if not 1024 <= self.send_buffer <= (1 << 30):
             raise ConfigError("send_buffer must be between 1 KiB and 1 GiB")
+        if self.send_buffer_max and not self.send_buffer <= self.send_buffer_max <= (1 << 30):
+            raise ConfigError("send_buffer_max must be 0 or between send_buffer and 1 GiB")
         if not 0 < self.min_rto <= self.initial_rto <= self.max_rto:
             raise ConfigError("need 0 < min_rto <= initial_rto <= max_rto")
         if self.max_retries < 1 or self.syn_retries < 0:

@@ -53,6 +53,16 @@ class TcpSender(Tcb):
             raise FlowStateError(f"cannot send in state {self.state.value}")
         room = self.snd_cap - len(self.sbuf)
         n = len(data)
+        if (
+            n > room
+            and self.snd_cap < self.snd_cap_max
+            and self.snd_max - self.sbuf_seq >= self.snd_cap >> 1
+            and self.sbuf_seq + len(self.sbuf) - self.snd_max <= self.snd_cap >> 2
+        ):
+            # The buffer, not the app, bounds this flow: at least half of it is in flight and
+            # at most a quarter waits unsent. Grow it (TcpConfig.send_buffer_max).
+            self.snd_cap = min(self.snd_cap << 1, self.snd_cap_max)
+            room = self.snd_cap - len(self.sbuf)
         if n > room:
             n = max(room, 0)
             self.want_writable = True

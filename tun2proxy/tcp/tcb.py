@@ -140,6 +140,7 @@ class Tcb:
         "scoreboard",
         "segments_retransmitted",
         "snd_cap",
+        "snd_cap_max",
         "snd_max",
         "snd_mss",
         "snd_una",
@@ -199,6 +200,8 @@ class Tcb:
         self.snd_wscale = 0
         self.snd_mss = 536
         self.snd_cap = c.send_buffer
+        #: How far snd_cap may grow while the buffer limits the flow (see TcpConfig).
+        self.snd_cap_max = max(c.send_buffer_max, c.send_buffer)
         self.sbuf = bytearray()
         self.sbuf_seq = self.iss + 1
         self.fin_queued = False
@@ -303,7 +306,8 @@ class Tcb:
         """Scale both buffer caps to ``fraction`` of their configured size (>= 4 KiB).
 
         Used under memory pressure. What was already advertised stays valid (the right edge
-        never moves back); only future window growth and future ``send`` room shrink.
+        never moves back); only future window growth and future ``send`` room shrink. Below
+        1.0 the send buffer does not grow (``send_buffer_max``) until a call with 1.0.
         """
         c = self.config
         base_rcv = c.recv_buffer if self.wscale_ok or self.state is LISTEN else min(
@@ -311,6 +315,9 @@ class Tcb:
         )
         self.rcv_cap = max(min(4096, base_rcv), int(base_rcv * fraction))
         self.snd_cap = max(4096, int(c.send_buffer * fraction))
+        self.snd_cap_max = (
+            max(c.send_buffer_max, c.send_buffer) if fraction >= 1.0 else self.snd_cap
+        )
 
     # ------------------------------------------------------------------ views
 
