@@ -216,11 +216,12 @@ async def connect_tcp_early(
     a refused or unreachable peer arrives as ``connection_lost(OSError)``.
 
     Returns the transport, the protocol and a callable that ends the socket's place in the
-    egress's registry (call it once the peer has answered, or the connection is gone). With
-    several addresses to race, this is :func:`connect_tcp` (its registry entry already ended).
+    egress's registry (call it once the peer has answered, or the connection is gone). For a
+    name (resolved, its addresses raced), this is :func:`connect_tcp`, connected before the
+    protocol is attached (its registry entry already ended: the callable does nothing).
 
     Raises:
-        OSError: the socket could not be made, or (several addresses) none connected.
+        OSError: the socket could not be made or connected (a name: none of its addresses).
     """
     eg = egress if egress is not None else default_egress()
     infos = literal_infos(host, port)
