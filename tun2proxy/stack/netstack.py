@@ -362,7 +362,6 @@ class NetStack(TcpInput, UdpInput, IcmpInput):
                 self._finish(conn, out, now)
             self._closing = []
         self._maybe_compact()
-        self._maybe_compact()
         st = self.stats_counters
         st.packets_out += len(out)
         return out
