@@ -170,20 +170,24 @@ async def test_reload_rebuilds_the_udpgw_client_with_its_new_settings(tmp_path: 
     await first.close()
 
 
-async def test_half_open_timeout_is_live_and_the_dial_queue_needs_a_restart(
-    tmp_path: Path,
-) -> None:
+async def test_half_open_timeout_and_the_dial_queue_are_live(tmp_path: Path) -> None:
     conf = tmp_path / "t.toml"
     _write(conf, "half-open-timeout = 2\nmax-connecting = 50\n")
     plan = _plan(conf)
     driver = _driver(plan)
     assert driver.stack.config.half_open_timeout == 2 and driver.config.max_connecting == 50
-    _write(conf, "half-open-timeout = 1\nmax-connecting = 60\nqueue-timeout = 3\n")
+    _write(conf, "half-open-timeout = 1\nmax-connecting = 60\nqueue-timeout = 3\n"
+           "max-connecting-per-destination = 7\nmtu = 1400\n")
     r = await Reloader(plan, driver).reload()
-    assert r.ok and r.changed == ("half-open-timeout",)
-    assert r.restart == ("max-connecting", "queue-timeout")
+    assert r.ok and r.changed == (
+        "max-connecting", "max-connecting-per-destination", "queue-timeout", "half-open-timeout"
+    )  # in the options model's order
+    assert r.restart == ("mtu",)
     assert driver.stack.config.half_open_timeout == 1
-    assert (driver.config.max_connecting, driver.config.queue_timeout) == (50, 10.0)
+    c = driver.config
+    assert (c.max_connecting, c.max_connecting_per_destination, c.queue_timeout) == (60, 7, 3.0)
+    q = driver._dialer.queue
+    assert (q.max_active, q.max_active_per_key, driver._dialer.queue_timeout) == (60, 7, 3.0)
     await driver.upstream.close()
 
 

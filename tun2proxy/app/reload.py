@@ -4,13 +4,13 @@ caller such as a control endpoint).
 A reload parses the command line again, so the config file is re-read and the flags given
 on the command line still win, exactly as at start. The settings in :data:`LIVE` (routing:
 rules, the rules file, bypass, named upstreams, the proxy, the UDP policy and the udpgw
-client; the log level; limits and timeouts for new flows) take effect for new flows; open
-flows keep the upstream connection and the settings they started with. Any other setting
-changed in the file (the device, MTU, workers, offload, the event loop, DNS mode and pools,
-...) keeps its running value and is named in one log line as needing a restart. A file
-that fails any check (not TOML, an unknown key, a bad value, a rule naming no upstream, a
-new proxy host that does not resolve within ``--connect-timeout``) changes nothing: one
-error line, and the previous configuration stays entirely.
+client; the log level; limits and timeouts for new flows, the dial queue's included) take
+effect for new flows; open flows keep the upstream connection and the settings they started
+with. Any other setting changed in the file (the device, MTU, workers, offload, the event
+loop, DNS mode and pools, ...) keeps its running value and is named in one log line as
+needing a restart. A file that fails any check (not TOML, an unknown key, a bad value, a rule
+naming no upstream, a new proxy host that does not resolve within ``--connect-timeout``)
+changes nothing: one error line, and the previous configuration stays entirely.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from ..routing.rules import Rules
 from ..upstream.base import Upstream
 from ..upstream.router import resolve_proxy_addresses
 from .plan import Plan, prepare
-from .settings import stack_config
+from .settings import driver_config, stack_config
 from .startup import raise_fd_limit, set_log_level
 from .upstreams import build_upstream, proxy_hosts
 
@@ -45,14 +45,16 @@ _UDPGW = (
 LIVE: frozenset[str] = frozenset({
     "proxy", "upstream", "bypass", "rule", "rules", "udp", "verbosity", "tcp_timeout",
     "connect_timeout", "max_sessions", "max_pending", "memory_limit", "udp_timeout",
-    "max_udp_sessions", "icmp", "half_open_timeout", *_UDPGW,
+    "max_udp_sessions", "icmp", "half_open_timeout", "max_connecting",
+    "max_connecting_per_destination", "queue_timeout", *_UDPGW,
 })
 #: The live settings (config-file keys) that decide the upstream: a change rebuilds it.
 _ROUTING = ("proxy", "upstream", "bypass", "rules", "udp", *(k.replace("_", "-") for k in _UDPGW))
 #: The live settings (config-file keys) of the driver and the stack.
 _LIMITS = frozenset({
     "tcp-timeout", "connect-timeout", "max-sessions", "max-pending", "memory-limit",
-    "udp-timeout", "max-udp-sessions", "icmp", "udp", "half-open-timeout",
+    "udp-timeout", "max-udp-sessions", "icmp", "udp", "half-open-timeout", "max-connecting",
+    "max-connecting-per-destination", "queue-timeout",
 })
 
 
@@ -226,8 +228,12 @@ class Reloader:
                 isn_secret=stack.isn_secret,
                 tcp=dataclasses.replace(stack.tcp, idle_timeout=plan.options.tcp_timeout),
             )
+            dial = driver_config(plan.options, self.worker, None)
             config = dataclasses.replace(
-                d.config, connect_timeout=plan.options.connect_timeout, udp=plan.options.udp
+                d.config, connect_timeout=plan.options.connect_timeout, udp=plan.options.udp,
+                max_connecting=dial.max_connecting,
+                max_connecting_per_destination=dial.max_connecting_per_destination,
+                queue_timeout=dial.queue_timeout,
             )
             limits = bool(_LIMITS & set(changes.changed))
             kept = d.reconfigure(

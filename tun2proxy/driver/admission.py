@@ -72,6 +72,22 @@ class DialQueue(Generic[T]):
     def __len__(self) -> int:
         return len(self._entries)
 
+    def set_limits(self, max_active: int, max_active_per_key: int) -> None:
+        """New limits, for the flows dialled from now on (a reload). Dials in flight keep
+        their slots; a destination over a lowered limit gets its next slot once it is under
+        it, one under a raised limit takes its turn again at once."""
+        if max_active < 1 or max_active_per_key < 1:
+            raise ValueError("max_active and max_active_per_key must be >= 1")
+        self.max_active = max_active
+        self.max_active_per_key = max_active_per_key
+        for key, d in self._dests.items():
+            for cls in (0, 1):
+                ring = self._rings[cls]
+                if d.queues[cls] and d.active < max_active_per_key:
+                    ring[key] = None  # (keeps its place when it is in the ring already)
+                else:
+                    ring.pop(key, None)
+
     def __contains__(self, fid: object) -> bool:
         return fid in self._entries
 

@@ -112,6 +112,15 @@ class Dialer:
         #: Dial latencies and failures (timed by the driver around each upstream dial).
         self.stats = DialStats()
 
+    def reconfigure(
+        self, *, max_connecting: int, max_connecting_per_destination: int, queue_timeout: float
+    ) -> None:
+        """New dial limits and queue timeout (a reload): flows queued from now on wait at most
+        ``queue_timeout``; raised limits dial queued flows at once."""
+        self.queue.set_limits(max_connecting, max_connecting_per_destination)
+        self.queue_timeout = queue_timeout
+        self.start()
+
     def request(self, ev: TcpConnectRequest) -> None:
         """A new flow to dial for (the routing-loop and stopping checks are done)."""
         d = self.driver

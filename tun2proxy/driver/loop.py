@@ -354,8 +354,9 @@ class Driver(TcpFlows, UdpFlows, FlowApi):
         self, upstream: Upstream | None = None, config: DriverConfig | None = None,
         stack: StackConfig | None = None,
     ) -> int:
-        """New flows use ``upstream``, ``config`` (its ``connect_timeout`` and ``udp``) and
-        the ``stack`` limits; open flows keep their upstream connections and settings. A
+        """New flows use ``upstream``, ``config`` (its ``connect_timeout``, ``udp`` and dial
+        limits: ``max_connecting``, ``max_connecting_per_destination``, ``queue_timeout``)
+        and the ``stack`` limits; open flows keep their upstream connections and settings. A
         replaced upstream is closed once the flows open now have ended (checked at the next
         call) or at shutdown. Returns how many flows keep the previous configuration.
         """
@@ -369,6 +370,17 @@ class Driver(TcpFlows, UdpFlows, FlowApi):
             self.stack.reconfigure(stack)
         if config is not None:
             self.config = config
+            if self._loop is not None:  # the dial queue's timer needs the loop
+                self._dialer.reconfigure(
+                    max_connecting=config.max_connecting,
+                    max_connecting_per_destination=config.max_connecting_per_destination,
+                    queue_timeout=config.queue_timeout,
+                )
+            else:
+                self._dialer.queue.set_limits(
+                    config.max_connecting, config.max_connecting_per_destination
+                )
+                self._dialer.queue_timeout = config.queue_timeout
         before = self.upstream, self.udp_upstream
         if upstream is not None:
             self._bind(upstream)
