@@ -105,3 +105,24 @@ def test_limits_must_be_positive() -> None:
     q.push(1, "a", "x", verified=True, deadline=1.0)
     with pytest.raises(ValueError):
         q.push(1, "a", "x", verified=True, deadline=1.0)
+
+
+def test_new_limits_apply_to_the_next_dials() -> None:
+    q: DialQueue[str] = DialQueue(max_active=4, max_active_per_key=1)
+    for i in range(4):
+        q.push(i, "a", f"a{i}", verified=True, deadline=10.0)
+    q.push(10, "b", "b0", verified=False, deadline=10.0)
+    assert _drain(q) == ["a0", "b0"]  # one per destination
+    q.set_limits(4, 3)  # raised: "a" takes its turn again at once
+    assert _drain(q) == ["a1", "a2"]
+    assert q.active == 4
+    q.set_limits(2, 1)  # lowered: what is in flight keeps its slots, nothing more starts
+    q.done("a")
+    q.done("a")
+    assert _drain(q) == []  # "a" still has 1 in flight (its limit), 2 in all (the limit)
+    q.done("b")
+    assert _drain(q) == []  # 1 in flight in all, but it is "a"'s, at its limit of 1
+    q.done("a")
+    assert _drain(q) == ["a3"]
+    with pytest.raises(ValueError):
+        q.set_limits(0, 1)
