@@ -4,9 +4,11 @@ reads slowly (its window, not the buffer, is the limit) does not; memory pressur
 
 from __future__ import annotations
 
-from tun2proxy.stack import NetStack, StackConfig, TcpConnectRequest
+from tun2proxy.stack import NetStack, StackConfig
 from tun2proxy.tcp import TcpConfig
 from tun2proxy.testing import ScriptedTcpPeer
+
+from .helpers import establish
 
 KIB = 1024
 BASE = 64 * KIB
@@ -20,14 +22,7 @@ def _open(
         tcp=TcpConfig(send_buffer=BASE, send_buffer_max=send_max, recv_buffer=BASE),
     ))
     p = ScriptedTcpPeer("10.0.0.1", 40000, "192.0.2.1", 80, window=window)
-    st.receive(p.syn(mss=16000, wscale=7), 0.0)
-    (ev,) = st.events()
-    assert isinstance(ev, TcpConnectRequest)
-    st.tcp_accept(ev.flow_id)
-    p.expect(st.poll(0.0), flags=0x12)
-    st.receive(p.ack(), 0.0)
-    st.poll(0.0)
-    return st, p, ev.flow_id
+    return st, p, establish(st, p, mss=16000, wscale=7)
 
 
 def _cap(st: NetStack, fid: int) -> int:
@@ -80,13 +75,7 @@ def test_a_slow_app_keeps_the_configured_buffer() -> None:
         tcp=TcpConfig(send_buffer=BASE, send_buffer_max=4 * BASE, recv_buffer=BASE),
     ))
     p = ScriptedTcpPeer("10.0.0.1", 40001, "192.0.2.1", 80, window=4096)
-    st.receive(p.syn(mss=1460), 0.0)  # no window scaling: a 4 KiB window
-    (ev,) = st.events()
-    assert isinstance(ev, TcpConnectRequest)
-    fid = ev.flow_id
-    st.tcp_accept(fid)
-    p.expect(st.poll(0.0), flags=0x12)
-    st.receive(p.ack(), 0.0)
+    fid = establish(st, p, mss=1460)  # no window scaling: a 4 KiB window
     now = 0.0
     for _ in range(8):
         st.send(fid, b"s" * (256 * KIB))
