@@ -13,6 +13,14 @@ older checkout: ``git archive REV tun2proxy | tar -x -C DIR``), optionally ``pip
 (``?pipeline=1`` to dante) and extra tun2proxy arguments. Example:
 
     sudo python benchmarks/ab.py --rounds 5 /tmp/old . .,pipe
+
+With ``--callgrind`` each tun2proxy runs under ``valgrind --tool=callgrind`` (instrumentation
+switched on only around the measured run) and the figure is user-space **instructions per
+connection** (or per UDP round trip): counted, not timed, so it does not move with the
+machine's load, and a lever of a few per cent shows in two rounds. Rates and times under
+valgrind mean nothing and are not shown; what the instructions leave out is the kernel's work.
+
+    sudo python benchmarks/ab.py --callgrind --rounds 2 --seconds 10 /tmp/old .
 """
 
 from __future__ import annotations
@@ -20,7 +28,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,6 +45,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--metric", choices=("conn", "udp"), default="conn")
+    ap.add_argument("--callgrind", action="store_true",
+                    help="count tun2proxy's instructions per connection under valgrind")
     ap.add_argument("variants", nargs="+")
     a = ap.parse_args()
     args = argparse.Namespace(
@@ -52,9 +64,16 @@ def main() -> int:
                 os.environ["PYTHONPATH"] = str(Path(tree).resolve())
                 args.pipeline = "pipe" in opts
                 args.extra = [o for o in opts if o != "pipe"]
+                if a.callgrind:
+                    args.wrap = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                                 f"--callgrind-out-file={b.lab.tmp}/cg.%p"]
                 b.start_tun2proxy()
                 assert b.t2p is not None
+                if a.callgrind:
+                    time.sleep(8.0)  # start-up under valgrind is slow
                 b.connrate_warmup("tun2proxy")
+                if a.callgrind:
+                    _callgrind(b.t2p.pid, "--instr=on")
                 user0, sys0 = e2e._cpu_split(b.t2p.pid)
                 if a.metric == "conn":
                     rate = b.connrate("tun2proxy")
@@ -67,9 +86,21 @@ def main() -> int:
                 user1, sys1 = e2e._cpu_split(b.t2p.pid)
                 cpu = (user1 - user0 + sys1 - sys0) / max(n, 1) * 1e6
                 sys_us = (sys1 - sys0) / max(n, 1) * 1e6
+                if a.callgrind:
+                    ir = _callgrind_dump(b.t2p.pid, b.lab.tmp) / max(n, 1)
+                    res[v].append((ir, float(n), 0.0, 0.0))
+                    print(f"round {r} {v}: {ir / 1000:.0f}k instructions per "
+                          f"{'connection' if a.metric == 'conn' else 'round trip'} "
+                          f"({n} of them)", flush=True)
+                    continue
                 res[v].append((rate, p50, cpu, sys_us))
                 print(f"round {r} {v}: {rate:.0f}/s, p50 {p50:.3f} ms, CPU {cpu:.0f} us "
                       f"(system {sys_us:.0f})", flush=True)
+        if a.callgrind:
+            print(f"\n{'variant':40} {'instructions per ' + a.metric:>24}  (medians)")
+            for v, rows in res.items():
+                print(f"{v:40} {statistics.median(x[0] for x in rows):24,.0f}")
+            return 0
         for path in ("socks", "kernel"):
             fn = b.connrate if a.metric == "conn" else b.udprtt
             p50s = b.conn_p50 if a.metric == "conn" else b.udp_p50
@@ -84,6 +115,26 @@ def main() -> int:
               f"{statistics.median(x[1] for x in s):8.3f} {cpu if cpu else float('nan'):8.0f} "
               f"{sys_us if cpu else float('nan'):8.0f}")
     return 0
+
+
+def _callgrind(pid: int, *opts: str) -> None:
+    """Run ``callgrind_control`` on tun2proxy (in its namespace the pid is the same)."""
+    subprocess.run(["callgrind_control", *opts, str(pid)], capture_output=True, timeout=120,
+                   check=True)
+
+
+def _callgrind_dump(pid: int, tmp: Path) -> int:
+    """Dump the counts since instrumentation went on, switch it off; the instructions."""
+    before = set(tmp.glob(f"cg.{pid}*"))
+    _callgrind(pid, "--dump")
+    _callgrind(pid, "--instr=off")
+    new = sorted(set(tmp.glob(f"cg.{pid}*")) - before)
+    if not new:
+        raise RuntimeError("callgrind wrote no dump")
+    for line in new[-1].read_text().splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {new[-1]}")
 
 
 if __name__ == "__main__":

@@ -201,7 +201,7 @@ class Bench:
             prof = ["-m", "cProfile", "-o", str(Path(self.args.profile) / f"tun2proxy-{n}.prof")]
         self.t2p = lab.start(
             f"tun2proxy-{n}", lab.R,
-            [sys.executable, *prof, "-m", "tun2proxy",
+            [*getattr(self.args, "wrap", []), sys.executable, *prof, "-m", "tun2proxy",
              *(["--udpgw-server", f"{SERVER_V4}:{UDPGW_PORT}", "--udpgw-mode", "always"]
                if udpgw else []),
              "--tun", TUN_NAME, "--tun-netns", lab.C,
