@@ -49,6 +49,8 @@ def main() -> int:
                     help="count tun2proxy's instructions per connection under valgrind")
     ap.add_argument("variants", nargs="+")
     a = ap.parse_args()
+    a.variants = [str(Path(v.split(",")[0]).resolve()) + v[len(v.split(",")[0]):]
+                  for v in a.variants]
     args = argparse.Namespace(
         mtu=65535, runs=1, seconds=a.seconds, held=10, idle=0, upstream="dante", profile=None,
         metrics=a.metric, paths="tun2proxy", extra=[], pipeline=False,
@@ -61,7 +63,11 @@ def main() -> int:
             k = r % len(a.variants)  # each round starts with the next variant: no order bias
             for v in a.variants[k:] + a.variants[:k]:
                 tree, *opts = v.split(",")
+                # PYTHONPATH alone is not enough: ``python -m`` puts the working directory
+                # first on sys.path, so from a checkout every variant would run that
+                # checkout's package. tun2proxy inherits this working directory.
                 os.environ["PYTHONPATH"] = str(Path(tree).resolve())
+                os.chdir(Path(tree).resolve())
                 args.pipeline = "pipe" in opts
                 args.extra = [o for o in opts if o != "pipe"]
                 if a.callgrind:
