@@ -38,6 +38,7 @@ from typing import Any
 
 from ..wire.addrclass import dial_refused
 from .egress import Egress, Outbound, Resolver, literal_infos
+from .stream import SocketTransport
 
 __all__ = [
     "ATTEMPT_DELAY",
@@ -210,22 +211,26 @@ async def connect_tcp_early(
     egress: Egress | None = None,
 ) -> tuple[asyncio.Transport, asyncio.Protocol, Callable[[], None]]:
     """:func:`connect_tcp` for a protocol that waits for its peer's first bytes anyway (a proxy
-    handshake): with one address, the transport is attached while the connect is still in
-    progress — one ``connect()`` call, no wait for writability, the first write queued until
-    the socket connects. The protocol's ``connection_made`` therefore does not mean connected:
-    a refused or unreachable peer arrives as ``connection_lost(OSError)``.
+    handshake): with one address, a :class:`~.stream.SocketTransport` is attached while the
+    connect is still in progress — one ``connect()`` call, made and attached in the calling
+    wake-up (an IP literal suspends nothing), the first write queued until the socket
+    connects. The protocol's ``connection_made`` therefore does not mean connected: a refused
+    or unreachable peer arrives as ``connection_lost(OSError)``.
 
     Returns the transport, the protocol and a callable that ends the socket's place in the
-    egress's registry (call it once the peer has answered, or the connection is gone). For a
-    name (resolved, its addresses raced), this is :func:`connect_tcp`, connected before the
-    protocol is attached (its registry entry already ended: the callable does nothing).
+    egress's registry (call it once the peer has answered, or the connection is gone). A name
+    is resolved first; when it has several addresses they are raced by :func:`connect_tcp`,
+    connected before the protocol is attached (its registry entry already ended: the callable
+    does nothing).
 
     Raises:
         OSError: the socket could not be made or connected (a name: none of its addresses).
     """
     eg = egress if egress is not None else default_egress()
-    infos = literal_infos(host, port)
-    if infos is None or len(infos) != 1:
+    infos = literal_infos(host, port) or await eg.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not infos:
+        raise OSError(f"cannot resolve {host}")
+    if len(infos) != 1:
         transport, protocol = await connect_tcp(
             host, port, protocol_factory, outbound, egress=eg
         )
@@ -235,12 +240,13 @@ async def connect_tcp_early(
     key = None
     try:
         sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as asyncio's transports
         eg.outbound_for(outbound).apply(sock)
         with contextlib.suppress(BlockingIOError):
             sock.connect(addr)  # in progress: the local port is chosen, the SYN is on its way
         key = eg.remember(sock)
-        loop = asyncio.get_running_loop()
-        transport, protocol = await loop.create_connection(protocol_factory, sock=sock)
+        protocol = protocol_factory()
+        transport = SocketTransport(asyncio.get_running_loop(), sock, protocol)
     except BaseException:
         eg.forget(key)
         sock.close()
