@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -17,19 +16,7 @@ from tun2proxy.upstream.dial import connect_tcp_early
 from tun2proxy.upstream.egress import Egress
 from tun2proxy.upstream.handshake import open_via_handshake
 
-LOOPS = ["asyncio", "uvloop"]
-
-
-def _run(kind: str, fn: Callable[[], Awaitable[None]]) -> None:
-    if kind == "uvloop":
-        uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed")
-        loop = uvloop.new_event_loop()
-    else:
-        loop = asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(asyncio.wait_for(fn(), 10))
-    finally:
-        loop.close()
+from .loops import LOOPS, run_on
 
 
 def _closed_port() -> int:
@@ -70,7 +57,7 @@ def test_a_refused_proxy_is_refused_and_nothing_stays_registered(kind: str) -> N
         assert "connection refused" in str(ei.value)
         assert eg.own_count == 0
 
-    _run(kind, go)
+    run_on(kind, go)
 
 
 @pytest.mark.parametrize("kind", LOOPS)
@@ -97,7 +84,7 @@ def test_the_transport_exists_before_the_connect_completes_and_a_failure_is_an_o
         assert eg.own_count == 0
         t.abort()
 
-    _run(kind, go)
+    run_on(kind, go)
 
 
 @pytest.mark.parametrize("kind", LOOPS)
@@ -144,7 +131,7 @@ def test_the_whole_socks5_exchange_and_the_registry_ends_when_the_proxy_answers(
         srv.close()
         await srv.wait_closed()
 
-    _run(kind, go)
+    run_on(kind, go)
 
 
 @pytest.mark.parametrize("kind", LOOPS)
@@ -171,4 +158,4 @@ def test_a_cancelled_dial_aborts_and_forgets(kind: str) -> None:
         srv.close()
         await srv.wait_closed()
 
-    _run(kind, go)
+    run_on(kind, go)

@@ -8,25 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Awaitable, Callable
 
 import pytest
 
 from tun2proxy.upstream.stream import SocketTransport
 
-LOOPS = ["asyncio", "uvloop"]
-
-
-def _run(kind: str, fn: Callable[[], Awaitable[None]]) -> None:
-    if kind == "uvloop":
-        uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed")
-        loop = uvloop.new_event_loop()
-    else:
-        loop = asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(asyncio.wait_for(fn(), 10))
-    finally:
-        loop.close()
+from .loops import LOOPS, run_on
 
 
 class Recorder(asyncio.Protocol):
@@ -109,7 +96,7 @@ def test_half_close_both_ways_and_one_connection_lost(kind: str) -> None:
         assert t.get_extra_info("socket") is None
         b.close()
 
-    _run(kind, go)
+    run_on(kind, go)
 
 
 @pytest.mark.parametrize("kind", LOOPS)
@@ -122,7 +109,7 @@ def test_eof_without_keep_open_closes(kind: str) -> None:
         assert await p.lost is None
         assert p.calls == ["made", "eof", "lost"] and t.is_closing()
 
-    _run(kind, go)
+    run_on(kind, go)
 
 
 @pytest.mark.parametrize("kind", LOOPS)
@@ -144,7 +131,7 @@ def test_water_marks_pause_and_resume_the_protocol_and_close_flushes(kind: str) 
         assert p.calls == ["made", "pause", "resume", "lost"]
         b.close()
 
-    _run(kind, go)
+    run_on(kind, go)
 
 
 @pytest.mark.parametrize("kind", LOOPS)
@@ -168,7 +155,7 @@ def test_pause_reading_holds_the_bytes_until_resumed(kind: str) -> None:
         assert await p.lost is None
         b.close()
 
-    _run(kind, go)
+    run_on(kind, go)
 
 
 @pytest.mark.parametrize("kind", LOOPS)
@@ -196,4 +183,4 @@ def test_abort_drops_the_buffer_and_a_reset_is_an_error(kind: str) -> None:
         assert isinstance(exc, ConnectionResetError)
         srv.close()
 
-    _run(kind, go)
+    run_on(kind, go)
