@@ -81,6 +81,9 @@ def test_half_close_both_ways_and_one_connection_lost(kind: str) -> None:
         b.shutdown(socket.SHUT_WR)
         await p.eof
         assert bytes(p.data) == b"from peer" and not t.is_reading()
+        t.resume_reading()  # after the peer's EOF there is nothing to resume
+        await asyncio.sleep(0.02)
+        assert p.calls.count("eof") == 1 and not t.is_reading()
         t.write(b"still writing after their EOF")  # half-close: our side stays open
         t.write_eof()
         with pytest.raises(RuntimeError):

@@ -40,6 +40,7 @@ class SocketTransport(asyncio.Transport):
     """One non-blocking TCP socket under one protocol (see the module docstring)."""
 
     __slots__ = (
+        "_at_eof",
         "_buffer",
         "_closing",
         "_eof",
@@ -66,6 +67,7 @@ class SocketTransport(asyncio.Transport):
         self._buffer = bytearray()
         self._closing = False  # close() or abort() called, or the connection failed
         self._eof = False  # write_eof() called
+        self._at_eof = False  # the peer finished sending
         self._lost = False  # connection_lost() scheduled
         self._reading = False
         self._writing = False  # the writer callback is registered
@@ -97,7 +99,8 @@ class SocketTransport(asyncio.Transport):
                 log.exception("%r: data_received() failed", self._protocol)
                 self._force_close(exc)
             return
-        # The peer finished sending.
+        # The peer finished sending: nothing more to read, ever.
+        self._at_eof = True
         self._stop_reading()
         try:
             keep_open = self._protocol.eof_received()
@@ -124,7 +127,7 @@ class SocketTransport(asyncio.Transport):
 
     def resume_reading(self) -> None:
         """Receive again after :meth:`pause_reading`."""
-        if self._closing or self._reading or self._sock is None:
+        if self._closing or self._reading or self._at_eof or self._sock is None:
             return
         self._reading = True
         self._loop.add_reader(self._fd, self._on_readable)
