@@ -4,8 +4,8 @@ writer callbacks (I/O).
 Made synchronously — no coroutine, no waiter future, no task — and usable while its
 ``connect()`` is still in progress: what the protocol writes first is queued and leaves when
 the socket becomes writable, and a refused or unreachable peer arrives as
-``connection_lost(OSError)``. This is what lets a proxy dial start in the wake-up that read the
-app's SYN (:func:`~.handshake.open_via_handshake`), with the handshake's replies handled in
+``connection_lost(OSError)``. So a proxy dial (:func:`~.handshake.open_via_handshake`) makes
+its socket, connects and queues its greeting in one step, and handles the proxy's replies in
 the reader callback that brings them.
 
 It keeps the :class:`asyncio.Transport` contract the relays rely on (the same one asyncio's
